@@ -1,0 +1,239 @@
+//! The node-local configuration, `/etc/kloigos/config.json`.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::names::{Label, NodeName};
+use crate::store::{parse_json_unversioned, read_trusted, Trust};
+
+/// Where the configuration lives unless overridden.
+pub const DEFAULT_PATH: &str = "/etc/kloigos/config.json";
+
+/// What PAM does when it cannot decide from the shared tree or a fresh local copy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Refuse the login (default): a broken share never lets a stranger in.
+    #[default]
+    Deny,
+    /// Let the login through.
+    Allow,
+}
+
+/// The `pam` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PamConfig {
+    /// Fallback when nothing trustworthy can be read.
+    pub on_error: OnError,
+    /// Deadline for reading the shared tree.
+    pub timeout_ms: u64,
+    /// Age limit of the housekeeper's local copy.
+    pub cache_max_age_s: u64,
+}
+
+impl Default for PamConfig {
+    fn default() -> Self {
+        PamConfig {
+            on_error: OnError::Deny,
+            timeout_ms: 2000,
+            cache_max_age_s: 600,
+        }
+    }
+}
+
+/// Which slice backend the housekeeper uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum SliceBackend {
+    /// systemd `user-UID.slice` properties.
+    #[default]
+    Systemd,
+    /// Plain cgroup files, when PID 1 is not systemd.
+    Cgroup,
+    /// No CPU/memory confinement.
+    None,
+}
+
+/// The `housekeeper` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HousekeeperConfig {
+    /// Slice backend.
+    pub slices: SliceBackend,
+    /// Whether to load the nftables port rules.
+    pub nft: bool,
+    /// Whether to end processes of users without a booking.
+    pub kill: bool,
+    /// Seconds after a booking ends before its processes are ended.
+    pub grace_s: u64,
+    /// Warn this many seconds before a booking ends (overrides the policy).
+    pub warn_before_s: Option<Vec<u64>>,
+    /// Local copy of policy and state for PAM.
+    pub state_copy: PathBuf,
+    /// node_exporter textfile directory, if metrics are wanted.
+    pub metrics_dir: Option<PathBuf>,
+    /// Directory holding `release.d/` hooks.
+    pub hooks_dir: Option<PathBuf>,
+}
+
+impl Default for HousekeeperConfig {
+    fn default() -> Self {
+        HousekeeperConfig {
+            slices: SliceBackend::Systemd,
+            nft: true,
+            kill: true,
+            grace_s: 60,
+            warn_before_s: None,
+            state_copy: PathBuf::from("/var/lib/kloigos/state.json"),
+            metrics_dir: None,
+            hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
+        }
+    }
+}
+
+/// The whole configuration file. Only `shared` is required; unknown keys
+/// are an error that names them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The shared directory (the NFS mount).
+    pub shared: PathBuf,
+    /// This host's node name; default: the short host name.
+    #[serde(default)]
+    pub node: Option<NodeName>,
+    /// Other clusters by name (Kiwi's `-p`).
+    #[serde(default)]
+    pub partitions: BTreeMap<Label, PathBuf>,
+    /// The service account.
+    #[serde(default = "service_user")]
+    pub service_user: String,
+    /// PAM settings.
+    #[serde(default)]
+    pub pam: PamConfig,
+    /// Housekeeper settings.
+    #[serde(default)]
+    pub housekeeper: HousekeeperConfig,
+}
+
+fn service_user() -> String {
+    "kloigos".into()
+}
+
+impl Config {
+    /// A configuration pointing at `shared`, everything else default.
+    pub fn with_shared(shared: impl Into<PathBuf>) -> Config {
+        Config {
+            shared: shared.into(),
+            node: None,
+            partitions: BTreeMap::new(),
+            service_user: service_user(),
+            pam: PamConfig::default(),
+            housekeeper: HousekeeperConfig::default(),
+        }
+    }
+
+    /// Parses configuration text; errors name `path`.
+    pub fn parse(path: &Path, text: &[u8]) -> Result<Config> {
+        let c: Config = parse_json_unversioned(path, text)?;
+        if !c.shared.is_absolute() {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                msg: format!(
+                    "\"shared\" must be an absolute path, not '{}'",
+                    c.shared.display()
+                ),
+            });
+        }
+        Ok(c)
+    }
+
+    /// Reads the configuration at `path`, trusting it as `trust` says.
+    pub fn load(path: &Path, trust: &Trust) -> Result<Config> {
+        let bytes = read_trusted(path, trust)?;
+        Config::parse(path, &bytes)
+    }
+
+    /// The node name: configured, else the short host name.
+    pub fn node_name(&self) -> Result<NodeName> {
+        match &self.node {
+            Some(n) => Ok(n.clone()),
+            None => NodeName::from_hostname(),
+        }
+    }
+
+    /// The shared root of partition `name` (`None`: the main one).
+    pub fn shared_for(&self, partition: Option<&str>) -> Result<PathBuf> {
+        match partition {
+            None => Ok(self.shared.clone()),
+            Some(p) => {
+                let label = Label::new(p)?;
+                self.partitions.get(&label).cloned().ok_or_else(|| {
+                    let known: Vec<String> =
+                        self.partitions.keys().map(|k| k.to_string()).collect();
+                    Error::invalid(
+                        "partition",
+                        p,
+                        format!(
+                            "known partitions in the config: {}",
+                            if known.is_empty() {
+                                "none".into()
+                            } else {
+                                known.join(", ")
+                            }
+                        ),
+                    )
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn example_config_parses() {
+        let text = include_bytes!("../../config.example.json");
+        let c = Config::parse(Path::new("config.example.json"), text).unwrap();
+        assert_eq!(c.pam.on_error, OnError::Deny);
+        assert!(c.housekeeper.nft);
+    }
+
+    #[test]
+    fn unknown_keys_are_named_with_the_file() {
+        let e = Config::parse(
+            Path::new("/etc/kloigos/config.json"),
+            br#"{"shared":"/x","pam":{"timeout":1}}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("/etc/kloigos/config.json") && e.contains("unknown field `timeout`"),
+            "{e}"
+        );
+        let e = Config::parse(Path::new("c.json"), br#"{"shared":"rel"}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("absolute"), "{e}");
+    }
+
+    #[test]
+    fn partitions_resolve() {
+        let c = Config::parse(
+            Path::new("c"),
+            br#"{"shared":"/a","partitions":{"lab2":"/b"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.shared_for(Some("lab2")).unwrap(), PathBuf::from("/b"));
+        assert!(c
+            .shared_for(Some("x"))
+            .unwrap_err()
+            .to_string()
+            .contains("lab2"));
+    }
+}

@@ -1,0 +1,127 @@
+//! The per-node history, `journal.jsonl`: one JSON event per line, appended
+//! by every writer after its state change.
+
+use std::collections::BTreeMap;
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::booking::Booking;
+use crate::names::{NodeName, UserName};
+
+/// What happened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Action {
+    /// A booking was made.
+    Book,
+    /// A booking was ended early (or a reservation cancelled).
+    Release,
+    /// A booking's end moved later.
+    Extend,
+    /// The node was added.
+    AddNode,
+    /// The node's spec changed.
+    SetNode,
+    /// The node was removed.
+    DelNode,
+    /// The node stopped taking bookings.
+    Drain,
+    /// The node takes bookings again.
+    Resume,
+}
+
+/// One line of the journal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    /// When it happened.
+    pub time: Timestamp,
+    /// Who did it.
+    pub by: UserName,
+    /// What was done.
+    pub action: Action,
+    /// On which node.
+    pub node: NodeName,
+    /// The booking as it stands after the change, for booking actions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub booking: Option<Booking>,
+    /// Free text (drain reason, changed fields).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+impl Event {
+    /// An event about `booking`.
+    pub fn booking(time: Timestamp, by: &UserName, action: Action, booking: &Booking) -> Event {
+        Event {
+            time,
+            by: by.clone(),
+            action,
+            node: booking.node.clone(),
+            booking: Some(booking.clone()),
+            detail: String::new(),
+        }
+    }
+
+    /// An event about a node.
+    pub fn node(
+        time: Timestamp,
+        by: &UserName,
+        action: Action,
+        node: &NodeName,
+        detail: impl Into<String>,
+    ) -> Event {
+        Event {
+            time,
+            by: by.clone(),
+            action,
+            node: node.clone(),
+            booking: None,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Parses journal text; returns the events and the 1-based numbers of lines
+/// that did not parse (a torn last line after a crash, or damage).
+pub fn parse(text: &str) -> (Vec<Event>, Vec<usize>) {
+    let mut events = Vec::new();
+    let mut bad = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str(line) {
+            Ok(e) => events.push(e),
+            Err(_) => bad.push(i + 1),
+        }
+    }
+    (events, bad)
+}
+
+/// Each booking's final form in a stream of events: the last record of its
+/// id wins (an extend or release rewrites its end).
+pub fn final_bookings<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Booking> {
+    let mut by_id: BTreeMap<String, Booking> = BTreeMap::new();
+    for e in events {
+        if let Some(b) = &e.booking {
+            by_id.insert(b.id.to_string(), b.clone());
+        }
+    }
+    let mut v: Vec<Booking> = by_id.into_values().collect();
+    v.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    v
+}
+
+/// Booked CPU-hours per user, largest first.
+pub fn cpu_hours_by_user(bookings: &[Booking]) -> Vec<(UserName, f64, usize)> {
+    let mut m: BTreeMap<UserName, (f64, usize)> = BTreeMap::new();
+    for b in bookings {
+        let e = m.entry(b.user.clone()).or_default();
+        e.0 += b.cpu_hours();
+        e.1 += 1;
+    }
+    let mut v: Vec<_> = m.into_iter().map(|(u, (h, n))| (u, h, n)).collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    v
+}

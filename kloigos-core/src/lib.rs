@@ -1,0 +1,27 @@
+//! kloigos-core: every decision and every file format of kloigos.
+//!
+//! The binaries (`kloigos`, `pam_kloigos.so`, `kloigos-housekeeper`) parse
+//! their input, call into this crate and print. Decisions are pure functions
+//! of their inputs and a `now` passed in; I/O lives in [`store`] and [`users`].
+#![forbid(unsafe_code)]
+
+pub mod booking;
+pub mod cpuset;
+pub mod duration;
+pub mod error;
+pub mod names;
+pub mod node;
+pub mod policy;
+pub mod ports;
+pub mod state;
+pub mod when;
+pub mod window;
+
+pub use error::{Error, ErrorKind, Result};
+pub mod access;
+pub mod config;
+pub mod facts;
+pub mod journal;
+pub mod placement;
+pub mod store;
+pub mod users;

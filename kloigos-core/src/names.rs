@@ -1,0 +1,137 @@
+//! Validated names: nodes, users, labels. A name that reaches a path or a
+//! file has been through one of these types.
+
+use std::fmt;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::error::{Error, Result};
+
+fn check_name(what: &'static str, text: &str, max: usize, extra: &[char]) -> Result<()> {
+    let hint = format!(
+        "use 1 to {max} characters: letters, digits{}, starting with a letter or digit",
+        extra.iter().map(|c| format!(", '{c}'")).collect::<String>()
+    );
+    let mut chars = text.chars();
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
+    let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(&c));
+    if !first_ok || !rest_ok || text.len() > max {
+        return Err(Error::invalid(what, &text.escape_debug().to_string(), hint));
+    }
+    Ok(())
+}
+
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates `text` and wraps it.
+            pub fn new(text: &str) -> Result<Self> {
+                check_name($what, text, $max, $extra)?;
+                Ok(Self(text.to_string()))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = Error;
+            fn from_str(s: &str) -> Result<Self> {
+                Self::new(s)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                Self::new(&s).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A node name: `[A-Za-z0-9][A-Za-z0-9._-]{0,62}`; safe as one path component.
+    NodeName, "node name", 63, &['.', '_', '-']
+);
+name_type!(
+    /// A user or group name as found in the passwd/group databases.
+    UserName, "user name", 32, &['.', '_', '-']
+);
+name_type!(
+    /// A node label (`gpu`, `bigmem`) or partition name.
+    Label, "label", 63, &['.', '_', '-']
+);
+
+impl NodeName {
+    /// This host's short name (up to the first dot), as the default node name.
+    pub fn from_hostname() -> Result<NodeName> {
+        let host = nix::unistd::gethostname().map_err(|e| Error::Storage {
+            path: "/proc/sys/kernel/hostname".into(),
+            msg: format!("cannot read the host name: {e}"),
+        })?;
+        let host = host.to_string_lossy();
+        let short = host.split('.').next().unwrap_or_default();
+        NodeName::new(short).map_err(|_| {
+            Error::invalid(
+                "node name",
+                short,
+                "this host name cannot be a node name; set \"node\" in /etc/kloigos/config.json",
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_names_that_could_escape_a_directory_are_refused() {
+        for bad in [
+            "", "..", ".", "../x", "a/b", "-x", ".hidden", "a\nb", "a b", "é", "a\0",
+        ] {
+            assert!(NodeName::new(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(NodeName::new(&"a".repeat(64)).is_err());
+        for good in ["node3", "n", "gpu-01.lab", "A_1", &"a".repeat(63)] {
+            assert_eq!(NodeName::new(good).unwrap().as_str(), good);
+        }
+    }
+
+    #[test]
+    fn error_names_the_text_and_the_rule() {
+        let e = NodeName::new("../etc").unwrap_err().to_string();
+        assert!(e.contains("node name '../etc'"), "{e}");
+        assert!(e.contains("letters, digits"), "{e}");
+    }
+
+    #[test]
+    fn deserializing_validates() {
+        assert!(serde_json::from_str::<NodeName>("\"a/b\"").is_err());
+        assert_eq!(
+            serde_json::from_str::<UserName>("\"alice\"")
+                .unwrap()
+                .as_str(),
+            "alice"
+        );
+    }
+}

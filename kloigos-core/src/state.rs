@@ -1,0 +1,703 @@
+//! A node's state file: its spec, its bookings and the id sequence, with
+//! every rule a change must pass. All of it is pure: the store calls these
+//! under the node's lock.
+
+use jiff::{SignedDuration, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::booking::{spans_overlap, Booking, BookingId};
+use crate::cpuset::CpuSet;
+use crate::duration::human_secs;
+use crate::error::{Error, Result};
+use crate::names::UserName;
+use crate::node::NodeSpec;
+use crate::policy::{Policy, FORMAT_VERSION};
+use crate::window;
+
+/// How long ended bookings stay in `state.json` (the journal keeps them all).
+pub const KEEP_ENDED_SECS: i64 = 86_400;
+
+/// How much of a node a request wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    /// This many units.
+    Units(u32),
+    /// At least this many CPUs, rounded up to whole units.
+    Cpus(u32),
+    /// Every unit of the node.
+    Whole,
+}
+
+/// A booking request, already parsed and authorized.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// Who will hold the booking.
+    pub user: UserName,
+    /// Their uid.
+    pub uid: u32,
+    /// Who asks (differs from `user` when an admin books for someone).
+    pub created_by: UserName,
+    /// How much.
+    pub size: Size,
+    /// Start of the span.
+    pub start: Timestamp,
+    /// End of the span (exclusive).
+    pub end: Timestamp,
+    /// The user's note.
+    pub note: String,
+    /// The user's current and future bookings on other nodes, for the per-user limit.
+    pub held_elsewhere: u32,
+}
+
+/// The content of `nodes/<node>/state.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeState {
+    /// File format version.
+    pub version: u32,
+    /// Last booking sequence number handed out.
+    pub seq: u64,
+    /// What the node offers.
+    pub node: NodeSpec,
+    /// Current, future and recently ended bookings, ordered by start.
+    pub bookings: Vec<Booking>,
+}
+
+impl NodeState {
+    /// A fresh state for a newly added node.
+    pub fn new(node: NodeSpec) -> NodeState {
+        NodeState {
+            version: FORMAT_VERSION,
+            seq: 0,
+            node,
+            bookings: Vec::new(),
+        }
+    }
+
+    /// Bookings holding at `now`.
+    pub fn active(&self, now: Timestamp) -> impl Iterator<Item = &Booking> {
+        self.bookings.iter().filter(move |b| b.is_active(now))
+    }
+
+    /// Finds a booking by id.
+    pub fn get(&self, id: &BookingId) -> Option<&Booking> {
+        self.bookings.iter().find(|b| &b.id == id)
+    }
+
+    /// Units of the node free for the whole of `[start, end)`.
+    pub fn free_units(&self, start: Timestamp, end: Timestamp) -> Vec<bool> {
+        let mut free = vec![true; self.node.units_total() as usize];
+        for b in &self.bookings {
+            if spans_overlap(b.start, b.end, start, end) {
+                for u in b.units[0]..=b.units[1] {
+                    if let Some(f) = free.get_mut(u as usize) {
+                        *f = false;
+                    }
+                }
+            }
+        }
+        free
+    }
+
+    /// Number of units free for `[start, end)`.
+    pub fn units_free(&self, start: Timestamp, end: Timestamp) -> u32 {
+        self.free_units(start, end).iter().filter(|f| **f).count() as u32
+    }
+
+    /// The units a request of `size` needs here, or why it can never fit.
+    pub fn units_needed(&self, size: Size) -> Result<u32> {
+        let total = self.node.units_total();
+        let n = match size {
+            Size::Whole => total,
+            Size::Units(n) => n,
+            Size::Cpus(c) => self.node.units_for_cpus(c),
+        };
+        if n == 0 {
+            return Err(Error::invalid(
+                "size",
+                "0",
+                "ask for at least one unit or CPU",
+            ));
+        }
+        if n > total {
+            return Err(Error::Refused(format!(
+                "{} has {} unit(s) of {} CPUs ({} CPUs); {} unit(s) cannot fit",
+                self.node.name,
+                total,
+                self.node.cpus_per_unit(),
+                self.node.cpus.len(),
+                n
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Best fit: the placement of `n` units in the smallest free run that
+    /// holds them, preferring placements inside one NUMA node, then the lowest
+    /// unit. Returns `(first unit, length of the free run it sits in)`.
+    pub fn best_run(
+        &self,
+        n: u32,
+        start: Timestamp,
+        end: Timestamp,
+        numa: &[CpuSet],
+    ) -> Option<(u32, u32)> {
+        let free = self.free_units(start, end);
+        let mut best: Option<((bool, u32, u32), u32)> = None;
+        let mut i = 0;
+        while i < free.len() {
+            if !free[i] {
+                i += 1;
+                continue;
+            }
+            let run_start = i;
+            while i < free.len() && free[i] {
+                i += 1;
+            }
+            let run_len = (i - run_start) as u32;
+            if run_len < n {
+                continue;
+            }
+            let run_start = run_start as u32;
+            // Within a run, the first offset whose CPUs sit in one NUMA node, else the run's start.
+            let first = (run_start..=run_start + run_len - n)
+                .find(|&f| in_one_numa(&self.node.run_cpus(f, f + n - 1), numa))
+                .unwrap_or(run_start);
+            let split = !in_one_numa(&self.node.run_cpus(first, first + n - 1), numa);
+            let key = (split, run_len, first);
+            if best.as_ref().is_none_or(|(k, _)| key < *k) {
+                best = Some((key, first));
+            }
+        }
+        best.map(|((_, len, _), first)| (first, len))
+    }
+
+    /// Checks the rules that do not depend on where the units go.
+    fn check_rules(&self, req: &Request, policy: &Policy, now: Timestamp) -> Result<()> {
+        let name = &self.node.name;
+        if let Some(d) = &self.node.drained {
+            return Err(Error::Refused(format!(
+                "{name} is drained ({}); running bookings continue, new ones are refused — pick another node",
+                d.reason
+            )));
+        }
+        let len = req.end.as_second() - req.start.as_second();
+        if len <= 0 {
+            return Err(Error::Refused(
+                "the booking would end before it starts".into(),
+            ));
+        }
+        if req.end <= now {
+            return Err(Error::Refused(
+                "that span is in the past; book from now on".into(),
+            ));
+        }
+        if len as u64 > policy.max_duration.secs() {
+            return Err(Error::Refused(format!(
+                "{} is longer than the cluster's max_duration {}; book at most {} (and extend later if allowed)",
+                human_secs(len),
+                policy.max_duration,
+                policy.max_duration
+            )));
+        }
+        let ahead = req.start.as_second() - now.as_second();
+        if ahead > policy.max_ahead.secs() as i64 {
+            return Err(Error::Refused(format!(
+                "the start is {} ahead; bookings may start at most {} ahead",
+                human_secs(ahead),
+                policy.max_ahead
+            )));
+        }
+        let tz = policy.tz_or_utc();
+        if !window::allows(&self.node.windows, &tz, req.start, req.end) {
+            let windows: Vec<String> = self.node.windows.iter().map(|w| w.to_string()).collect();
+            return Err(Error::Refused(format!(
+                "{name} takes bookings only inside its windows ({}, time zone {}); this span does not lie inside one",
+                windows.join("; "),
+                policy.timezone
+            )));
+        }
+        if policy.max_active_per_user > 0 {
+            let here = self
+                .bookings
+                .iter()
+                .filter(|b| b.user == req.user && b.is_current_or_future(now))
+                .count() as u32;
+            if here + req.held_elsewhere >= policy.max_active_per_user {
+                return Err(Error::Refused(format!(
+                    "{} already holds {} current or future booking(s), the cluster's max_active_per_user; release one first",
+                    req.user,
+                    here + req.held_elsewhere
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Validates `req` and records it, returning the new booking. On a
+    /// capacity refusal the message gives the earliest start that would fit.
+    pub fn book(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        now: Timestamp,
+        numa: &[CpuSet],
+    ) -> Result<Booking> {
+        let n = self.units_needed(req.size)?;
+        self.check_rules(req, policy, now)?;
+        let Some((first, _)) = self.best_run(n, req.start, req.end, numa) else {
+            let len = SignedDuration::from_secs(req.end.as_second() - req.start.as_second());
+            let hint = match self.earliest_start(n, len, req.start, policy) {
+                Some(t) => format!("the earliest start that fits is {} (use --at or --wait)", t),
+                None => format!("nothing fits within the next {}", policy.max_ahead),
+            };
+            return Err(Error::Refused(format!(
+                "{} has no {} free unit(s) in a row for that span ({} of {} free now); {}",
+                self.node.name,
+                n,
+                self.units_free(req.start, req.end),
+                self.node.units_total(),
+                hint
+            )));
+        };
+        self.seq += 1;
+        let last = first + n - 1;
+        let booking = Booking {
+            id: BookingId {
+                node: self.node.name.clone(),
+                seq: self.seq,
+            },
+            node: self.node.name.clone(),
+            user: req.user.clone(),
+            uid: req.uid,
+            units: [first, last],
+            cpus: self.node.run_cpus(first, last),
+            ports: self.node.run_ports(first, last),
+            start: req.start,
+            end: req.end,
+            note: req.note.clone(),
+            created_by: req.created_by.clone(),
+            created_at: now,
+        };
+        self.bookings.push(booking.clone());
+        self.bookings
+            .sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+        Ok(booking)
+    }
+
+    /// The earliest start at or after `after` where `n` units in a row are
+    /// free for `len` inside the windows, looking `max_ahead` forward.
+    pub fn earliest_start(
+        &self,
+        n: u32,
+        len: SignedDuration,
+        after: Timestamp,
+        policy: &Policy,
+    ) -> Option<Timestamp> {
+        let tz = policy.tz_or_utc();
+        let horizon = after.checked_add(policy.max_ahead.signed()).ok()?;
+        // The earliest feasible start is `after`, an end of a booking or a window opening.
+        let mut candidates: Vec<Timestamp> = vec![after];
+        candidates.extend(
+            self.bookings
+                .iter()
+                .map(|b| b.end)
+                .filter(|e| *e > after && *e <= horizon),
+        );
+        if !self.node.windows.is_empty() {
+            candidates.extend(
+                window::open_intervals(&self.node.windows, &tz, after, horizon)
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .filter(|s| *s >= after),
+            );
+        }
+        candidates.sort();
+        candidates.dedup();
+        candidates.into_iter().find(|&s| {
+            let Ok(e) = s.checked_add(len) else {
+                return false;
+            };
+            window::allows(&self.node.windows, &tz, s, e) && self.best_run(n, s, e, &[]).is_some()
+        })
+    }
+
+    /// Ends `id` at `now` (or removes it if it has not started). Returns the
+    /// booking as it stands after the change.
+    pub fn release(&mut self, id: &BookingId, now: Timestamp) -> Result<Booking> {
+        let idx = self.index_of(id)?;
+        let b = &mut self.bookings[idx];
+        if b.end <= now {
+            return Err(Error::Refused(format!("{id} already ended at {}", b.end)));
+        }
+        if b.start > now {
+            // A reservation that never started: nothing to keep.
+            let mut gone = self.bookings.remove(idx);
+            gone.end = gone.start;
+            return Ok(gone);
+        }
+        b.end = now;
+        Ok(b.clone())
+    }
+
+    /// Moves the end of `id` to `new_end`, if the units stay free and the rules hold.
+    pub fn extend(
+        &mut self,
+        id: &BookingId,
+        new_end: Timestamp,
+        policy: &Policy,
+        now: Timestamp,
+    ) -> Result<Booking> {
+        let idx = self.index_of(id)?;
+        let b = self.bookings[idx].clone();
+        if b.end <= now {
+            return Err(Error::Refused(format!(
+                "{id} already ended; book again with `kloigos alloc`"
+            )));
+        }
+        if new_end <= b.end {
+            return Err(Error::Refused(format!(
+                "{id} already runs until {}; give a later time (`-t +1h` adds an hour)",
+                b.end
+            )));
+        }
+        let len = new_end.as_second() - b.start.as_second();
+        if len as u64 > policy.max_duration.secs() {
+            let latest = crate::when::plus_secs(b.start, policy.max_duration.secs() as i64);
+            return Err(Error::Refused(format!(
+                "{id} would last {}, beyond max_duration {}; the latest end allowed is {latest}",
+                human_secs(len),
+                policy.max_duration
+            )));
+        }
+        if let Some(d) = &self.node.drained {
+            return Err(Error::Refused(format!(
+                "{} is drained ({}); bookings on it cannot be extended",
+                self.node.name, d.reason
+            )));
+        }
+        let tz = policy.tz_or_utc();
+        if !window::allows(&self.node.windows, &tz, b.start, new_end) {
+            return Err(Error::Refused(format!(
+                "{} takes bookings only inside its windows; {new_end} lies outside the window {id} is in",
+                self.node.name
+            )));
+        }
+        if let Some(other) = self.bookings.iter().find(|o| {
+            o.id != b.id
+                && spans_overlap(b.end, new_end, o.start, o.end)
+                && o.units[0] <= b.units[1]
+                && b.units[0] <= o.units[1]
+        }) {
+            return Err(Error::Refused(format!(
+                "{} is booked by {} from {}; {id} can be extended until then at most",
+                other.id, other.user, other.start
+            )));
+        }
+        self.bookings[idx].end = new_end;
+        Ok(self.bookings[idx].clone())
+    }
+
+    /// Drops bookings that ended more than a day before `now`.
+    pub fn prune(&mut self, now: Timestamp) -> usize {
+        let before = self.bookings.len();
+        let cutoff = now.as_second() - KEEP_ENDED_SECS;
+        self.bookings.retain(|b| b.end.as_second() > cutoff);
+        before - self.bookings.len()
+    }
+
+    /// Everything wrong with this state (for `fsck` and for refusing to
+    /// write a state that breaks an invariant).
+    pub fn problems(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Err(e) = crate::policy::check_version(self.version) {
+            out.push(e);
+        }
+        if let Err(e) = self.node.validate() {
+            out.push(e.to_string());
+        }
+        let total = self.node.units_total();
+        for (i, b) in self.bookings.iter().enumerate() {
+            if b.node != self.node.name || b.id.node != self.node.name {
+                out.push(format!("booking {} names another node", b.id));
+            }
+            if b.id.seq > self.seq {
+                out.push(format!("booking {} is beyond seq {}", b.id, self.seq));
+            }
+            if b.units[0] > b.units[1] || b.units[1] >= total {
+                out.push(format!(
+                    "booking {} holds units {:?} outside 0-{}",
+                    b.id,
+                    b.units,
+                    total - 1
+                ));
+            }
+            if b.end < b.start {
+                out.push(format!("booking {} ends before it starts", b.id));
+            }
+            for o in &self.bookings[i + 1..] {
+                if o.id == b.id {
+                    out.push(format!("booking id {} appears twice", b.id));
+                }
+                if b.overlaps(o) && b.end > b.start && o.end > o.start {
+                    out.push(format!("bookings {} and {} overlap", b.id, o.id));
+                }
+            }
+        }
+        out
+    }
+
+    fn index_of(&self, id: &BookingId) -> Result<usize> {
+        self.bookings
+            .iter()
+            .position(|b| &b.id == id)
+            .ok_or_else(|| Error::Refused(format!("no booking {id} (see `kloigos list --all`)")))
+    }
+}
+
+fn in_one_numa(cpus: &CpuSet, numa: &[CpuSet]) -> bool {
+    numa.is_empty()
+        || numa
+            .iter()
+            .any(|n| cpus.cpus().iter().all(|c| n.cpus().contains(c)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::NodeName;
+    use crate::window::Window;
+    use proptest::prelude::*;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+    const NOW: &str = "2026-11-23T10:00:00Z";
+
+    fn state(units: u32) -> NodeState {
+        let cpus = CpuSet::parse(&format!("0-{}", units * 4 - 1)).unwrap();
+        let mut spec = NodeSpec::new(NodeName::new("n1").unwrap(), cpus);
+        spec.unit_cpus = Some(4);
+        NodeState::new(spec)
+    }
+
+    fn req(user: &str, size: Size, start: &str, hours: i64) -> Request {
+        let start = ts(start);
+        Request {
+            user: UserName::new(user).unwrap(),
+            uid: 1000,
+            created_by: UserName::new(user).unwrap(),
+            size,
+            start,
+            end: start
+                .checked_add(SignedDuration::from_hours(hours))
+                .unwrap(),
+            note: String::new(),
+            held_elsewhere: 0,
+        }
+    }
+
+    #[test]
+    fn books_best_fit_and_refuses_overlap_with_earliest_time() {
+        let mut s = state(4);
+        let p = Policy::default();
+        let now = ts(NOW);
+        let a = s
+            .book(&req("alice", Size::Units(2), NOW, 2), &p, now, &[])
+            .unwrap();
+        assert_eq!((a.units, a.cpus.to_string()), ([0, 1], "0-7".into()));
+        // Free run 2-3; one unit goes at its start.
+        let b = s
+            .book(&req("bob", Size::Cpus(3), NOW, 1), &p, now, &[])
+            .unwrap();
+        assert_eq!(b.units, [2, 2]);
+        let e = s
+            .book(&req("carol", Size::Units(2), NOW, 1), &p, now, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no 2 free unit(s)"), "{e}");
+        assert!(
+            e.contains("earliest start that fits is 2026-11-23T11:00:00Z"),
+            "{e}"
+        );
+        assert!(s.problems().is_empty());
+    }
+
+    #[test]
+    fn best_fit_prefers_the_smallest_run() {
+        let mut s = state(8);
+        let p = Policy::default();
+        let now = ts(NOW);
+        s.book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap(); // unit 0
+        s.book(&req("b", Size::Units(2), NOW, 1), &p, now, &[])
+            .unwrap(); // 1-2
+        s.book(&req("c", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap(); // 3
+        s.release(&BookingId::parse("n1:2").unwrap(), now).unwrap();
+        // Free runs: 1-2 (len 2) and 4-7 (len 4): one unit goes into 1-2.
+        let d = s
+            .book(&req("d", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        assert_eq!(d.units, [1, 1]);
+    }
+
+    #[test]
+    fn numa_preference() {
+        let mut s = state(4);
+        let p = Policy::default();
+        let now = ts(NOW);
+        let numa = [
+            CpuSet::parse("0-7").unwrap(),
+            CpuSet::parse("8-15").unwrap(),
+        ];
+        s.book(&req("a", Size::Units(1), NOW, 1), &p, now, &numa)
+            .unwrap(); // unit 0
+                       // Free 1-3; two units at 1-2 would span both NUMA nodes; 2-3 does not.
+        let b = s
+            .book(&req("b", Size::Units(2), NOW, 1), &p, now, &numa)
+            .unwrap();
+        assert_eq!(b.units, [2, 3]);
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut s = state(2);
+        let too_long = req("a", Size::Units(1), NOW, 24 * 8);
+        assert!(s
+            .book(&too_long, &p, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("max_duration"));
+        let past = req("a", Size::Units(1), "2026-11-20T00:00:00Z", 1);
+        assert!(s
+            .book(&past, &p, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("past"));
+        let far = req("a", Size::Units(1), "2027-06-01T00:00:00Z", 1);
+        assert!(s
+            .book(&far, &p, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("ahead"));
+        assert!(s
+            .book(&req("a", Size::Units(3), NOW, 1), &p, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("cannot fit"));
+        s.node.drained = Some(crate::node::Drain {
+            reason: "disk swap".into(),
+            by: UserName::new("root").unwrap(),
+            since: now,
+        });
+        assert!(s
+            .book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("disk swap"));
+        s.node.drained = None;
+        s.node.windows = vec![Window::parse("Mon-Fri 08:00-20:00").unwrap()];
+        let e = s
+            .book(&req("a", Size::Units(1), NOW, 12), &p, now, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("windows (Mon-Fri 08:00-20:00"), "{e}");
+        let lim = Policy {
+            max_active_per_user: 1,
+            ..Policy::default()
+        };
+        s.book(&req("a", Size::Units(1), NOW, 1), &lim, now, &[])
+            .unwrap();
+        assert!(s
+            .book(&req("a", Size::Units(1), NOW, 1), &lim, now, &[])
+            .unwrap_err()
+            .to_string()
+            .contains("max_active_per_user"));
+    }
+
+    #[test]
+    fn earliest_start_respects_windows() {
+        let mut s = state(1);
+        let p = Policy::default();
+        let now = ts(NOW); // Monday 10:00Z
+        s.node.windows = vec![Window::parse("Mon-Fri 08:00-20:00").unwrap()];
+        s.book(&req("a", Size::Whole, NOW, 9), &p, now, &[])
+            .unwrap(); // until 19:00
+                       // Two hours no longer fit Monday after 19:00: Tuesday 08:00.
+        let t = s.earliest_start(1, SignedDuration::from_hours(2), now, &p);
+        assert_eq!(t, Some(ts("2026-11-24T08:00:00Z")));
+        let t = s.earliest_start(1, SignedDuration::from_hours(1), now, &p);
+        assert_eq!(t, Some(ts("2026-11-23T19:00:00Z")));
+    }
+
+    #[test]
+    fn release_and_extend() {
+        let mut s = state(2);
+        let p = Policy::default();
+        let now = ts(NOW);
+        let a = s
+            .book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let later = s
+            .book(
+                &req("b", Size::Units(1), "2026-11-23T13:00:00Z", 1),
+                &p,
+                now,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(later.units, [0, 0]);
+        let e = s
+            .extend(&a.id, ts("2026-11-23T14:00:00Z"), &p, now)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("n1:2 is booked by b from 2026-11-23T13:00:00Z"),
+            "{e}"
+        );
+        let a2 = s
+            .extend(&a.id, ts("2026-11-23T13:00:00Z"), &p, now)
+            .unwrap();
+        assert_eq!(a2.end, ts("2026-11-23T13:00:00Z"));
+        let r = s.release(&a.id, ts("2026-11-23T10:30:00Z")).unwrap();
+        assert_eq!(r.end, ts("2026-11-23T10:30:00Z"));
+        assert!(s
+            .release(&a.id, ts("2026-11-23T11:00:00Z"))
+            .unwrap_err()
+            .to_string()
+            .contains("already ended"));
+        // A reservation released before it starts disappears.
+        s.release(&later.id, now).unwrap();
+        assert!(s.get(&later.id).is_none());
+        assert_eq!(s.prune(ts("2026-11-25T00:00:00Z")), 1);
+    }
+
+    proptest! {
+        /// Whatever sequence of requests arrives, accepted bookings never overlap.
+        #[test]
+        fn accepted_bookings_never_overlap(
+            reqs in proptest::collection::vec((0u32..5, 0i64..48, 1i64..12, 0u8..3), 1..60)
+        ) {
+            let mut s = state(4);
+            let p = Policy::default();
+            let now = ts(NOW);
+            for (units, offset_h, len_h, kind) in reqs {
+                let size = match kind { 0 => Size::Units(units), 1 => Size::Cpus(units * 3), _ => Size::Whole };
+                let start = now.checked_add(SignedDuration::from_hours(offset_h)).unwrap();
+                let mut r = req("u", size, NOW, len_h);
+                r.start = start;
+                r.end = start.checked_add(SignedDuration::from_hours(len_h)).unwrap();
+                let _ = s.book(&r, &p, now, &[]);
+            }
+            prop_assert!(s.problems().is_empty(), "{:?}", s.problems());
+            for (i, a) in s.bookings.iter().enumerate() {
+                for b in &s.bookings[i + 1..] {
+                    prop_assert!(!a.overlaps(b));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,785 @@
+//! The shared store: `cluster.json` and `nodes/<node>/{state.json, lock,
+//! journal.jsonl, facts.json}` on a directory every node mounts.
+//!
+//! Writers lock the node (flock, mapped to NFS byte-range locks by Linux NFS
+//! clients), read, validate, write a tmp file, fsync, rename over
+//! `state.json`, fsync the directory, append to the journal, unlock. Readers
+//! take no lock: a rename shows them the old or the new file, never half.
+
+use std::ffi::OsStr;
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use nix::fcntl::OFlag;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::facts::Facts;
+use crate::journal::{self, Event};
+use crate::names::NodeName;
+use crate::policy::{check_version, Policy, FORMAT_VERSION};
+use crate::state::NodeState;
+
+/// File name of the cluster policy.
+pub const CLUSTER_FILE: &str = "cluster.json";
+/// File name of a node's state.
+pub const STATE_FILE: &str = "state.json";
+/// File name of a node's lock.
+pub const LOCK_FILE: &str = "lock";
+/// File name of a node's journal.
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+/// File name of a node's facts.
+pub const FACTS_FILE: &str = "facts.json";
+/// How long an interactive writer waits for a node lock by default.
+pub const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// Whose files a reader believes: owners allowed, and never group- or
+/// world-writable files (like sshd's StrictModes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Trust {
+    owners: Vec<u32>,
+}
+
+impl Trust {
+    /// Files owned by root or the service account (PAM, housekeeper, setuid CLI).
+    pub fn service(service_uid: u32) -> Trust {
+        Trust {
+            owners: vec![0, service_uid],
+        }
+    }
+
+    /// Also trust files owned by `uid` (a user running on their own tree).
+    pub fn also(mut self, uid: u32) -> Trust {
+        if !self.owners.contains(&uid) {
+            self.owners.push(uid);
+        }
+        self
+    }
+
+    /// Checks owner and mode of an opened file or directory.
+    pub fn check(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
+        if !self.owners.contains(&meta.uid()) {
+            return Err(Error::Storage {
+                path: path.into(),
+                msg: format!(
+                    "owned by uid {}, not by a trusted owner (uids {:?}); refusing to trust it — `chown` it to the service account",
+                    meta.uid(),
+                    self.owners
+                ),
+            });
+        }
+        if meta.mode() & 0o022 != 0 {
+            return Err(Error::Storage {
+                path: path.into(),
+                msg: format!(
+                    "mode {:o} lets others write it; refusing to trust it — `chmod go-w` it",
+                    meta.mode() & 0o7777
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Reads a whole file that must be a regular file with a trusted owner and
+/// mode, whose directory is trusted too. Never follows a symlink and never
+/// blocks on a FIFO.
+pub fn read_trusted(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        let meta = fs::metadata(dir).map_err(|e| Error::io(dir, &e))?;
+        trust.check(dir, &meta)?;
+    }
+    let mut f = OpenOptions::new()
+        .read(true)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
+        .open(path)
+        .map_err(|e| {
+            if e.raw_os_error() == Some(nix::libc::ELOOP) {
+                Error::Storage {
+                    path: path.into(),
+                    msg: "is a symbolic link; refusing to follow it".into(),
+                }
+            } else {
+                Error::io(path, &e)
+            }
+        })?;
+    let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
+    if !meta.file_type().is_file() {
+        return Err(Error::Storage {
+            path: path.into(),
+            msg: "is not a regular file; refusing to read it".into(),
+        });
+    }
+    trust.check(path, &meta)?;
+    let mut buf = Vec::with_capacity(meta.len() as usize);
+    f.read_to_end(&mut buf).map_err(|e| Error::io(path, &e))?;
+    Ok(buf)
+}
+
+/// Parses a kloigos JSON file, naming the file on failure.
+pub fn parse_json<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    // Check the version first so a newer file gets the upgrade message, not a field error.
+    #[derive(Deserialize)]
+    struct Versioned {
+        version: Option<u32>,
+    }
+    match serde_json::from_slice::<Versioned>(bytes) {
+        Ok(Versioned { version: Some(v) }) => check_version(v).map_err(|msg| Error::Corrupt {
+            path: path.into(),
+            msg,
+        })?,
+        Ok(Versioned { version: None }) => {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                msg: "has no \"version\" field; it was not written by kloigos".into(),
+            })
+        }
+        Err(e) => {
+            return Err(Error::Corrupt {
+                path: path.into(),
+                msg: format!("is not valid JSON ({e})"),
+            })
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        path: path.into(),
+        msg: format!("does not match the format ({e})"),
+    })
+}
+
+/// Parses a JSON file that carries no version (the node-local config).
+pub fn parse_json_unversioned<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes).map_err(|e| Error::Corrupt {
+        path: path.into(),
+        msg: format!("is not a valid kloigos configuration ({e})"),
+    })
+}
+
+/// Whether an error is one a lock-free reader should retry: the file was
+/// being replaced (ENOENT, ESTALE) or read half-written over NFS.
+fn transient(e: &Error) -> bool {
+    match e {
+        Error::Corrupt { .. } => true,
+        Error::Storage { msg, .. } => {
+            let enoent = io::Error::from_raw_os_error(nix::libc::ENOENT).to_string();
+            let estale = io::Error::from_raw_os_error(nix::libc::ESTALE).to_string();
+            msg == &enoent || msg == &estale
+        }
+        _ => false,
+    }
+}
+
+/// Reads and parses a trusted JSON file, retrying transient failures a few times.
+pub fn read_json<T: DeserializeOwned>(path: &Path, trust: &Trust) -> Result<T> {
+    let mut attempt = 0;
+    loop {
+        let r = read_trusted(path, trust).and_then(|b| parse_json(path, &b));
+        match r {
+            Err(e) if attempt < 3 && transient(&e) => {
+                attempt += 1;
+                // Back off briefly: the writer's rename or NFS's attribute cache settles.
+                std::thread::sleep(Duration::from_millis(15 * attempt));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn tmp_name(name: &str) -> String {
+    let host = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let host: String = host
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    format!("{name}.tmp.{host}.{}", std::process::id())
+}
+
+/// Replaces `dir/name` with `bytes` atomically: exclusive tmp file, fsync,
+/// rename, fsync of the directory. The file ends up mode 0644.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(tmp_name(name));
+    let dest = dir.join(name);
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+        .open(&tmp)
+        .map_err(|e| Error::io(&tmp, &e))?;
+    let done = (|| -> io::Result<()> {
+        f.set_permissions(fs::Permissions::from_mode(0o644))?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, &dest)?;
+        File::open(dir)?.sync_all()
+    })();
+    if let Err(e) = done {
+        let _ = fs::remove_file(&tmp);
+        return Err(Error::io(&dest, &e));
+    }
+    Ok(())
+}
+
+/// Serializes a value as pretty JSON with a final newline.
+pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
+    // Our types serialize infallibly (no maps with non-string keys).
+    let mut v = serde_json::to_vec_pretty(value).expect("kloigos types serialize");
+    v.push(b'\n');
+    v
+}
+
+/// An exclusive lock on a node; released when dropped (closing the file
+/// releases the flock).
+#[derive(Debug)]
+pub struct NodeLock {
+    _file: File,
+}
+
+impl NodeLock {
+    /// Takes the lock file at `path`, polling until `wait` has passed.
+    pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o644)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(path)
+            .map_err(|e| Error::io(path, &e))?;
+        let deadline = Instant::now() + wait;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(NodeLock { _file: file }),
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    // Locks are held for milliseconds; poll, since flock has no timed wait.
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(fs::TryLockError::WouldBlock) => {
+                    return Err(Error::Busy {
+                        node: node.to_string(),
+                    })
+                }
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, &e)),
+            }
+        }
+    }
+}
+
+/// A handle on one shared tree.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+    trust: Trust,
+    /// How long writers wait for a node lock.
+    pub lock_wait: Duration,
+}
+
+impl Store {
+    /// A store rooted at `root`, believing files owned as `trust` says.
+    pub fn new(root: impl Into<PathBuf>, trust: Trust) -> Store {
+        Store {
+            root: root.into(),
+            trust,
+            lock_wait: LOCK_WAIT,
+        }
+    }
+
+    /// The shared directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Who this store trusts.
+    pub fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
+    /// Path of `cluster.json`.
+    pub fn cluster_path(&self) -> PathBuf {
+        self.root.join(CLUSTER_FILE)
+    }
+
+    /// Directory of the nodes.
+    pub fn nodes_dir(&self) -> PathBuf {
+        self.root.join("nodes")
+    }
+
+    /// Directory of one node (the name is validated by its type).
+    pub fn node_dir(&self, node: &NodeName) -> PathBuf {
+        self.nodes_dir().join(node.as_str())
+    }
+
+    /// Path of a node's `state.json`.
+    pub fn state_path(&self, node: &NodeName) -> PathBuf {
+        self.node_dir(node).join(STATE_FILE)
+    }
+
+    /// Creates a new cluster: the root (if missing), `nodes/`, `cluster.json`.
+    pub fn init(&self, policy: &Policy) -> Result<()> {
+        if self.cluster_path().exists() {
+            return Err(Error::Refused(format!(
+                "{} already exists; this directory already holds a cluster (see `kloigos admin policy`)",
+                self.cluster_path().display()
+            )));
+        }
+        for dir in [self.root.clone(), self.nodes_dir()] {
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(Error::io(&dir, &e)),
+            }
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+                .map_err(|e| Error::io(&dir, &e))?;
+        }
+        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))
+    }
+
+    /// Reads and validates the cluster policy. A missing file means the
+    /// share is not mounted (or not initialised) and is an error.
+    pub fn policy(&self) -> Result<Policy> {
+        let path = self.cluster_path();
+        let p: Policy = read_json(&path, &self.trust).map_err(|e| match e {
+            Error::Storage { path, msg } if msg.contains("No such file") => Error::Storage {
+                msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
+                path,
+            },
+            e => e,
+        })?;
+        p.validate().map_err(|msg| Error::Corrupt { path, msg })?;
+        Ok(p)
+    }
+
+    /// Rewrites the cluster policy under the cluster lock.
+    pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
+        let lock_node = NodeName::new("cluster").expect("valid literal");
+        let _lock = NodeLock::acquire(&self.root.join("cluster.lock"), &lock_node, self.lock_wait)?;
+        let mut p = self.policy()?;
+        f(&mut p)?;
+        p.validate().map_err(Error::Refused)?;
+        write_atomic(&self.root, CLUSTER_FILE, &to_json(&p))?;
+        Ok(p)
+    }
+
+    /// Names of all nodes, sorted. Entries that are not valid node names are
+    /// skipped (`fsck` reports them).
+    pub fn node_names(&self) -> Result<Vec<NodeName>> {
+        let dir = self.nodes_dir();
+        let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, &e))?;
+        let mut names: Vec<NodeName> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().to_str().and_then(|s| NodeName::new(s).ok()))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Whether `node` exists in this cluster.
+    pub fn has_node(&self, node: &NodeName) -> bool {
+        self.node_dir(node).is_dir()
+    }
+
+    /// Reads a node's state lock-free.
+    pub fn node(&self, node: &NodeName) -> Result<NodeState> {
+        if !self.has_node(node) {
+            return Err(self.no_such_node(node));
+        }
+        let path = self.state_path(node);
+        let st: NodeState = read_json(&path, &self.trust)?;
+        if st.node.name != *node {
+            return Err(Error::Corrupt {
+                path,
+                msg: format!(
+                    "describes node '{}' but sits in the directory of '{node}'",
+                    st.node.name
+                ),
+            });
+        }
+        Ok(st)
+    }
+
+    fn no_such_node(&self, node: &NodeName) -> Error {
+        let known = self
+            .node_names()
+            .map(|v| {
+                v.iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .unwrap_or_default();
+        Error::Refused(format!("no node '{node}' in this cluster (nodes: {known})"))
+    }
+
+    /// Reads a node's facts, if its housekeeper has written any.
+    pub fn facts(&self, node: &NodeName) -> Option<Facts> {
+        read_json(&self.node_dir(node).join(FACTS_FILE), &self.trust).ok()
+    }
+
+    /// Writes a node's facts (done by that node's housekeeper only).
+    pub fn write_facts(&self, facts: &Facts) -> Result<()> {
+        write_atomic(&self.node_dir(&facts.node), FACTS_FILE, &to_json(facts))
+    }
+
+    /// Creates a node with an empty booking list.
+    pub fn add_node(
+        &self,
+        state: &NodeState,
+        by: &crate::names::UserName,
+        now: Timestamp,
+    ) -> Result<()> {
+        state.node.validate()?;
+        let name = &state.node.name;
+        let dir = self.node_dir(name);
+        match fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                return Err(Error::Refused(format!(
+                    "node '{name}' already exists; change it with `kloigos admin set-node {name}`"
+                )))
+            }
+            Err(e) => return Err(Error::io(&dir, &e)),
+        }
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
+            .map_err(|e| Error::io(&dir, &e))?;
+        let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
+        write_atomic(&dir, STATE_FILE, &to_json(state))?;
+        let ev = Event::node(
+            now,
+            by,
+            journal::Action::AddNode,
+            name,
+            format!("cpus {}", state.node.cpus),
+        );
+        self.append_journal(name, &[ev])
+    }
+
+    /// Moves a node's directory out of `nodes/` into `deleted/`, keeping
+    /// its journal for `history`. `check` runs under the lock and may refuse.
+    pub fn delete_node(
+        &self,
+        node: &NodeName,
+        check: impl FnOnce(&NodeState) -> Result<()>,
+    ) -> Result<PathBuf> {
+        let dir = self.node_dir(node);
+        let _lock = self.lock(node)?;
+        let st = self.node(node)?;
+        check(&st)?;
+        let graveyard = self.root.join("deleted");
+        match fs::create_dir(&graveyard) {
+            Ok(()) => {
+                let _ = fs::set_permissions(&graveyard, fs::Permissions::from_mode(0o755));
+            }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(Error::io(&graveyard, &e)),
+        }
+        let dest = graveyard.join(format!("{node}.{}", Timestamp::now().as_second()));
+        fs::rename(&dir, &dest).map_err(|e| Error::io(&dir, &e))?;
+        Ok(dest)
+    }
+
+    /// Takes a node's lock.
+    pub fn lock(&self, node: &NodeName) -> Result<NodeLock> {
+        if !self.has_node(node) {
+            return Err(self.no_such_node(node));
+        }
+        NodeLock::acquire(&self.node_dir(node).join(LOCK_FILE), node, self.lock_wait)
+    }
+
+    /// The writer's protocol: lock, sweep stray tmp files, read, let `f`
+    /// change the state, prune, refuse a state that breaks an invariant,
+    /// write atomically, journal `f`'s events, unlock.
+    pub fn update_node<T>(
+        &self,
+        node: &NodeName,
+        now: Timestamp,
+        f: impl FnOnce(&mut NodeState) -> Result<(T, Vec<Event>)>,
+    ) -> Result<T> {
+        let _lock = self.lock(node)?;
+        let dir = self.node_dir(node);
+        sweep_tmp(&dir);
+        let mut st = self.node(node)?;
+        let (out, events) = f(&mut st)?;
+        st.prune(now);
+        let problems = st.problems();
+        if !problems.is_empty() {
+            return Err(Error::Corrupt {
+                path: self.state_path(node),
+                msg: format!(
+                    "refusing to write a state that breaks its rules: {}",
+                    problems.join("; ")
+                ),
+            });
+        }
+        write_atomic(&dir, STATE_FILE, &to_json(&st))?;
+        self.append_journal(node, &events)?;
+        Ok(out)
+    }
+
+    /// Appends events to a node's journal (callers hold the node's lock).
+    fn append_journal(&self, node: &NodeName, events: &[Event]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let path = self.node_dir(node).join(JOURNAL_FILE);
+        let mut text = Vec::new();
+        for e in events {
+            // Events serialize infallibly.
+            text.extend(serde_json::to_vec(e).expect("events serialize"));
+            text.push(b'\n');
+        }
+        let mut f = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
+            .open(&path)
+            .map_err(|e| Error::io(&path, &e))?;
+        f.write_all(&text)
+            .and_then(|()| f.sync_data())
+            .map_err(|e| Error::io(&path, &e))
+    }
+
+    /// A node's journal: events, and the numbers of lines that did not parse.
+    pub fn journal(&self, node: &NodeName) -> Result<(Vec<Event>, Vec<usize>)> {
+        self.journal_at(&self.node_dir(node).join(JOURNAL_FILE))
+    }
+
+    /// Journals of deleted nodes, for `history`.
+    pub fn deleted_journals(&self) -> Vec<PathBuf> {
+        let Ok(rd) = fs::read_dir(self.root.join("deleted")) else {
+            return Vec::new();
+        };
+        rd.filter_map(|e| e.ok())
+            .map(|e| e.path().join(JOURNAL_FILE))
+            .filter(|p| p.is_file())
+            .collect()
+    }
+
+    /// Reads a journal file by path (a missing journal is empty).
+    pub fn journal_at(&self, path: &Path) -> Result<(Vec<Event>, Vec<usize>)> {
+        match read_trusted(path, &self.trust) {
+            Ok(bytes) => Ok(journal::parse(&String::from_utf8_lossy(&bytes))),
+            Err(Error::Storage { msg, .. }) if msg.contains("No such file") => {
+                Ok((Vec::new(), Vec::new()))
+            }
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Removes tmp files left by writers that died between create and rename.
+/// Only called under the node's lock, so no live writer owns one.
+pub fn sweep_tmp(dir: &Path) -> usize {
+    let Ok(rd) = fs::read_dir(dir) else { return 0 };
+    let mut n = 0;
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        if is_tmp(&name) && fs::remove_file(e.path()).is_ok() {
+            n += 1;
+        }
+    }
+    n
+}
+
+/// Whether a directory entry is one of our tmp files.
+pub fn is_tmp(name: &OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.contains(".json.tmp."))
+}
+
+/// What the housekeeper keeps on local disk for PAM: the policy and this
+/// node's state as last read from the share.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LocalCopy {
+    /// File format version.
+    pub version: u32,
+    /// When the housekeeper read the share.
+    pub copied_at: Timestamp,
+    /// The cluster policy.
+    pub policy: Policy,
+    /// This node's state; `None` when this host is not a node of the cluster.
+    pub state: Option<NodeState>,
+}
+
+impl LocalCopy {
+    /// A copy made at `now`.
+    pub fn new(now: Timestamp, policy: Policy, state: Option<NodeState>) -> LocalCopy {
+        LocalCopy {
+            version: FORMAT_VERSION,
+            copied_at: now,
+            policy,
+            state,
+        }
+    }
+
+    /// Whether the copy is at most `max_age_s` old at `now`.
+    pub fn is_fresh(&self, now: Timestamp, max_age_s: u64) -> bool {
+        let age = now.as_second() - self.copied_at.as_second();
+        age >= 0 && (age as u64) <= max_age_s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpuset::CpuSet;
+    use crate::names::UserName;
+    use crate::node::NodeSpec;
+
+    fn me() -> u32 {
+        nix::unistd::geteuid().as_raw()
+    }
+
+    fn store(dir: &Path) -> Store {
+        let s = Store::new(dir.join("shared"), Trust::service(4242).also(me()));
+        s.init(&Policy::default()).unwrap();
+        s
+    }
+
+    fn add(s: &Store, name: &str) -> NodeName {
+        let n = NodeName::new(name).unwrap();
+        let st = NodeState::new(NodeSpec::new(n.clone(), CpuSet::parse("0-3").unwrap()));
+        s.add_node(&st, &UserName::new("root").unwrap(), Timestamp::now())
+            .unwrap();
+        n
+    }
+
+    #[test]
+    fn init_add_read() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        assert_eq!(s.node_names().unwrap(), vec![n.clone()]);
+        assert_eq!(s.node(&n).unwrap().node.name, n);
+        assert!(s
+            .init(&Policy::default())
+            .unwrap_err()
+            .to_string()
+            .contains("already"));
+        let (ev, bad) = s.journal(&n).unwrap();
+        assert_eq!((ev.len(), bad.len()), (1, 0));
+    }
+
+    #[test]
+    fn untrusted_owner_and_mode_are_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let path = s.state_path(&n);
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).unwrap();
+        let e = s.node(&n).unwrap_err().to_string();
+        assert!(e.contains("chmod go-w") && e.contains("state.json"), "{e}");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let strict = Store::new(s.root(), Trust::service(4242));
+        if me() != 0 {
+            let e = strict.node(&n).unwrap_err().to_string();
+            assert!(e.contains("not by a trusted owner"), "{e}");
+        }
+    }
+
+    #[test]
+    fn corrupt_and_newer_files_name_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let path = s.state_path(&n);
+        fs::write(&path, b"{\"version\":1, \"seq\": ").unwrap();
+        let e = s.node(&n).unwrap_err();
+        assert!(matches!(e, Error::Corrupt { .. }));
+        assert!(
+            e.to_string().contains("state.json: is not valid JSON"),
+            "{e}"
+        );
+        fs::write(&path, b"{\"version\":2}").unwrap();
+        assert!(s
+            .node(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("upgrade kloigos"));
+        fs::write(&path, b"{}").unwrap();
+        assert!(s
+            .node(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("no \"version\""));
+    }
+
+    #[test]
+    fn symlinks_and_fifos_are_not_followed() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let path = s.state_path(&n);
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        assert!(s
+            .node(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("symbolic link"));
+        fs::remove_file(&path).unwrap();
+        nix::unistd::mkfifo(&path, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+        assert!(s
+            .node(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("not a regular file"));
+    }
+
+    #[test]
+    fn tmp_files_refuse_planted_links_and_are_swept() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let dir = s.node_dir(&n);
+        let planted = dir.join(tmp_name(STATE_FILE));
+        std::os::unix::fs::symlink(t.path().join("victim"), &planted).unwrap();
+        assert!(write_atomic(&dir, STATE_FILE, b"x").is_err());
+        assert!(!t.path().join("victim").exists());
+        fs::write(dir.join("state.json.tmp.other.1"), b"junk").unwrap();
+        s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
+            .unwrap();
+        assert!(!dir.join("state.json.tmp.other.1").exists());
+    }
+
+    #[test]
+    fn busy_lock_times_out_with_a_clear_message() {
+        let t = tempfile::tempdir().unwrap();
+        let mut s = store(t.path());
+        let n = add(&s, "n1");
+        let held = s.lock(&n).unwrap();
+        s.lock_wait = Duration::from_millis(50);
+        let e = s
+            .update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
+            .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "n1 is busy (its lock is held by another kloigos command); try again"
+        );
+        drop(held);
+        s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
+            .unwrap();
+    }
+
+    #[test]
+    fn missing_cluster_file_says_not_mounted() {
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path(), Trust::service(1).also(me()));
+        assert!(s.policy().unwrap_err().to_string().contains("not mounted"));
+    }
+}
