@@ -1,0 +1,2 @@
+//! kloigos-housekeeper.
+fn main() {}

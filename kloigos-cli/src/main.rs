@@ -1,0 +1,2 @@
+//! The `kloigos` command.
+fn main() {}

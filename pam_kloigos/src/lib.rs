@@ -1,0 +1,1 @@
+//! pam_kloigos: the PAM account module.
