@@ -1,0 +1,2 @@
+//! Benchmark: cli.
+fn main() {}

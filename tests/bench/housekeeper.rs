@@ -1,0 +1,2 @@
+//! Benchmark: housekeeper.
+fn main() {}

@@ -1,0 +1,2 @@
+//! Benchmark: pam.
+fn main() {}

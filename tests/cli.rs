@@ -1,0 +1,1 @@
+//! cli tests (see the issue tracker).

@@ -1,0 +1,1 @@
+//! housekeeper tests (see the issue tracker).

@@ -1,0 +1,1 @@
+//! pam tests (see the issue tracker).

@@ -1,0 +1,1 @@
+//! privilege tests (see the issue tracker).
