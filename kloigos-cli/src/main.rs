@@ -1,2 +1,67 @@
-//! The `kloigos` command.
-fn main() {}
+//! `kloigos`: parse the command line, set up privileges and the store, call
+//! kloigos-core, print. Exit codes: 0 ok, 1 refused, 2 usage, 3 storage.
+
+mod admin;
+mod args;
+mod book;
+mod ctx;
+mod demo;
+mod doctor;
+mod error;
+mod info;
+mod output;
+mod session;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::args::{Cli, Cmd};
+use crate::error::CliError;
+
+/// Version and the git commit it was built from.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (",
+    env!("KLOIGOS_GIT_COMMIT"),
+    ")"
+);
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    match run(cli) {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kloigos: {e}");
+            ExitCode::from(e.exit_code())
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<u8, CliError> {
+    // The demo builds its own cluster and needs no configuration.
+    if let Cmd::Demo(a) = &cli.cmd {
+        return demo::run(&a.dir);
+    }
+    let ctx = ctx::Ctx::setup(&cli)?;
+    match cli.cmd {
+        Cmd::Info(a) => info::info(&ctx, &a),
+        Cmd::Alloc(a) => book::alloc(&ctx, a.node.as_deref(), &a.spec),
+        Cmd::Run(a) => session::run(&ctx, &a),
+        Cmd::Ssh(a) => session::ssh(&ctx, &a),
+        Cmd::Release(a) => book::release(&ctx, &a),
+        Cmd::Extend(a) => book::extend(&ctx, &a),
+        Cmd::List(a) => book::list(&ctx, &a),
+        Cmd::History(a) => book::history(&ctx, &a),
+        Cmd::CheckLogin(a) => session::check_login(&ctx, &a),
+        Cmd::Doctor => doctor::doctor(&ctx),
+        Cmd::Admin(a) => admin::admin(&ctx, a),
+        Cmd::Demo(_) => unreachable!("handled above"),
+    }
+}

@@ -33,6 +33,9 @@ pub enum Error {
     /// A request that parses but is refused, with the rule that refused it.
     #[error("{0}")]
     Refused(String),
+    /// A refusal for lack of capacity (an `alloc --wait` keeps trying on these).
+    #[error("{0}")]
+    Full(String),
     /// A file could not be read, written, locked or trusted.
     #[error("{path}: {msg}")]
     Storage {
@@ -62,7 +65,7 @@ impl Error {
     pub fn kind(&self) -> ErrorKind {
         match self {
             Error::Invalid { .. } => ErrorKind::Usage,
-            Error::Refused(_) => ErrorKind::Refused,
+            Error::Refused(_) | Error::Full(_) => ErrorKind::Refused,
             Error::Storage { .. } | Error::Corrupt { .. } | Error::Busy { .. } => {
                 ErrorKind::Storage
             }

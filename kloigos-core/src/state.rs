@@ -251,7 +251,7 @@ impl NodeState {
                 Some(t) => format!("the earliest start that fits is {} (use --at or --wait)", t),
                 None => format!("nothing fits within the next {}", policy.max_ahead),
             };
-            return Err(Error::Refused(format!(
+            return Err(Error::Full(format!(
                 "{} has no {} free unit(s) in a row for that span ({} of {} free now); {}",
                 self.node.name,
                 n,

@@ -1,0 +1,522 @@
+//! Booking commands: alloc, release, extend, list, history.
+
+use std::time::Duration;
+
+use jiff::{SignedDuration, Timestamp};
+use kloigos_core::access;
+use kloigos_core::booking::{Booking, BookingId};
+use kloigos_core::duration::{human_secs, Dur};
+use kloigos_core::journal::{self, Action, Event};
+use kloigos_core::names::{Label, NodeName};
+use kloigos_core::placement::{self, Offer, Want};
+use kloigos_core::policy::Policy;
+use kloigos_core::state::{NodeState, Request, Size};
+use kloigos_core::users::Account;
+use kloigos_core::when::parse_time;
+use kloigos_core::Error;
+
+use crate::args::{AllocSpec, ExtendArgs, HistoryArgs, ListArgs, ReleaseArgs};
+use crate::ctx::{node_arg, Ctx};
+use crate::error::{CliError, Result};
+use crate::output::{bookings_table, local, print_json, Table};
+
+/// How often `alloc --wait` tries again.
+const WAIT_POLL: Duration = Duration::from_secs(2);
+
+/// Reads every node lock-free; unreadable ones are returned apart so a
+/// command can go on with the rest and still report them.
+pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Vec<(NodeName, Error)>)> {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for n in ctx.store.node_names()? {
+        match ctx.store.node(&n) {
+            Ok(s) => ok.push(s),
+            Err(e) => bad.push((n, e)),
+        }
+    }
+    Ok((ok, bad))
+}
+
+/// Warns on stderr about nodes that could not be read.
+pub fn warn_unreadable(bad: &[(NodeName, Error)]) {
+    for (n, e) in bad {
+        eprintln!("kloigos: warning: skipping node {n}: {e}");
+    }
+}
+
+/// `alloc`: books and prints the booking.
+pub fn alloc(ctx: &Ctx, node: Option<&str>, spec: &AllocSpec) -> Result<u8> {
+    let policy = ctx.policy()?;
+    let b = book(ctx, &policy, node, spec)?;
+    if ctx.json {
+        print_json(&b);
+    } else {
+        let tz = policy.tz_or_utc();
+        let now = ctx.now();
+        let from = if b.start <= now {
+            "now".to_string()
+        } else {
+            local(b.start, &tz)
+        };
+        println!(
+            "booked {}: {} holds {} units {}-{} (cpus {}{}) from {} until {} ({})",
+            b.id,
+            b.user,
+            b.node,
+            b.units[0],
+            b.units[1],
+            b.cpus,
+            b.ports.map(|p| format!(", ports {p}")).unwrap_or_default(),
+            from,
+            local(b.end, &tz),
+            human_secs(b.end.as_second() - b.start.as_second()),
+        );
+        println!(
+            "log in with: kloigos ssh {}    end it early with: kloigos release {}",
+            b.id, b.id
+        );
+    }
+    Ok(0)
+}
+
+/// Makes a booking as `alloc` describes it; shared with `run`.
+pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) -> Result<Booking> {
+    let user = ctx.target_user(policy, spec.user.as_deref())?;
+    access::may_book(policy, &user)?;
+    let tz = policy.tz_or_utc();
+    let now = ctx.now();
+    let len = match &spec.time {
+        Some(t) => Dur::parse(t)?,
+        None => policy.default_duration,
+    };
+    let size = match (spec.units, spec.cpus, spec.whole) {
+        (Some(n), _, _) => Size::Units(n),
+        (_, Some(c), _) => Size::Cpus(c),
+        (_, _, true) => Size::Whole,
+        _ => Size::Units(1),
+    };
+    let labels = spec
+        .labels
+        .iter()
+        .map(|l| Label::new(l))
+        .collect::<kloigos_core::Result<Vec<_>>>()?;
+    let at = spec
+        .at
+        .as_deref()
+        .map(|t| parse_time(t, now, &tz))
+        .transpose()?;
+    let node = node.or(spec.worker.as_deref()).map(node_arg).transpose()?;
+    let deadline = spec
+        .wait
+        .as_deref()
+        .map(Dur::parse)
+        .transpose()?
+        .map(|d| Timestamp::now() + d.signed());
+    let mut told = false;
+    loop {
+        let now = ctx.now();
+        let start = at.unwrap_or(now).max(now);
+        let ask = Ask {
+            user: &user,
+            size,
+            labels: &labels,
+            start,
+            len: len.signed(),
+            earliest_ok: at.is_some(),
+            note: spec.note.clone().unwrap_or_default(),
+        };
+        let r = match &node {
+            Some(n) => book_on(ctx, policy, n, &ask),
+            None => book_anywhere(ctx, policy, &ask),
+        };
+        match r {
+            Err(CliError::Core(Error::Full(msg)))
+                if deadline.is_some_and(|d| Timestamp::now() < d) =>
+            {
+                if !told && !ctx.json {
+                    eprintln!("kloigos: {msg}\nkloigos: waiting for a free slot (--wait)...");
+                    told = true;
+                }
+                // Polling the shared files is the only signal there is: no daemon to notify us.
+                std::thread::sleep(WAIT_POLL);
+            }
+            other => return other,
+        }
+    }
+}
+
+struct Ask<'a> {
+    user: &'a Account,
+    size: Size,
+    labels: &'a [Label],
+    start: Timestamp,
+    len: SignedDuration,
+    /// `--at`: take the earliest slot at or after `start` instead of refusing.
+    earliest_ok: bool,
+    note: String,
+}
+
+impl Ask<'_> {
+    fn request(&self, ctx: &Ctx, start: Timestamp, held_elsewhere: u32) -> Request {
+        Request {
+            user: self.user.name.clone(),
+            uid: self.user.uid,
+            created_by: ctx.caller.name.clone(),
+            size: self.size,
+            start,
+            end: start + self.len,
+            note: self.note.clone(),
+            held_elsewhere,
+        }
+    }
+}
+
+/// The user's current and future bookings on nodes other than `except`,
+/// counted only when the policy limits them.
+fn held_elsewhere(ctx: &Ctx, policy: &Policy, ask: &Ask, except: Option<&NodeName>) -> Result<u32> {
+    if policy.max_active_per_user == 0 {
+        return Ok(0);
+    }
+    let now = ctx.now();
+    let (states, _) = read_all(ctx)?;
+    Ok(states
+        .iter()
+        .filter(|s| Some(&s.node.name) != except)
+        .flat_map(|s| &s.bookings)
+        .filter(|b| b.user == ask.user.name && b.is_current_or_future(now))
+        .count() as u32)
+}
+
+fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Booking> {
+    let numa = ctx
+        .store
+        .facts(node)
+        .map(|f| f.numa_sets())
+        .unwrap_or_default();
+    let mut start = ask.start;
+    if ask.earliest_ok {
+        let st = ctx.store.node(node)?;
+        let n = st.units_needed(ask.size)?;
+        start = st
+            .earliest_start(n, ask.len, ask.start, policy)
+            .ok_or_else(|| {
+                Error::Full(format!(
+                    "{node} has no slot for that within the next {} (max_ahead)",
+                    policy.max_ahead
+                ))
+            })?;
+    }
+    let held = held_elsewhere(ctx, policy, ask, Some(node))?;
+    let req = ask.request(ctx, start, held);
+    let now = ctx.now();
+    ctx.write_node(node, |st| {
+        let b = st.book(&req, policy, now, &numa)?;
+        let ev = Event::booking(now, &ctx.caller.name, Action::Book, &b);
+        Ok((b, vec![ev]))
+    })
+}
+
+fn book_anywhere(ctx: &Ctx, policy: &Policy, ask: &Ask) -> Result<Booking> {
+    let (states, bad) = read_all(ctx)?;
+    warn_unreadable(&bad);
+    let offers: Vec<Offer> = states
+        .into_iter()
+        .map(|state| {
+            let numa = ctx
+                .store
+                .facts(&state.node.name)
+                .map(|f| f.numa_sets())
+                .unwrap_or_default();
+            Offer { state, numa }
+        })
+        .collect();
+    if !ask.labels.is_empty() && !offers.iter().any(|o| o.state.node.has_labels(ask.labels)) {
+        let mut known: Vec<String> = offers
+            .iter()
+            .flat_map(|o| o.state.node.labels.iter().map(|l| l.to_string()))
+            .collect();
+        known.sort();
+        known.dedup();
+        let wanted: Vec<&str> = ask.labels.iter().map(|l| l.as_str()).collect();
+        return Err(Error::Refused(format!(
+            "no node carries label(s) {}; labels in use: {}",
+            wanted.join(", "),
+            if known.is_empty() {
+                "none".into()
+            } else {
+                known.join(", ")
+            }
+        ))
+        .into());
+    }
+    let want = Want {
+        size: ask.size,
+        labels: ask.labels.to_vec(),
+        start: ask.start,
+        end: ask.start + ask.len,
+    };
+    let ranked = placement::rank(&want, &offers, policy);
+    for node in &ranked {
+        match book_on(ctx, policy, node, ask) {
+            // Another booking won the race for this node: try the next best.
+            Err(CliError::Core(Error::Full(_))) => continue,
+            other => return other,
+        }
+    }
+    match placement::earliest(&want, &offers, policy) {
+        Some((t, node)) if ask.earliest_ok => {
+            let at_t = Ask { start: t, earliest_ok: false, note: ask.note.clone(), ..*ask };
+            book_on(ctx, policy, &node, &at_t)
+        }
+        Some((t, node)) => Err(Error::Full(format!(
+            "no node has that free now; the earliest it fits is {} on {node} (book it with --at, or wait with --wait)",
+            local(t, &policy.tz_or_utc())
+        ))
+        .into()),
+        None => Err(Error::Full(format!(
+            "no node can hold that within the next {} (sizes: `kloigos info`)",
+            policy.max_ahead
+        ))
+        .into()),
+    }
+}
+
+/// `release` (alias `kill`).
+pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
+    let policy = ctx.policy()?;
+    let now = ctx.now();
+    let mut released: Vec<Booking> = Vec::new();
+    let mut first_err: Option<CliError> = None;
+    if !a.ids.is_empty() {
+        for text in &a.ids {
+            let r = BookingId::parse(text)
+                .map_err(CliError::from)
+                .and_then(|id| {
+                    ctx.write_node(&id.node, |st| {
+                        let owner = st.get(&id).map(|b| b.user.clone()).ok_or_else(|| {
+                            Error::Refused(format!("no booking {id} (see `kloigos list --all`)"))
+                        })?;
+                        access::may_act_for(&policy, &ctx.caller, &owner)?;
+                        let b = st.release(&id, now)?;
+                        let ev = Event::booking(now, &ctx.caller.name, Action::Release, &b);
+                        Ok((b, vec![ev]))
+                    })
+                });
+            match r {
+                Ok(b) => released.push(b),
+                Err(e) => {
+                    eprintln!("kloigos: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+    } else if a.worker.is_some() || a.all {
+        let user = ctx.target_user(&policy, a.user.as_deref())?;
+        let nodes = match &a.worker {
+            Some(w) => vec![node_arg(w)?],
+            None => ctx.store.node_names()?,
+        };
+        for node in nodes {
+            let r = ctx.write_node(&node, |st| {
+                let ids: Vec<BookingId> = st
+                    .bookings
+                    .iter()
+                    .filter(|b| b.user == user.name && b.is_current_or_future(now))
+                    .map(|b| b.id.clone())
+                    .collect();
+                let mut out = Vec::new();
+                let mut events = Vec::new();
+                for id in ids {
+                    let b = st.release(&id, now)?;
+                    events.push(Event::booking(now, &ctx.caller.name, Action::Release, &b));
+                    out.push(b);
+                }
+                Ok((out, events))
+            });
+            match r {
+                Ok(v) => released.extend(v),
+                Err(e) => {
+                    eprintln!("kloigos: {e}");
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if released.is_empty() && first_err.is_none() {
+            let place = a
+                .worker
+                .as_ref()
+                .map(|w| format!(" on {w}"))
+                .unwrap_or_default();
+            return Err(Error::Refused(format!(
+                "{} holds no current or future booking{place}",
+                user.name
+            ))
+            .into());
+        }
+    } else {
+        return Err(CliError::Usage(
+            "release what? give booking ids (node3:12), -w NODE or --all".into(),
+        ));
+    }
+    if ctx.json {
+        print_json(&released);
+    } else {
+        for b in &released {
+            println!(
+                "released {} ({} on {}, cpus {})",
+                b.id, b.user, b.node, b.cpus
+            );
+        }
+    }
+    match first_err {
+        Some(e) => Err(e),
+        None => Ok(0),
+    }
+}
+
+/// `extend`.
+pub fn extend(ctx: &Ctx, a: &ExtendArgs) -> Result<u8> {
+    let policy = ctx.policy()?;
+    let tz = policy.tz_or_utc();
+    let now = ctx.now();
+    let id = BookingId::parse(&a.id)?;
+    enum To {
+        Add(Dur),
+        Until(Timestamp),
+    }
+    let to = match (&a.time, &a.until) {
+        (Some(t), None) => To::Add(Dur::parse(t.strip_prefix('+').unwrap_or(t))?),
+        (None, Some(u)) => To::Until(parse_time(u, now, &tz)?),
+        _ => {
+            return Err(CliError::Usage(
+                "extend by how much? give -t +DUR or --until TIME".into(),
+            ))
+        }
+    };
+    let b = ctx.write_node(&id.node, |st| {
+        let cur = st
+            .get(&id)
+            .ok_or_else(|| Error::Refused(format!("no booking {id} (see `kloigos list`)")))?
+            .clone();
+        access::may_act_for(&policy, &ctx.caller, &cur.user)?;
+        let new_end = match to {
+            To::Add(d) => cur.end + d.signed(),
+            To::Until(t) => t,
+        };
+        let b = st.extend(&id, new_end, &policy, now)?;
+        let ev = Event::booking(now, &ctx.caller.name, Action::Extend, &b);
+        Ok((b, vec![ev]))
+    })?;
+    if ctx.json {
+        print_json(&b);
+    } else {
+        println!(
+            "{} now ends {} ({} left)",
+            b.id,
+            local(b.end, &tz),
+            human_secs(b.end.as_second() - now.as_second())
+        );
+    }
+    Ok(0)
+}
+
+/// `list`.
+pub fn list(ctx: &Ctx, a: &ListArgs) -> Result<u8> {
+    let policy = ctx.policy()?;
+    let now = ctx.now();
+    let (states, bad) = read_all(ctx)?;
+    warn_unreadable(&bad);
+    let who = match (&a.user, a.all) {
+        (Some(u), _) => Some(u.clone()),
+        (None, true) => None,
+        (None, false) => Some(ctx.caller.name.to_string()),
+    };
+    let mut v: Vec<Booking> = states
+        .into_iter()
+        .flat_map(|s| s.bookings)
+        .filter(|b| {
+            b.is_current_or_future(now) && who.as_ref().is_none_or(|u| b.user.as_str() == u)
+        })
+        .collect();
+    v.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+    if ctx.json {
+        print_json(&v);
+    } else if v.is_empty() {
+        println!(
+            "no current or future bookings{}",
+            who.map(|u| format!(" for {u}")).unwrap_or_default()
+        );
+    } else {
+        print!(
+            "{}",
+            bookings_table(&v, now, &policy.tz_or_utc()).render(ctx.color)
+        );
+    }
+    Ok(if bad.is_empty() { 0 } else { 3 })
+}
+
+/// `history`.
+pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
+    let policy = ctx.policy()?;
+    let tz = policy.tz_or_utc();
+    let now = ctx.now();
+    let since = a
+        .since
+        .as_deref()
+        .map(|t| parse_time(t, now, &tz))
+        .transpose()?;
+    let node = a.worker.as_deref().map(node_arg).transpose()?;
+    let mut events = Vec::new();
+    let mut torn = 0;
+    let mut paths: Vec<std::path::PathBuf> = ctx
+        .store
+        .node_names()?
+        .iter()
+        .map(|n| {
+            ctx.store
+                .node_dir(n)
+                .join(kloigos_core::store::JOURNAL_FILE)
+        })
+        .collect();
+    paths.extend(ctx.store.deleted_journals());
+    for p in paths {
+        let (ev, bad) = ctx.store.journal_at(&p)?;
+        torn += bad.len();
+        events.extend(ev);
+    }
+    if torn > 0 {
+        eprintln!(
+            "kloigos: warning: {torn} journal line(s) could not be read (see `kloigos admin fsck`)"
+        );
+    }
+    let bookings: Vec<Booking> = journal::final_bookings(&events)
+        .into_iter()
+        .filter(|b| b.end > b.start)
+        .filter(|b| a.user.as_ref().is_none_or(|u| b.user.as_str() == u))
+        .filter(|b| node.as_ref().is_none_or(|n| &b.node == n))
+        .filter(|b| since.is_none_or(|s| b.end > s))
+        .collect();
+    if a.summary {
+        let rows = journal::cpu_hours_by_user(&bookings);
+        if ctx.json {
+            let v: Vec<_> = rows
+                .iter()
+                .map(|(u, h, n)| serde_json::json!({"user": u, "bookings": n, "cpu_hours": (h * 100.0).round() / 100.0}))
+                .collect();
+            print_json(&v);
+        } else {
+            let mut t = Table::new(&["USER", "BOOKINGS", "CPU-HOURS"]);
+            for (u, h, n) in rows {
+                t.row(vec![u.to_string(), n.to_string(), format!("{h:.2}")]);
+            }
+            print!("{}", t.render(ctx.color));
+        }
+    } else if ctx.json {
+        print_json(&bookings);
+    } else if bookings.is_empty() {
+        println!("no bookings in the journals match");
+    } else {
+        print!("{}", bookings_table(&bookings, now, &tz).render(ctx.color));
+    }
+    Ok(0)
+}

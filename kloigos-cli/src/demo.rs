@@ -1,0 +1,251 @@
+//! `demo [DIR]`: builds a throwaway cluster in DIR (no root, no NFS) and
+//! takes a narrated tour by running the real commands, each printed before
+//! its output so it can be copied.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use kloigos_core::privilege::Privileges;
+use kloigos_core::users;
+
+use crate::error::{CliError, Result};
+
+/// Marks a directory as a demo this command may wipe and rebuild.
+const MARKER: &str = ".kloigos-demo";
+
+struct Tour {
+    exe: PathBuf,
+    shared: PathBuf,
+}
+
+impl Tour {
+    fn say(&self, text: &str) {
+        println!("\n## {text}");
+    }
+
+    /// Runs `kloigos --shared DIR ARGS`, echoing the command; returns the exit code.
+    fn kloigos(&self, args: &[&str]) -> Result<i32> {
+        let shown: Vec<String> = args.iter().map(|a| quote(a)).collect();
+        println!(
+            "$ kloigos --shared {} {}",
+            self.shared.display(),
+            shown.join(" ")
+        );
+        let status = Command::new(&self.exe)
+            .arg("--shared")
+            .arg(&self.shared)
+            .args(args)
+            .status()
+            .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", self.exe.display())))?;
+        Ok(status.code().unwrap_or(-1))
+    }
+
+    /// Like `kloigos`, but the step must succeed for the tour to go on.
+    fn must(&self, args: &[&str]) -> Result<()> {
+        match self.kloigos(args)? {
+            0 => Ok(()),
+            code => Err(CliError::Usage(format!(
+                "demo step `kloigos {}` failed (exit {code})",
+                args.join(" ")
+            ))),
+        }
+    }
+
+    /// `check-login` quietly, for polling.
+    fn allowed(&self, user: &str, node: &str) -> Result<bool> {
+        let out = Command::new(&self.exe)
+            .arg("--shared")
+            .arg(&self.shared)
+            .args(["check-login", user, node])
+            .output()
+            .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", self.exe.display())))?;
+        Ok(out.status.success())
+    }
+}
+
+/// Quotes an argument for display the way a shell user would type it.
+fn quote(arg: &str) -> String {
+    if !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.,:/=+@".contains(c))
+    {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn prepare(dir: &Path) -> Result<()> {
+    if dir.exists() {
+        let empty = fs::read_dir(dir)
+            .map(|mut d| d.next().is_none())
+            .unwrap_or(false);
+        if dir.join(MARKER).exists() {
+            fs::remove_dir_all(dir).map_err(|e| {
+                CliError::Usage(format!(
+                    "cannot clear the old demo in {}: {e}",
+                    dir.display()
+                ))
+            })?;
+        } else if !empty {
+            return Err(CliError::Usage(format!(
+                "{} exists and is not a kloigos demo; pick another directory: kloigos demo DIR",
+                dir.display()
+            )));
+        }
+    }
+    fs::create_dir_all(dir)
+        .map_err(|e| CliError::Usage(format!("cannot create {}: {e}", dir.display())))?;
+    fs::write(
+        dir.join(MARKER),
+        "built by `kloigos demo`; safe to delete\n",
+    )
+    .map_err(|e| CliError::Usage(format!("cannot write in {}: {e}", dir.display())))
+}
+
+/// `demo [DIR]`.
+pub fn run(dir: &Path) -> Result<u8> {
+    // A demo never needs the service account: run as the caller throughout.
+    let privs = Privileges::start("kloigos")?;
+    privs.drop_to_caller()?;
+    let me = users::by_uid(privs.caller_uid)?.ok_or_else(|| {
+        CliError::Usage(format!(
+            "uid {} has no account; the demo books for named users",
+            privs.caller_uid
+        ))
+    })?;
+    let dir =
+        std::path::absolute(dir).map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?;
+    prepare(&dir)?;
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Usage(format!("cannot find the kloigos binary: {e}")))?;
+    let tour = Tour {
+        exe,
+        shared: dir.join("shared"),
+    };
+    // root is never gated, so as root the demo books for `nobody`, which every Linux has.
+    let holder = if me.uid == 0 {
+        "nobody".to_string()
+    } else {
+        me.name.to_string()
+    };
+    let stranger = if holder == "nobody" {
+        "daemon"
+    } else {
+        "nobody"
+    };
+    let as_holder: Vec<&str> = if me.uid == 0 {
+        vec!["-u", "nobody"]
+    } else {
+        vec![]
+    };
+
+    println!("kloigos demo: a throwaway cluster in {} (no root, no NFS; delete the directory when done).", dir.display());
+    tour.say("An admin creates the cluster and its nodes. This demo gates every account but root (min_uid=1), so the tour works with the accounts every Linux has.");
+    tour.must(&[
+        "admin",
+        "init",
+        "--name",
+        "demo",
+        "--admin",
+        me.name.as_str(),
+    ])?;
+    tour.must(&["admin", "policy", "min_uid=1", "max_duration=1d"])?;
+    tour.must(&[
+        "admin",
+        "add-node",
+        "node1",
+        "--cpus",
+        "0-63",
+        "--unit-cpus",
+        "16",
+        "--ports",
+        "20000-23999",
+        "-l",
+        "gpu",
+    ])?;
+    tour.must(&["admin", "add-node", "node2", "--cpus", "0-15"])?;
+    tour.must(&[
+        "admin",
+        "add-node",
+        "node3",
+        "--cpus",
+        "0-31",
+        "--unit-cpus",
+        "8",
+        "--window",
+        "Mon-Fri 08:00-20:00",
+    ])?;
+
+    tour.say(&format!("{holder} books two units of node1 (32 CPUs and their ports) for two hours, then 8 CPUs wherever they fit best."));
+    let mut args = vec![
+        "alloc",
+        "-w",
+        "node1",
+        "--units",
+        "2",
+        "-t",
+        "2h",
+        "-m",
+        "demo training run",
+    ];
+    args.extend(&as_holder);
+    tour.must(&args)?;
+    let mut args = vec!["alloc", "--cpus", "8", "-t", "90m", "-l", "gpu"];
+    args.extend(&as_holder);
+    tour.must(&args)?;
+
+    tour.say("info: who holds what, what is free, and until when.");
+    tour.must(&["info"])?;
+
+    tour.say("The PAM module takes this decision at every SSH login: the holder gets in, a stranger does not.");
+    tour.kloigos(&["check-login", &holder, "node1"])?;
+    tour.kloigos(&["check-login", stranger, "node1"])?;
+
+    tour.say(&format!("A short booking: {holder} holds node2 for 3 seconds, then it expires and the door closes again."));
+    let mut args = vec!["alloc", "-w", "node2", "-t", "3s"];
+    args.extend(&as_holder);
+    tour.must(&args)?;
+    tour.kloigos(&["check-login", &holder, "node2"])?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tour.allowed(&holder, "node2")? {
+        if Instant::now() > deadline {
+            return Err(CliError::Usage(
+                "the 3-second booking did not expire within 15 s; is the clock moving?".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    tour.kloigos(&["check-login", &holder, "node2"])?;
+
+    tour.say("Capacity is enforced: node1 is partly booked, so a whole-node booking is refused with the earliest time it would fit.");
+    let mut args = vec!["alloc", "-w", "node1", "--whole", "-t", "1h"];
+    args.extend(&as_holder);
+    tour.kloigos(&args)?;
+
+    tour.say("Everything is journaled: booked CPU-hours per user.");
+    tour.must(&["history", "--summary"])?;
+
+    let s = tour.shared.display();
+    println!(
+        "\n## Explore further (the cluster stays in {}):",
+        dir.display()
+    );
+    for cmd in [
+        "info --json",
+        "list --all",
+        "alloc --at +1h -t 30m -w node3",
+        "extend node1:1 -t +30m",
+        "release node1:1",
+        "history",
+        "admin drain node2 -r 'disk swap'",
+        "doctor",
+        "admin fsck",
+    ] {
+        println!("  kloigos --shared {s} {cmd}");
+    }
+    Ok(0)
+}

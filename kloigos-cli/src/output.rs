@@ -1,0 +1,170 @@
+//! Printing: aligned tables, colors on terminals only, times in the
+//! cluster's zone.
+
+use jiff::tz::TimeZone;
+use jiff::Timestamp;
+use kloigos_core::booking::Booking;
+use kloigos_core::duration::human_secs;
+use serde::Serialize;
+
+/// A color for a cell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Paint {
+    /// Default.
+    Plain,
+    /// Good news (free).
+    Green,
+    /// Partly used / warnings.
+    Yellow,
+    /// Full, drained, errors.
+    Red,
+    /// Secondary text.
+    Dim,
+    /// Headers.
+    Bold,
+}
+
+impl Paint {
+    fn code(self) -> &'static str {
+        match self {
+            Paint::Plain => "",
+            Paint::Green => "\x1b[32m",
+            Paint::Yellow => "\x1b[33m",
+            Paint::Red => "\x1b[31m",
+            Paint::Dim => "\x1b[2m",
+            Paint::Bold => "\x1b[1m",
+        }
+    }
+}
+
+/// Rows of cells printed with aligned columns.
+#[derive(Debug, Default)]
+pub struct Table {
+    rows: Vec<Vec<(String, Paint)>>,
+}
+
+impl Table {
+    /// A table with a header row.
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            rows: vec![header
+                .iter()
+                .map(|h| (h.to_string(), Paint::Bold))
+                .collect()],
+        }
+    }
+
+    /// Adds a row of plain cells.
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows
+            .push(cells.into_iter().map(|c| (c, Paint::Plain)).collect());
+    }
+
+    /// Adds a row with per-cell colors.
+    pub fn painted(&mut self, cells: Vec<(String, Paint)>) {
+        self.rows.push(cells);
+    }
+
+    /// Renders the table; colors only when `color`.
+    pub fn render(&self, color: bool) -> String {
+        let cols = self.rows.iter().map(Vec::len).max().unwrap_or(0);
+        let mut width = vec![0; cols];
+        for r in &self.rows {
+            for (i, (c, _)) in r.iter().enumerate() {
+                width[i] = width[i].max(c.chars().count());
+            }
+        }
+        let mut out = String::new();
+        for r in &self.rows {
+            let mut line = String::new();
+            for (i, (c, p)) in r.iter().enumerate() {
+                let pad = if i + 1 == r.len() {
+                    0
+                } else {
+                    width[i] - c.chars().count() + 2
+                };
+                if color && *p != Paint::Plain {
+                    line.push_str(p.code());
+                    line.push_str(c);
+                    line.push_str("\x1b[0m");
+                } else {
+                    line.push_str(c);
+                }
+                line.push_str(&" ".repeat(pad));
+            }
+            out.push_str(line.trim_end());
+            out.push('\n');
+        }
+        out
+    }
+}
+
+/// A timestamp in the cluster's zone, e.g. `2026-11-23 14:00 CET`.
+pub fn local(ts: Timestamp, tz: &TimeZone) -> String {
+    ts.to_zoned(tz.clone())
+        .strftime("%Y-%m-%d %H:%M %Z")
+        .to_string()
+}
+
+/// "ends in 1h30m" style text for a booking at `now`.
+pub fn status_of(b: &Booking, now: Timestamp) -> String {
+    if b.start > now {
+        format!(
+            "starts in {}",
+            human_secs(b.start.as_second() - now.as_second())
+        )
+    } else if b.end > now {
+        format!("{} left", human_secs(b.end.as_second() - now.as_second()))
+    } else {
+        "ended".into()
+    }
+}
+
+/// Prints a value as pretty JSON on stdout.
+pub fn print_json<T: Serialize>(value: &T) {
+    // Our values serialize infallibly.
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).expect("serializable")
+    );
+}
+
+/// A table of bookings.
+pub fn bookings_table(bookings: &[Booking], now: Timestamp, tz: &TimeZone) -> Table {
+    let mut t = Table::new(&[
+        "ID", "USER", "NODE", "UNITS", "CPUS", "PORTS", "START", "END", "STATUS", "NOTE",
+    ]);
+    for b in bookings {
+        let units = if b.units[0] == b.units[1] {
+            b.units[0].to_string()
+        } else {
+            format!("{}-{}", b.units[0], b.units[1])
+        };
+        t.row(vec![
+            b.id.to_string(),
+            b.user.to_string(),
+            b.node.to_string(),
+            units,
+            b.cpus.to_string(),
+            b.ports.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            local(b.start, tz),
+            local(b.end, tz),
+            status_of(b, now),
+            b.note.clone(),
+        ]);
+    }
+    t
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_align_and_color_is_optional() {
+        let mut t = Table::new(&["A", "BB"]);
+        t.painted(vec![("xyz".into(), Paint::Red), ("1".into(), Paint::Plain)]);
+        assert_eq!(t.render(false), "A    BB\nxyz  1\n");
+        assert!(t.render(true).contains("\x1b[31mxyz\x1b[0m  1"));
+    }
+}

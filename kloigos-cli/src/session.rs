@@ -1,0 +1,217 @@
+//! Getting onto a node: `check-login`, `ssh`, `run`.
+//!
+//! `ssh` and `run` have dropped to the caller for good before they get
+//! here (see `Ctx::setup`); `run` makes and ends its booking through child
+//! `kloigos` processes, which are setuid again on their own.
+
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use kloigos_core::access::{self, Login};
+use kloigos_core::booking::{Booking, BookingId};
+use kloigos_core::names::NodeName;
+use kloigos_core::users;
+use kloigos_core::Error;
+use serde_json::json;
+
+use crate::args::{AllocSpec, CheckLoginArgs, RunArgs, SshArgs};
+use crate::ctx::{node_arg, Ctx};
+use crate::error::{CliError, Result};
+use crate::output::print_json;
+
+/// The login decision for `user` on `node`, from the shared tree.
+fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Result<Login> {
+    let policy = ctx.policy()?;
+    if let Some(d) = access::login_without_state(&policy, user) {
+        return Ok(d);
+    }
+    if !ctx.store.has_node(node) {
+        return Ok(Login::Ignore(format!(
+            "{node} is not a node of this cluster: kloigos does not gate it"
+        )));
+    }
+    let state = ctx.store.node(node)?;
+    Ok(access::decide_login(&policy, user, &state, ctx.now()))
+}
+
+/// `check-login USER [NODE]`: exit 0 when allowed or not gated, 1 when refused.
+pub fn check_login(ctx: &Ctx, a: &CheckLoginArgs) -> Result<u8> {
+    let node = match &a.node {
+        Some(n) => node_arg(n)?,
+        None => ctx.config.node_name()?,
+    };
+    let decision = match users::by_name(&a.user)? {
+        Some(account) => decide(ctx, &account, &node)?,
+        None => Login::Ignore(format!(
+            "no account '{}' on this host: PAM leaves unknown users to other modules",
+            a.user
+        )),
+    };
+    let word = match &decision {
+        Login::Allow(_) => "allow",
+        Login::Deny(_) => "deny",
+        Login::Ignore(_) => "ignore",
+    };
+    if ctx.json {
+        print_json(
+            &json!({"user": a.user, "node": node, "decision": word, "reason": decision.reason()}),
+        );
+    } else {
+        println!("{word}: {} on {node}: {}", a.user, decision.reason());
+    }
+    Ok(if matches!(decision, Login::Deny(_)) {
+        1
+    } else {
+        0
+    })
+}
+
+/// Resolves `ssh`'s target (a booking id or a node) to a node the caller may enter.
+fn enter(ctx: &Ctx, target: &str) -> Result<NodeName> {
+    let node = if target.contains(':') {
+        let id = BookingId::parse(target)?;
+        let st = ctx.store.node(&id.node)?;
+        let b = st
+            .get(&id)
+            .ok_or_else(|| Error::Refused(format!("no booking {id} (see `kloigos list`)")))?;
+        if b.user != ctx.caller.name {
+            return Err(Error::Refused(format!("{id} belongs to {}, not to you", b.user)).into());
+        }
+        id.node
+    } else {
+        node_arg(target)?
+    };
+    match decide(ctx, &ctx.caller, &node)? {
+        Login::Deny(why) => Err(Error::Refused(why).into()),
+        _ => Ok(node),
+    }
+}
+
+fn ssh_command(
+    ctx: &Ctx,
+    program: &std::path::Path,
+    node: &NodeName,
+    command: &[String],
+) -> Command {
+    let mut c = Command::new(program);
+    c.env_clear()
+        .envs(ctx.privs.caller_env.iter().map(|(k, v)| (k, v)));
+    c.arg(node.as_str());
+    if !command.is_empty() {
+        c.arg("--").args(command);
+    }
+    c
+}
+
+/// `ssh ID|NODE [-- CMD...]`: checks first (OpenSSH shows a refused key
+/// login only as "Connection closed"), then execs ssh as the caller.
+pub fn ssh(ctx: &Ctx, a: &SshArgs) -> Result<u8> {
+    let node = enter(ctx, &a.target)?;
+    let err = ssh_command(ctx, &a.ssh, &node, &a.command).exec();
+    Err(CliError::Usage(format!(
+        "cannot run {}: {err}",
+        a.ssh.display()
+    )))
+}
+
+/// The `alloc` flags that reproduce `spec` for a child `kloigos alloc`.
+fn spec_args(spec: &AllocSpec) -> Vec<String> {
+    let mut v = Vec::new();
+    let mut opt = |flag: &str, val: &Option<String>| {
+        if let Some(x) = val {
+            v.push(flag.to_string());
+            v.push(x.clone());
+        }
+    };
+    opt("--worker", &spec.worker);
+    opt("--time", &spec.time);
+    opt("--at", &spec.at);
+    opt("--units", &spec.units.map(|n| n.to_string()));
+    opt("--cpus", &spec.cpus.map(|n| n.to_string()));
+    opt("--note", &spec.note);
+    opt("--user", &spec.user);
+    if spec.whole {
+        v.push("--whole".into());
+    }
+    for l in &spec.labels {
+        v.extend(["--label".into(), l.clone()]);
+    }
+    if let Some(w) = &spec.wait {
+        v.push(format!("--wait={w}"));
+    }
+    v
+}
+
+/// A child `kloigos` (this same binary, setuid on its own) with the global flags.
+fn child(ctx: &Ctx) -> Result<Command> {
+    let exe = std::env::current_exe()
+        .map_err(|e| CliError::Usage(format!("cannot find the kloigos binary: {e}")))?;
+    let mut c = Command::new(exe);
+    c.env_clear()
+        .env("PATH", kloigos_core::privilege::SAFE_PATH)
+        .args(&ctx.passthrough);
+    if let Some(nc) = ctx.privs.caller_var("NO_COLOR") {
+        c.env("NO_COLOR", nc);
+    }
+    Ok(c)
+}
+
+/// `run`: book (or reuse an active booking on `-w NODE`), ssh there, run
+/// the command or a shell, and release the booking it made at the end.
+pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<u8> {
+    let now = ctx.now();
+    let reuse: Option<Booking> = match &a.spec.worker {
+        Some(w) if a.spec.user.is_none() => {
+            let node = node_arg(w)?;
+            ctx.store
+                .node(&node)?
+                .active(now)
+                .find(|b| b.user == ctx.caller.name)
+                .cloned()
+        }
+        _ => None,
+    };
+    let (booking, made) = match reuse {
+        Some(b) => {
+            eprintln!("kloigos: using your booking {} on {}", b.id, b.node);
+            (b, false)
+        }
+        None => {
+            let out = child(ctx)?
+                .arg("--json")
+                .arg("alloc")
+                .args(spec_args(&a.spec))
+                .stderr(std::process::Stdio::inherit())
+                .output()
+                .map_err(|e| CliError::Usage(format!("cannot run kloigos alloc: {e}")))?;
+            if !out.status.success() {
+                return Ok(out.status.code().unwrap_or(3) as u8);
+            }
+            let b: Booking = serde_json::from_slice(&out.stdout)
+                .map_err(|e| CliError::Usage(format!("kloigos alloc printed no booking: {e}")))?;
+            eprintln!("kloigos: booked {} on {} until {}", b.id, b.node, b.end);
+            (b, true)
+        }
+    };
+    let status = ssh_command(ctx, &a.ssh, &booking.node, &a.command).status();
+    if made {
+        let rel = child(ctx)?
+            .arg("release")
+            .arg(booking.id.to_string())
+            .status();
+        match rel {
+            Ok(s) if s.success() => {}
+            _ => eprintln!(
+                "kloigos: could not release {}; run `kloigos release {}`",
+                booking.id, booking.id
+            ),
+        }
+    }
+    match status {
+        Ok(s) => Ok(s.code().map(|c| c.clamp(0, 255) as u8).unwrap_or(1)),
+        Err(e) => Err(CliError::Usage(format!(
+            "cannot run {}: {e}",
+            a.ssh.display()
+        ))),
+    }
+}

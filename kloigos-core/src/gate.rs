@@ -1,0 +1,1072 @@
+//! The login gate: the decision `pam_kloigos.so` takes at every SSH login and
+//! `kloigos check-login` shows, with where the answer came from and the line
+//! that goes to the log.
+//!
+//! Order of the decision (DESIGN.md, "PAM account module"):
+//! 1. system accounts are ignored; root, bypass users and admins are let in,
+//!    decided from a policy read *before* the node state: the housekeeper's
+//!    local copy when it is there and trusted (any age), else `cluster.json`
+//!    from the share, read with the deadline;
+//! 2. this node's `state.json` is read from the share on a helper thread with
+//!    a deadline (a hung NFS read must not hang sshd; the thread is left
+//!    behind on timeout) and decides: an active booking lets the user in;
+//! 3. when the share is unreachable, slow, corrupt or untrusted, a fresh local
+//!    copy decides instead; failing that, `on_error`.
+//!
+//! No `cluster.json` means the share is not mounted (an error, step 3); a
+//! readable cluster without `nodes/<node>/` means this host is not a node:
+//! ignored, with a warning.
+//!
+//! The reading is injected ([`SharedReader`], [`LocalCopyReader`]) so the
+//! whole decision is tested here without disks, NFS or clocks.
+
+use std::fmt;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+
+use crate::access::{decide_login, login_without_state, Login};
+use crate::config::{Config, OnError};
+use crate::error::{Error, Result};
+use crate::names::NodeName;
+use crate::policy::Policy;
+use crate::state::NodeState;
+use crate::store::{parse_json, read_trusted, LocalCopy, Store, Trust};
+use crate::users::{self, Account};
+
+/// Where a login decision came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    /// No node state was needed (system account, root, bypass user, admin,
+    /// unknown user); the policy came from the local copy or the share.
+    Policy,
+    /// This node's state as read from the shared tree just now.
+    Shared,
+    /// The housekeeper's local copy, because the share could not be used.
+    LocalCopy,
+    /// Nothing trustworthy could be read: the configured `on_error` decided.
+    OnError,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Source::Policy => "policy",
+            Source::Shared => "shared",
+            Source::LocalCopy => "local-copy",
+            Source::OnError => "on_error",
+        })
+    }
+}
+
+/// A login decision with its provenance, ready to act on and to log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The verdict; for a denial its reason is the message for the user.
+    pub login: Login,
+    /// Where the verdict came from.
+    pub source: Source,
+    /// The node decided for, when known.
+    pub node: Option<NodeName>,
+    /// Whether the log line deserves a warning (fallbacks, "not a node").
+    pub warn: bool,
+    /// What went wrong on the way (read errors that caused a fallback);
+    /// always logged.
+    pub problems: Vec<String>,
+    /// Extra detail for `debug` logging (policy source, timings).
+    pub detail: Vec<String>,
+    /// The user's name, for the log line.
+    user: String,
+    /// The user's uid, when the account exists.
+    uid: Option<u32>,
+}
+
+impl Decision {
+    fn new(user: &str, uid: Option<u32>, login: Login, source: Source) -> Decision {
+        Decision {
+            login,
+            source,
+            node: None,
+            warn: false,
+            problems: Vec::new(),
+            detail: Vec::new(),
+            user: user.to_string(),
+            uid,
+        }
+    }
+
+    /// The one line that goes to syslog: user, node, verdict, source, reason
+    /// (which names the booking when one lets the user in) and the problems
+    /// met; with `debug`, the detail too. Never contains a newline.
+    pub fn log_line(&self, debug: bool) -> String {
+        let verdict = match self.login {
+            Login::Ignore(_) => "ignore",
+            Login::Allow(_) => "allow",
+            Login::Deny(_) => "deny",
+        };
+        let mut line = format!("user={}", self.user);
+        if let Some(uid) = self.uid {
+            line.push_str(&format!(" uid={uid}"));
+        }
+        if let Some(n) = &self.node {
+            line.push_str(&format!(" node={n}"));
+        }
+        line.push_str(&format!(
+            " result={verdict} source={} reason=\"{}\"",
+            self.source,
+            self.login.reason()
+        ));
+        if !self.problems.is_empty() {
+            line.push_str(&format!(" problems=\"{}\"", self.problems.join("; ")));
+        }
+        if debug && !self.detail.is_empty() {
+            line.push_str(&format!(" detail=\"{}\"", self.detail.join("; ")));
+        }
+        line.replace(['\n', '\r'], " ")
+    }
+}
+
+/// What the share says about this node: the cluster policy and the node's
+/// state, `None` when the cluster has no `nodes/<node>/` (not a node).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SharedView {
+    /// The policy from `cluster.json`.
+    pub policy: Policy,
+    /// This node's state; `None`: this host is not a node of the cluster.
+    pub state: Option<NodeState>,
+}
+
+/// Reads the shared tree. Called on a helper thread under a deadline, so it
+/// may block (a hung NFS server) without hanging the caller.
+pub trait SharedReader: Send + Sync + 'static {
+    /// Reads `cluster.json`; a missing file means the share is not mounted.
+    fn policy(&self) -> Result<Policy>;
+    /// Reads `nodes/<node>/state.json`; `Ok(None)` when the cluster (whose
+    /// `cluster.json` was read) has no such node.
+    fn node(&self, node: &NodeName) -> Result<Option<NodeState>>;
+}
+
+/// Reads the housekeeper's local copy: `Ok(None)` when there is none.
+/// Local disk: read without a helper thread.
+pub trait LocalCopyReader {
+    /// The copy, if one exists; an error when it exists but cannot be trusted.
+    fn local_copy(&self) -> Result<Option<LocalCopy>>;
+}
+
+/// The real shared tree, through [`Store`].
+#[derive(Debug, Clone)]
+pub struct StoreReader {
+    store: Store,
+}
+
+impl StoreReader {
+    /// Reads the tree at `store`'s root with its trust.
+    pub fn new(store: Store) -> StoreReader {
+        StoreReader { store }
+    }
+}
+
+impl SharedReader for StoreReader {
+    fn policy(&self) -> Result<Policy> {
+        self.store.policy()
+    }
+
+    fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
+        if !self.store.has_node(node) {
+            return Ok(None);
+        }
+        self.store.node(node).map(Some)
+    }
+}
+
+/// The real local copy file, read with [`read_trusted`].
+#[derive(Debug, Clone)]
+pub struct LocalCopyFile {
+    path: PathBuf,
+    trust: Trust,
+}
+
+impl LocalCopyFile {
+    /// The copy at `path`, believed only if owned as `trust` says.
+    pub fn new(path: impl Into<PathBuf>, trust: Trust) -> LocalCopyFile {
+        LocalCopyFile {
+            path: path.into(),
+            trust,
+        }
+    }
+}
+
+impl LocalCopyReader for LocalCopyFile {
+    fn local_copy(&self) -> Result<Option<LocalCopy>> {
+        match read_trusted(&self.path, &self.trust) {
+            Ok(bytes) => {
+                let copy: LocalCopy = parse_json(&self.path, &bytes)?;
+                Ok(Some(copy))
+            }
+            Err(Error::Storage { msg, .. }) if is_enoent(&msg) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+fn is_enoent(msg: &str) -> bool {
+    *msg == io::Error::from_raw_os_error(nix::libc::ENOENT).to_string()
+}
+
+/// Why a read under a deadline gave no answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DeadlineError {
+    /// The reader did not answer in time; its thread is left behind.
+    TimedOut(Duration),
+    /// The helper thread could not be started.
+    Spawn(String),
+    /// The reader died (panicked) without answering.
+    Died,
+}
+
+impl fmt::Display for DeadlineError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DeadlineError::TimedOut(d) => write!(
+                f,
+                "no answer within {} ms (hung or slow NFS?)",
+                d.as_millis()
+            ),
+            DeadlineError::Spawn(e) => write!(f, "cannot start the reader thread: {e}"),
+            DeadlineError::Died => f.write_str("the reader thread died without an answer"),
+        }
+    }
+}
+
+/// Runs `f` on a helper thread and waits at most `timeout` for its answer.
+/// On timeout the thread is detached: it finishes (or stays blocked) on its
+/// own and its late answer is dropped.
+pub fn with_deadline<T: Send + 'static>(
+    timeout: Duration,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::result::Result<T, DeadlineError> {
+    // Capacity 1: a late sender never blocks, it just fails after we left.
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("kloigos-read".into())
+        .spawn(move || {
+            let _ = tx.send(f());
+        })
+        .map_err(|e| DeadlineError::Spawn(e.to_string()))?;
+    match rx.recv_timeout(timeout) {
+        Ok(v) => Ok(v),
+        Err(mpsc::RecvTimeoutError::Timeout) => Err(DeadlineError::TimedOut(timeout)),
+        Err(mpsc::RecvTimeoutError::Disconnected) => Err(DeadlineError::Died),
+    }
+}
+
+/// The decision for a user name that has no account: not kloigos' business.
+pub fn unknown_user(name: &str) -> Decision {
+    Decision::new(
+        name,
+        None,
+        Login::Ignore(format!("no account named '{name}': not managed")),
+        Source::Policy,
+    )
+}
+
+/// The decision when the node-local configuration itself cannot be read:
+/// root still gets in, everyone else gets `on_error`.
+pub fn without_config(user: &Account, on_error: OnError, error: &Error) -> Decision {
+    if user.uid == 0 {
+        let mut d = Decision::new(
+            user.name.as_str(),
+            Some(0),
+            Login::Allow("root is never gated".into()),
+            Source::Policy,
+        );
+        d.problems.push(format!("configuration: {error}"));
+        d.warn = true;
+        return d;
+    }
+    let mut d = on_error_decision(user, on_error, None);
+    d.problems.push(format!("configuration: {error}"));
+    d
+}
+
+/// The decision when the account database cannot be asked about `name`
+/// (NSS failure): `on_error`.
+pub fn lookup_failed(name: &str, on_error: OnError, error: &Error) -> Decision {
+    let login = match on_error {
+        OnError::Allow => Login::Allow("the account cannot be looked up; on_error=allow".into()),
+        OnError::Deny => Login::Deny(
+            "kloigos cannot look up this account right now, so the login is refused; try again later or ask an admin".into(),
+        ),
+    };
+    let mut d = Decision::new(name, None, login, Source::OnError);
+    d.problems.push(format!("account lookup: {error}"));
+    d.warn = true;
+    d
+}
+
+fn on_error_decision(user: &Account, on_error: OnError, node: Option<&NodeName>) -> Decision {
+    let login = match on_error {
+        OnError::Allow => Login::Allow("the booking state cannot be read; on_error=allow".into()),
+        OnError::Deny => Login::Deny(format!(
+            "kloigos cannot read the bookings of {} right now, so logins are refused; try again later or ask an admin",
+            node.map_or_else(|| "this host".to_string(), |n| n.to_string())
+        )),
+    };
+    let mut d = Decision::new(user.name.as_str(), Some(user.uid), login, Source::OnError);
+    d.node = node.cloned();
+    d.warn = true;
+    d
+}
+
+/// Everything [`check_with`] needs besides the readers.
+#[derive(Debug, Clone)]
+pub struct GateParams<'a> {
+    /// The node-local configuration (its `pam` section gives `on_error` and
+    /// `cache_max_age_s`).
+    pub config: &'a Config,
+    /// The user logging in.
+    pub user: &'a Account,
+    /// The node to decide for; `None`: from the config, else the host name.
+    pub node: Option<NodeName>,
+    /// The instant of the login.
+    pub now: Timestamp,
+    /// The whole budget for reading the share (both reads together).
+    pub timeout: Duration,
+}
+
+/// The login decision with injected readers; see the module doc for the order.
+pub fn check_with(
+    p: &GateParams<'_>,
+    shared: Arc<dyn SharedReader>,
+    local: &dyn LocalCopyReader,
+) -> Decision {
+    let started = Instant::now();
+    let deadline = started + p.timeout;
+    let user = p.user;
+    let mut problems = Vec::new();
+    let mut detail = Vec::new();
+
+    // The local copy serves twice: its policy (any age) for step 1, and as
+    // the fallback (when fresh) for step 3.
+    let copy = match local.local_copy() {
+        Ok(Some(c)) => Some(c),
+        Ok(None) => {
+            detail.push("no local copy".into());
+            None
+        }
+        Err(e) => {
+            problems.push(format!("local copy unusable: {e}"));
+            None
+        }
+    };
+
+    // Step 1: the decision that needs no node state.
+    let mut policy_from_share = None;
+    let policy = match &copy {
+        Some(c) => {
+            detail.push(format!("policy from the local copy of {}", c.copied_at));
+            Some(c.policy.clone())
+        }
+        None => {
+            let r = Arc::clone(&shared);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match with_deadline(left, move || r.policy()) {
+                Ok(Ok(pol)) => {
+                    detail.push("policy from the share".into());
+                    policy_from_share = Some(pol.clone());
+                    Some(pol)
+                }
+                Ok(Err(e)) => {
+                    problems.push(format!("shared tree: {e}"));
+                    None
+                }
+                Err(e) => {
+                    problems.push(format!("shared tree: {e}"));
+                    None
+                }
+            }
+        }
+    };
+    let finish = |mut d: Decision, problems: Vec<String>, mut detail: Vec<String>| {
+        detail.push(format!("decided in {} ms", started.elapsed().as_millis()));
+        d.problems.extend(problems);
+        d.detail.extend(detail);
+        d
+    };
+    match &policy {
+        Some(pol) => {
+            if let Some(login) = login_without_state(pol, user) {
+                let d = Decision::new(user.name.as_str(), Some(user.uid), login, Source::Policy);
+                // Problems that did not matter for this user are detail.
+                detail.extend(problems);
+                return finish(d, Vec::new(), detail);
+            }
+        }
+        None => {
+            // No policy at all: only root is decided without one.
+            if user.uid == 0 {
+                let d = Decision::new(
+                    user.name.as_str(),
+                    Some(0),
+                    Login::Allow("root is never gated".into()),
+                    Source::Policy,
+                );
+                detail.extend(problems);
+                return finish(d, Vec::new(), detail);
+            }
+            // Neither a local copy nor the share gave a policy: nothing to fall back on.
+            let d = on_error_decision(user, p.config.pam.on_error, p.node.as_ref());
+            return finish(d, problems, detail);
+        }
+    }
+
+    // Step 2: this node's state from the share, under what is left of the deadline.
+    let node = match p.node.clone().map_or_else(|| p.config.node_name(), Ok) {
+        Ok(n) => n,
+        Err(e) => {
+            problems.push(format!("node name: {e}"));
+            let d = on_error_decision(user, p.config.pam.on_error, None);
+            return finish(d, problems, detail);
+        }
+    };
+    let r = Arc::clone(&shared);
+    let n = node.clone();
+    let left = deadline.saturating_duration_since(Instant::now());
+    let read = with_deadline(left, move || -> Result<SharedView> {
+        let policy = match policy_from_share {
+            Some(pol) => pol,
+            None => r.policy()?,
+        };
+        let state = r.node(&n)?;
+        Ok(SharedView { policy, state })
+    });
+    let err = match read {
+        Ok(Ok(view)) => {
+            let mut d = match &view.state {
+                Some(st) => decide_from(&view.policy, user, st, &node, p.now, Source::Shared),
+                None => not_a_node(user, &node, Source::Shared),
+            };
+            d.node = Some(node);
+            return finish(d, problems, detail);
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => e.to_string(),
+    };
+    problems.push(format!("shared tree: {err}"));
+
+    // Step 3: a fresh local copy, else on_error.
+    let max_age = p.config.pam.cache_max_age_s;
+    let mut d = match &copy {
+        Some(c) if !c.is_fresh(p.now, max_age) => {
+            problems.push(format!(
+                "local copy of {} is older than cache_max_age_s={max_age}",
+                c.copied_at
+            ));
+            on_error_decision(user, p.config.pam.on_error, Some(&node))
+        }
+        Some(c) => match &c.state {
+            Some(st) if st.node.name == node => {
+                decide_from(&c.policy, user, st, &node, p.now, Source::LocalCopy)
+            }
+            Some(st) => {
+                problems.push(format!(
+                    "local copy describes node '{}', not '{node}'",
+                    st.node.name
+                ));
+                on_error_decision(user, p.config.pam.on_error, Some(&node))
+            }
+            None => not_a_node(user, &node, Source::LocalCopy),
+        },
+        None => on_error_decision(user, p.config.pam.on_error, Some(&node)),
+    };
+    d.warn = true;
+    d.node = Some(node);
+    finish(d, problems, detail)
+}
+
+fn decide_from(
+    policy: &Policy,
+    user: &Account,
+    state: &NodeState,
+    node: &NodeName,
+    now: Timestamp,
+    source: Source,
+) -> Decision {
+    let login = decide_login(policy, user, state, now);
+    let mut d = Decision::new(user.name.as_str(), Some(user.uid), login, source);
+    d.node = Some(node.clone());
+    d
+}
+
+fn not_a_node(user: &Account, node: &NodeName, source: Source) -> Decision {
+    let mut d = Decision::new(
+        user.name.as_str(),
+        Some(user.uid),
+        Login::Ignore(format!(
+            "this host ('{node}') is not a node of the cluster (no nodes/{node}/); not gating it — set \"node\" in the config if that is wrong"
+        )),
+        source,
+    );
+    d.node = Some(node.clone());
+    d.warn = true;
+    d
+}
+
+/// Who the gate trusts: root and the configured service account (looked up
+/// by name; root alone when the account does not exist here).
+pub fn trust_for(config: &Config) -> (Trust, Option<String>) {
+    match users::by_name(&config.service_user) {
+        Ok(Some(a)) => (Trust::service(a.uid), None),
+        Ok(None) => (
+            Trust::service(0),
+            Some(format!(
+                "service account '{}' does not exist here; trusting root-owned files only",
+                config.service_user
+            )),
+        ),
+        Err(e) => (
+            Trust::service(0),
+            Some(format!("{e}; trusting root-owned files only")),
+        ),
+    }
+}
+
+/// The login decision on this host, reading the real share and local copy
+/// named by `config`. Used by the PAM module and `kloigos check-login`.
+pub fn check(
+    config: &Config,
+    user: &Account,
+    node: Option<NodeName>,
+    now: Timestamp,
+    timeout: Duration,
+) -> Decision {
+    let (trust, note) = trust_for(config);
+    let shared = Arc::new(StoreReader::new(Store::new(&config.shared, trust.clone())));
+    let local = LocalCopyFile::new(&config.housekeeper.state_copy, trust);
+    let p = GateParams {
+        config,
+        user,
+        node,
+        now,
+        timeout,
+    };
+    let mut d = check_with(&p, shared, &local);
+    d.detail.extend(note);
+    d
+}
+
+/// Path of the local copy for `config` (for messages).
+pub fn local_copy_path(config: &Config) -> &Path {
+    &config.housekeeper.state_copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cpuset::CpuSet;
+    use crate::names::UserName;
+    use crate::node::NodeSpec;
+    use crate::state::{Request, Size};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    fn ts(s: &str) -> Timestamp {
+        s.parse().unwrap()
+    }
+
+    const NOW: &str = "2026-11-23T11:00:00Z";
+
+    fn policy() -> Policy {
+        Policy {
+            bypass_users: vec![UserName::new("ops").unwrap()],
+            admin_group: Some(UserName::new("wheel").unwrap()),
+            ..Policy::default()
+        }
+    }
+
+    fn node3() -> NodeName {
+        NodeName::new("node3").unwrap()
+    }
+
+    /// node3 with alice (uid 1001) booked 10:00-12:00 on 2026-11-23.
+    fn state() -> NodeState {
+        let mut st = NodeState::new(NodeSpec::new(node3(), CpuSet::parse("0-3").unwrap()));
+        let alice = UserName::new("alice").unwrap();
+        let r = Request {
+            user: alice.clone(),
+            uid: 1001,
+            created_by: alice,
+            size: Size::Whole,
+            start: ts("2026-11-23T10:00:00Z"),
+            end: ts("2026-11-23T12:00:00Z"),
+            note: String::new(),
+            held_elsewhere: 0,
+        };
+        st.book(&r, &policy(), ts("2026-11-23T09:00:00Z"), &[])
+            .unwrap();
+        st
+    }
+
+    fn alice() -> Account {
+        Account::new("alice", 1001, &["alice"]).unwrap()
+    }
+    fn bob() -> Account {
+        Account::new("bob", 1002, &["bob"]).unwrap()
+    }
+
+    /// What the fake share does on each read.
+    #[derive(Clone)]
+    enum Share {
+        Ok(Option<NodeState>),
+        NotMounted,
+        Corrupt,
+        Slow(Duration, Option<NodeState>),
+        Hang,
+        Panic,
+    }
+
+    struct FakeShare {
+        how: Share,
+        reads: AtomicUsize,
+        // Released when the test ends so a hung reader thread can finish.
+        hang: Arc<Mutex<()>>,
+    }
+
+    impl FakeShare {
+        fn new(how: Share) -> Arc<FakeShare> {
+            Arc::new(FakeShare {
+                how,
+                reads: AtomicUsize::new(0),
+                hang: Arc::new(Mutex::new(())),
+            })
+        }
+    }
+
+    impl SharedReader for FakeShare {
+        fn policy(&self) -> Result<Policy> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            match &self.how {
+                Share::NotMounted => Err(Error::Storage {
+                    path: "/nfs/kloigos/cluster.json".into(),
+                    msg: "not found: the shared directory is not mounted".into(),
+                }),
+                Share::Slow(d, _) => {
+                    std::thread::sleep(*d);
+                    Ok(policy())
+                }
+                Share::Hang => {
+                    let _g = self.hang.lock();
+                    Ok(policy())
+                }
+                Share::Panic => panic!("reader bug"),
+                _ => Ok(policy()),
+            }
+        }
+
+        fn node(&self, _node: &NodeName) -> Result<Option<NodeState>> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            match &self.how {
+                Share::Ok(s) | Share::Slow(_, s) => Ok(s.clone()),
+                Share::Corrupt => Err(Error::Corrupt {
+                    path: "/nfs/kloigos/nodes/node3/state.json".into(),
+                    msg: "is not valid JSON".into(),
+                }),
+                Share::Hang => {
+                    let _g = self.hang.lock();
+                    Ok(Some(state()))
+                }
+                Share::NotMounted | Share::Panic => Ok(None),
+            }
+        }
+    }
+
+    struct FakeCopy(Result<Option<LocalCopy>>);
+
+    impl LocalCopyReader for FakeCopy {
+        fn local_copy(&self) -> Result<Option<LocalCopy>> {
+            match &self.0 {
+                Ok(c) => Ok(c.clone()),
+                Err(e) => Err(Error::Storage {
+                    path: "/var/lib/kloigos/state.json".into(),
+                    msg: e.to_string(),
+                }),
+            }
+        }
+    }
+
+    fn no_copy() -> FakeCopy {
+        FakeCopy(Ok(None))
+    }
+
+    fn copy_at(at: &str, state: Option<NodeState>) -> FakeCopy {
+        FakeCopy(Ok(Some(LocalCopy::new(ts(at), policy(), state))))
+    }
+
+    fn config(on_error: OnError) -> Config {
+        let mut c = Config::with_shared("/nfs/kloigos");
+        c.node = Some(node3());
+        c.pam.on_error = on_error;
+        c.pam.cache_max_age_s = 600;
+        c
+    }
+
+    fn run(user: &Account, share: Arc<FakeShare>, copy: &FakeCopy, on_error: OnError) -> Decision {
+        run_at(user, share, copy, on_error, NOW, Duration::from_millis(500))
+    }
+
+    fn run_at(
+        user: &Account,
+        share: Arc<FakeShare>,
+        copy: &FakeCopy,
+        on_error: OnError,
+        now: &str,
+        timeout: Duration,
+    ) -> Decision {
+        let c = config(on_error);
+        let p = GateParams {
+            config: &c,
+            user,
+            node: None,
+            now: ts(now),
+            timeout,
+        };
+        check_with(&p, share, copy)
+    }
+
+    #[test]
+    fn booked_user_is_let_in_from_the_share() {
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Ok(Some(state()))),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert!(
+            matches!(&d.login, Login::Allow(r) if r.contains("node3:1")),
+            "{d:?}"
+        );
+        assert_eq!(d.source, Source::Shared);
+        let line = d.log_line(false);
+        assert!(
+            line.starts_with("user=alice uid=1001 node=node3 result=allow source=shared reason=\"booking node3:1"),
+            "{line}"
+        );
+        assert!(!line.contains("detail="), "{line}");
+        assert!(
+            d.log_line(true).contains("detail=\""),
+            "{}",
+            d.log_line(true)
+        );
+    }
+
+    #[test]
+    fn stranger_and_expired_and_future_are_denied() {
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::Ok(Some(state()))),
+            &no_copy(),
+            OnError::Allow,
+        );
+        assert_eq!(
+            d.login,
+            Login::Deny("no booking for bob on node3 — book with: kloigos alloc -w node3".into())
+        );
+        for at in ["2026-11-23T12:00:00Z", "2026-11-23T09:59:59Z"] {
+            let d = run_at(
+                &alice(),
+                FakeShare::new(Share::Ok(Some(state()))),
+                &no_copy(),
+                OnError::Allow,
+                at,
+                Duration::from_millis(500),
+            );
+            assert!(matches!(d.login, Login::Deny(_)), "{at}: {d:?}");
+            assert_eq!(d.source, Source::Shared);
+        }
+    }
+
+    #[test]
+    fn privileged_users_are_decided_from_the_copy_without_touching_the_share() {
+        let ops = Account::new("ops", 1100, &["ops"]).unwrap();
+        let adm = Account::new("carol", 1200, &["carol", "wheel"]).unwrap();
+        let root = Account::new("root", 0, &["root"]).unwrap();
+        let sys = Account::new("daemon", 2, &["daemon"]).unwrap();
+        // An old copy is fine for the policy.
+        let copy = copy_at("2020-01-01T00:00:00Z", None);
+        for (u, allow) in [(&ops, true), (&adm, true), (&root, true), (&sys, false)] {
+            let share = FakeShare::new(Share::Hang);
+            let _g = share.hang.lock().unwrap();
+            let d = run(u, Arc::clone(&share), &copy, OnError::Deny);
+            assert_eq!(d.source, Source::Policy, "{d:?}");
+            assert_eq!(matches!(d.login, Login::Allow(_)), allow, "{d:?}");
+            assert_eq!(share.reads.load(Ordering::SeqCst), 0, "{}", u.name);
+        }
+    }
+
+    #[test]
+    fn without_a_copy_the_policy_comes_from_the_share() {
+        let ops = Account::new("ops", 1100, &["ops"]).unwrap();
+        let share = FakeShare::new(Share::Ok(Some(state())));
+        let d = run(&ops, Arc::clone(&share), &no_copy(), OnError::Deny);
+        assert!(matches!(d.login, Login::Allow(_)));
+        assert_eq!(share.reads.load(Ordering::SeqCst), 1, "cluster.json only");
+        // Share down, no copy: admins get on_error, root still gets in.
+        let d = run(
+            &ops,
+            FakeShare::new(Share::NotMounted),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert!(matches!(d.login, Login::Deny(_)));
+        assert_eq!(d.source, Source::OnError);
+        assert!(
+            d.log_line(false).contains("not mounted"),
+            "{}",
+            d.log_line(false)
+        );
+        let root = Account::new("root", 0, &[]).unwrap();
+        let d = run(
+            &root,
+            FakeShare::new(Share::NotMounted),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert!(matches!(d.login, Login::Allow(_)));
+    }
+
+    #[test]
+    fn not_a_node_is_ignored_with_a_warning_but_not_mounted_is_an_error() {
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::Ok(None)),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert!(
+            matches!(&d.login, Login::Ignore(r) if r.contains("not a node")),
+            "{d:?}"
+        );
+        assert!(d.warn);
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::NotMounted),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::OnError);
+        assert!(matches!(d.login, Login::Deny(_)));
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::NotMounted),
+            &no_copy(),
+            OnError::Allow,
+        );
+        assert!(matches!(d.login, Login::Allow(_)));
+    }
+
+    #[test]
+    fn broken_share_falls_back_to_a_fresh_copy_only() {
+        let fresh = copy_at("2026-11-23T10:55:00Z", Some(state()));
+        let stale = copy_at("2026-11-23T10:00:00Z", Some(state()));
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Corrupt),
+            &fresh,
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::LocalCopy);
+        assert!(matches!(d.login, Login::Allow(_)));
+        assert!(d.log_line(false).contains("is not valid JSON"));
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::Corrupt),
+            &fresh,
+            OnError::Allow,
+        );
+        assert_eq!(d.source, Source::LocalCopy);
+        assert!(
+            matches!(d.login, Login::Deny(_)),
+            "the copy decides, not on_error"
+        );
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Corrupt),
+            &stale,
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::OnError);
+        assert!(matches!(d.login, Login::Deny(_)));
+        assert!(d.log_line(false).contains("older than cache_max_age_s=600"));
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Corrupt),
+            &stale,
+            OnError::Allow,
+        );
+        assert!(matches!(d.login, Login::Allow(_)));
+        // A copy of another node is not used.
+        let mut other = state();
+        other.node.name = NodeName::new("node4").unwrap();
+        let wrong = copy_at("2026-11-23T10:55:00Z", Some(other));
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Corrupt),
+            &wrong,
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::OnError);
+        // An untrusted copy is reported and ignored.
+        let bad = FakeCopy(Err(Error::Refused("mode 666 lets others write it".into())));
+        let d = run(
+            &alice(),
+            FakeShare::new(Share::Corrupt),
+            &bad,
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::OnError);
+        assert!(
+            d.log_line(false).contains("local copy unusable: "),
+            "{}",
+            d.log_line(false)
+        );
+    }
+
+    #[test]
+    fn a_hung_share_is_cut_off_at_the_deadline() {
+        let share = FakeShare::new(Share::Hang);
+        let guard = share.hang.lock().unwrap();
+        let fresh = copy_at("2026-11-23T10:55:00Z", Some(state()));
+        let t = Instant::now();
+        let d = run_at(
+            &alice(),
+            Arc::clone(&share),
+            &fresh,
+            OnError::Deny,
+            NOW,
+            Duration::from_millis(150),
+        );
+        let took = t.elapsed();
+        assert!(took >= Duration::from_millis(150), "{took:?}");
+        assert!(took < Duration::from_millis(400), "{took:?}");
+        assert_eq!(d.source, Source::LocalCopy);
+        assert!(matches!(d.login, Login::Allow(_)));
+        assert!(
+            d.log_line(false).contains("no answer within 1"),
+            "{}",
+            d.log_line(false)
+        );
+        // No copy: the deadline covers both reads together.
+        let t = Instant::now();
+        let d = run_at(
+            &bob(),
+            Arc::clone(&share),
+            &no_copy(),
+            OnError::Deny,
+            NOW,
+            Duration::from_millis(150),
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(400),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(d.source, Source::OnError);
+        drop(guard);
+    }
+
+    #[test]
+    fn a_slow_share_within_the_deadline_still_answers() {
+        let share = FakeShare::new(Share::Slow(Duration::from_millis(30), Some(state())));
+        let d = run(&alice(), share, &no_copy(), OnError::Deny);
+        assert_eq!(d.source, Source::Shared);
+        assert!(matches!(d.login, Login::Allow(_)));
+    }
+
+    #[test]
+    fn a_panicking_reader_is_an_error_not_a_crash() {
+        let d = run(
+            &bob(),
+            FakeShare::new(Share::Panic),
+            &no_copy(),
+            OnError::Deny,
+        );
+        assert_eq!(d.source, Source::OnError);
+        assert!(d.log_line(false).contains("died"), "{}", d.log_line(false));
+    }
+
+    #[test]
+    fn deadline_returns_fast_results_and_cuts_slow_ones() {
+        assert_eq!(with_deadline(Duration::from_secs(5), || 7), Ok(7));
+        let t = Instant::now();
+        let r = with_deadline(Duration::from_millis(50), || {
+            std::thread::sleep(Duration::from_secs(2));
+            1
+        });
+        assert_eq!(r, Err(DeadlineError::TimedOut(Duration::from_millis(50))));
+        assert!(t.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn unknown_user_and_missing_config() {
+        let d = unknown_user("ghost");
+        assert!(matches!(d.login, Login::Ignore(_)));
+        assert_eq!(
+            d.log_line(false),
+            "user=ghost result=ignore source=policy reason=\"no account named 'ghost': not managed\""
+        );
+        let e = Error::Storage {
+            path: "/etc/kloigos/config.json".into(),
+            msg: "No such file or directory (os error 2)".into(),
+        };
+        assert!(matches!(
+            without_config(&bob(), OnError::Deny, &e).login,
+            Login::Deny(_)
+        ));
+        assert!(matches!(
+            without_config(&bob(), OnError::Allow, &e).login,
+            Login::Allow(_)
+        ));
+        let d = lookup_failed("bob", OnError::Deny, &e);
+        assert!(matches!(d.login, Login::Deny(_)) && d.warn);
+        assert!(matches!(
+            lookup_failed("bob", OnError::Allow, &e).login,
+            Login::Allow(_)
+        ));
+        let root = Account::new("root", 0, &[]).unwrap();
+        let d = without_config(&root, OnError::Deny, &e);
+        assert!(matches!(d.login, Login::Allow(_)));
+        assert!(d.log_line(false).contains("config.json"));
+    }
+
+    #[test]
+    fn log_lines_stay_on_one_line() {
+        let mut d = unknown_user("x");
+        d.problems.push("a\nb\rc".into());
+        assert!(!d.log_line(true).contains(['\n', '\r']));
+    }
+
+    #[test]
+    fn real_files_on_disk() {
+        // The real readers against a temp tree: missing copy, trusted copy, not a node.
+        let t = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let trust = Trust::service(me);
+        let store = Store::new(t.path().join("shared"), trust.clone());
+        let r = StoreReader::new(store.clone());
+        assert!(r.policy().unwrap_err().to_string().contains("not mounted"));
+        store.init(&policy()).unwrap();
+        assert_eq!(r.node(&node3()).unwrap(), None);
+        let copy_path = t.path().join("copy.json");
+        let lc = LocalCopyFile::new(&copy_path, trust.clone());
+        assert_eq!(lc.local_copy().unwrap(), None);
+        let c = LocalCopy::new(ts(NOW), policy(), Some(state()));
+        std::fs::write(&copy_path, crate::store::to_json(&c)).unwrap();
+        assert_eq!(lc.local_copy().unwrap(), Some(c));
+        std::fs::write(&copy_path, b"{").unwrap();
+        assert!(lc.local_copy().is_err());
+    }
+}
