@@ -8,6 +8,7 @@
 pub mod booking;
 pub mod cpuset;
 pub mod duration;
+pub mod enforce;
 pub mod error;
 pub mod names;
 pub mod node;

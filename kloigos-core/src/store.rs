@@ -353,9 +353,9 @@ impl Store {
     pub fn policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
         let p: Policy = read_json(&path, &self.trust).map_err(|e| match e {
-            Error::Storage { path, msg } if msg.contains("No such file") => Error::Storage {
+            Error::Storage { msg, .. } if msg.contains("No such file") => Error::Storage {
+                path: path.clone(),
                 msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
-                path,
             },
             e => e,
         })?;

@@ -198,6 +198,6 @@ mod tests {
         assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
         assert!(d
             .log_line(false)
-            .contains("/nonexistent/kloigos/config.json"));
+            .contains("configuration: /nonexistent/kloigos"));
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod cluster;
 pub mod cmd;
+pub mod pam;
 pub mod poll;
 pub mod sys;
 
