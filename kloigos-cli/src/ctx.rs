@@ -55,7 +55,14 @@ impl Ctx {
         if overridden || execs {
             privs.drop_to_caller()?;
         }
-        let service_uid = |privs: &Privileges| privs.service.map(|(u, _)| u).unwrap_or(0);
+        // Setuid: the service account is whoever owns the binary, whatever its name.
+        let service_uid = |privs: &Privileges| {
+            if privs.is_setuid() {
+                privs.start_euid
+            } else {
+                privs.service.map(|(u, _)| u).unwrap_or(0)
+            }
+        };
         let mut trust = Trust::service(service_uid(&privs));
         if overridden {
             // A caller on their own tree may trust their own files.
