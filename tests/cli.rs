@@ -26,12 +26,25 @@ fn state(c: &TempCluster, node: &str) -> NodeState {
 #[test]
 fn info_json_has_the_documented_shape() {
     let c = cluster_with_nodes();
-    c.run(&["alloc", "-w", "node1", "--units", "2", "-t", "1h"]).ok();
+    c.run(&["alloc", "-w", "node1", "--units", "2", "-t", "1h"])
+        .ok();
     let v = c.run(&["info", "--json"]).ok().json();
     let nodes = v["nodes"].as_array().unwrap();
     assert_eq!(nodes.len(), 2);
     let n1 = &nodes[0];
-    for key in ["name", "labels", "partitions", "cpus", "unit_cpus", "units_total", "units_free", "drained", "windows", "bookings", "facts"] {
+    for key in [
+        "name",
+        "labels",
+        "partitions",
+        "cpus",
+        "unit_cpus",
+        "units_total",
+        "units_free",
+        "drained",
+        "windows",
+        "bookings",
+        "facts",
+    ] {
         assert!(n1.get(key).is_some(), "info --json node lacks {key}: {n1}");
     }
     assert_eq!(n1["name"], "node1");
@@ -45,9 +58,16 @@ fn info_json_has_the_documented_shape() {
 #[test]
 fn alloc_prints_the_booking_object() {
     let c = cluster_with_nodes();
-    let b = c.run(&["--json", "alloc", "-w", "node1", "--cpus", "20", "-t", "90m", "-m", "exp 4"]).ok().json();
+    let b = c
+        .run(&[
+            "--json", "alloc", "-w", "node1", "--cpus", "20", "-t", "90m", "-m", "exp 4",
+        ])
+        .ok()
+        .json();
     let keys: HashSet<&str> = b.as_object().unwrap().keys().map(String::as_str).collect();
-    for k in ["id", "node", "user", "uid", "units", "cpus", "ports", "start", "end", "note"] {
+    for k in [
+        "id", "node", "user", "uid", "units", "cpus", "ports", "start", "end", "note",
+    ] {
         assert!(keys.contains(k), "booking lacks {k}: {b}");
     }
     assert_eq!(b["id"], "node1:1");
@@ -59,7 +79,10 @@ fn alloc_prints_the_booking_object() {
     let end: jiff::Timestamp = b["end"].as_str().unwrap().parse().unwrap();
     assert_eq!(end.as_second() - start.as_second(), 5400);
     // A whole-node booking on a node without ports has "ports": null.
-    let w = c.run(&["--json", "alloc", "-w", "node2", "-t", "600"]).ok().json();
+    let w = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "600"])
+        .ok()
+        .json();
     assert_eq!(w["ports"], Value::Null);
     assert_eq!(w["cpus"], "0-7");
 }
@@ -70,63 +93,129 @@ fn placement_picks_best_fit_and_honours_labels() {
     c.add_node("big", "0-63", Some(8), None);
     c.add_node("small", "0-15", Some(8), None);
     let gpu = c.add_node("gpu1", "0-31", Some(8), None);
-    c.run(&["admin", "set-node", gpu.as_str(), "-l", "gpu"]).ok();
+    c.run(&["admin", "set-node", gpu.as_str(), "-l", "gpu"])
+        .ok();
     // 8 CPUs: the smallest free run that holds one unit is on gpu1 or small (runs of 4 and 2): small.
     let b = c.run(&["--json", "alloc", "--cpus", "8"]).ok().json();
     assert_eq!(b["node"], "small");
-    let g = c.run(&["--json", "alloc", "--units", "2", "-l", "gpu"]).ok().json();
+    let g = c
+        .run(&["--json", "alloc", "--units", "2", "-l", "gpu"])
+        .ok()
+        .json();
     assert_eq!(g["node"], "gpu1");
-    c.run(&["alloc", "-l", "fpga"]).code(1).err_has("no node carries label(s) fpga; labels in use: gpu");
+    c.run(&["alloc", "-l", "fpga"])
+        .code(1)
+        .err_has("no node carries label(s) fpga; labels in use: gpu");
 }
 
 #[test]
 fn capacity_refusal_gives_the_earliest_time_and_at_books_it() {
     let c = cluster_with_nodes();
-    let first = c.run(&["--json", "alloc", "-w", "node2", "-t", "1h"]).ok().json();
+    let first = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "1h"])
+        .ok()
+        .json();
     let r = c.run(&["alloc", "-w", "node2", "-t", "30m"]);
-    r.code(1).err_has("node2 has no 1 free unit(s) in a row").err_has(&format!("earliest start that fits is {}", first["end"].as_str().unwrap()));
-    let later = c.run(&["--json", "alloc", "-w", "node2", "-t", "30m", "--at", "now"]).ok().json();
+    r.code(1)
+        .err_has("node2 has no 1 free unit(s) in a row")
+        .err_has(&format!(
+            "earliest start that fits is {}",
+            first["end"].as_str().unwrap()
+        ));
+    let later = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "30m", "--at", "now"])
+        .ok()
+        .json();
     assert_eq!(later["start"], first["end"]);
     // Without a node: placement says where and when.
-    c.run(&["alloc", "--units", "5"]).code(1).err_has("no node can hold that");
+    c.run(&["alloc", "--units", "5"])
+        .code(1)
+        .err_has("no node can hold that");
 }
 
 #[test]
 fn wait_polls_until_a_slot_frees() {
     let c = cluster_with_nodes();
     c.run(&["alloc", "-w", "node2", "-t", "2s"]).ok();
-    let b = c.run(&["--json", "alloc", "-w", "node2", "-t", "1m", "--wait=30s"]).ok().json();
+    let b = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "1m", "--wait=30s"])
+        .ok()
+        .json();
     assert_eq!(b["id"], "node2:2");
 }
 
 #[test]
 fn refusals_name_the_rule() {
     let c = cluster_with_nodes();
-    c.run(&["alloc", "-w", "node1", "-t", "8d"]).code(1).err_has("max_duration 1w");
-    c.run(&["alloc", "-w", "node1", "--units", "5"]).code(1).err_has("node1 has 4 unit(s) of 16 CPUs (64 CPUs); 5 unit(s) cannot fit");
-    c.run(&["alloc", "-w", "nodeX"]).code(1).err_has("no node 'nodeX' in this cluster (nodes: node1, node2)");
+    c.run(&["alloc", "-w", "node1", "-t", "8d"])
+        .code(1)
+        .err_has("max_duration 1w");
+    c.run(&["alloc", "-w", "node1", "--units", "5"])
+        .code(1)
+        .err_has("node1 has 4 unit(s) of 16 CPUs (64 CPUs); 5 unit(s) cannot fit");
+    c.run(&["alloc", "-w", "nodeX"])
+        .code(1)
+        .err_has("no node 'nodeX' in this cluster (nodes: node1, node2)");
     c.run(&["admin", "drain", "node1", "-r", "new disks"]).ok();
-    c.run(&["alloc", "-w", "node1"]).code(1).err_has("node1 is drained (new disks)");
+    c.run(&["alloc", "-w", "node1"])
+        .code(1)
+        .err_has("node1 is drained (new disks)");
     c.run(&["admin", "resume", "node1"]).ok();
     c.run(&["alloc", "-w", "node1"]).ok();
-    c.run(&["admin", "set-node", "node2", "--window", "Mon-Fri 08:00-09:00", "--window", "Sat,Sun 08:00-09:00"]).ok();
-    c.run(&["alloc", "-w", "node2", "-t", "2h"]).code(1).err_has("node2 takes bookings only inside its windows (Mon-Fri 08:00-09:00; Sat,Sun 08:00-09:00");
+    c.run(&[
+        "admin",
+        "set-node",
+        "node2",
+        "--window",
+        "Mon-Fri 08:00-09:00",
+        "--window",
+        "Sat,Sun 08:00-09:00",
+    ])
+    .ok();
+    c.run(&["alloc", "-w", "node2", "-t", "2h"])
+        .code(1)
+        .err_has(
+        "node2 takes bookings only inside its windows (Mon-Fri 08:00-09:00; Sat,Sun 08:00-09:00",
+    );
     c.run(&["admin", "policy", "max_active_per_user=1"]).ok();
-    c.run(&["alloc", "-w", "node1"]).code(1).err_has("max_active_per_user");
+    c.run(&["alloc", "-w", "node1"])
+        .code(1)
+        .err_has("max_active_per_user");
 }
 
 #[test]
 fn usage_errors_exit_2_and_name_the_argument() {
     let c = cluster_with_nodes();
-    c.run(&["alloc", "-t", "2x"]).code(2).err_has("invalid duration '2x'").err_has("2h30m");
-    c.run(&["alloc", "--at", "tomorrow"]).code(2).err_has("invalid time 'tomorrow'");
-    c.run(&["alloc", "-w", "../etc"]).code(2).err_has("invalid node name '../etc'");
+    c.run(&["alloc", "-t", "2x"])
+        .code(2)
+        .err_has("invalid duration '2x'")
+        .err_has("2h30m");
+    c.run(&["alloc", "--at", "tomorrow"])
+        .code(2)
+        .err_has("invalid time 'tomorrow'");
+    c.run(&["alloc", "-w", "../etc"])
+        .code(2)
+        .err_has("invalid node name '../etc'");
     c.run(&["alloc", "--units", "2", "--whole"]).code(2);
     c.run(&["release"]).code(2).err_has("give booking ids");
-    c.run(&["release", "node1"]).code(2).err_has("invalid booking id 'node1'");
+    c.run(&["release", "node1"])
+        .code(2)
+        .err_has("invalid booking id 'node1'");
     c.run(&["frobnicate"]).code(2);
-    c.run(&["admin", "policy", "colour=blue"]).code(2).err_has("known fields");
-    c.run(&["admin", "add-node", "n9", "--cpus", "0-63", "--unit-cpus", "6"]).code(2).err_has("divisor of 64");
+    c.run(&["admin", "policy", "colour=blue"])
+        .code(2)
+        .err_has("known fields");
+    c.run(&[
+        "admin",
+        "add-node",
+        "n9",
+        "--cpus",
+        "0-63",
+        "--unit-cpus",
+        "6",
+    ])
+    .code(2)
+    .err_has("divisor of 64");
 }
 
 #[test]
@@ -136,36 +225,72 @@ fn release_by_id_node_and_all_and_kill_alias() {
         c.run(&["alloc", "-w", "node1", "-t", "1h"]).ok();
     }
     c.run(&["alloc", "-w", "node2", "-t", "1h"]).ok();
-    c.run(&["release", "node1:1"]).ok().out_has("released node1:1");
-    c.run(&["release", "node1:1"]).code(1).err_has("already ended");
+    c.run(&["release", "node1:1"])
+        .ok()
+        .out_has("released node1:1");
+    c.run(&["release", "node1:1"])
+        .code(1)
+        .err_has("already ended");
     c.run(&["kill", "node1:2"]).ok();
-    c.run(&["release", "node1:99"]).code(1).err_has("no booking node1:99");
+    c.run(&["release", "node1:99"])
+        .code(1)
+        .err_has("no booking node1:99");
     let v = c.run(&["--json", "release", "-w", "node1"]).ok().json();
     assert_eq!(v.as_array().unwrap().len(), 1);
-    c.run(&["release", "-w", "node1"]).code(1).err_has("holds no current or future booking on node1");
+    c.run(&["release", "-w", "node1"])
+        .code(1)
+        .err_has("holds no current or future booking on node1");
     let v = c.run(&["--json", "release", "--all"]).ok().json();
     assert_eq!(v[0]["id"], "node2:1");
-    assert_eq!(c.run(&["--json", "list"]).ok().json(), serde_json::json!([]));
+    assert_eq!(
+        c.run(&["--json", "list"]).ok().json(),
+        serde_json::json!([])
+    );
 }
 
 #[test]
 fn extend_moves_the_end_or_says_how_far_it_can() {
     let c = cluster_with_nodes();
-    let a = c.run(&["--json", "alloc", "-w", "node2", "-t", "1h"]).ok().json();
-    let b = c.run(&["--json", "alloc", "-w", "node2", "-t", "1h", "--at", "+3h"]).ok().json();
-    let e = c.run(&["--json", "extend", "node2:1", "-t", "+1h"]).ok().json();
-    let end = |v: &Value| v["end"].as_str().unwrap().parse::<jiff::Timestamp>().unwrap();
+    let a = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "1h"])
+        .ok()
+        .json();
+    let b = c
+        .run(&["--json", "alloc", "-w", "node2", "-t", "1h", "--at", "+3h"])
+        .ok()
+        .json();
+    let e = c
+        .run(&["--json", "extend", "node2:1", "-t", "+1h"])
+        .ok()
+        .json();
+    let end = |v: &Value| {
+        v["end"]
+            .as_str()
+            .unwrap()
+            .parse::<jiff::Timestamp>()
+            .unwrap()
+    };
     assert_eq!(end(&e).as_second() - end(&a).as_second(), 3600);
-    c.run(&["extend", "node2:1", "-t", "+2h"]).code(1).err_has(&format!("node2:2 is booked by {} from {}", b["user"].as_str().unwrap(), b["start"].as_str().unwrap()));
-    c.run(&["extend", "node2:1", "--until", "+8d"]).code(1).err_has("beyond max_duration");
-    c.run(&["extend", "node2:1", "--until", b["start"].as_str().unwrap()]).ok();
+    c.run(&["extend", "node2:1", "-t", "+2h"])
+        .code(1)
+        .err_has(&format!(
+            "node2:2 is booked by {} from {}",
+            b["user"].as_str().unwrap(),
+            b["start"].as_str().unwrap()
+        ));
+    c.run(&["extend", "node2:1", "--until", "+8d"])
+        .code(1)
+        .err_has("beyond max_duration");
+    c.run(&["extend", "node2:1", "--until", b["start"].as_str().unwrap()])
+        .ok();
     c.run(&["extend", "node2:1"]).code(2);
 }
 
 #[test]
 fn list_and_history_with_summary() {
     let c = cluster_with_nodes();
-    c.run(&["alloc", "-w", "node1", "--units", "2", "-t", "2h"]).ok();
+    c.run(&["alloc", "-w", "node1", "--units", "2", "-t", "2h"])
+        .ok();
     c.run(&["alloc", "-w", "node2", "-t", "30m"]).ok();
     let mine = c.run(&["--json", "list"]).ok().json();
     assert_eq!(mine.as_array().unwrap().len(), 2);
@@ -180,20 +305,37 @@ fn list_and_history_with_summary() {
     assert_eq!(s[0]["bookings"], 2);
     let h = c.run(&["--json", "history", "-w", "node2"]).ok().json();
     assert_eq!(h.as_array().unwrap().len(), 1);
-    c.run(&["history", "--since", "2999-01-01 00:00"]).ok().out_has("no bookings");
+    c.run(&["history", "--since", "2999-01-01 00:00"])
+        .ok()
+        .out_has("no bookings");
 }
 
 #[test]
 fn check_login_exit_codes() {
-    let c = TempCluster::with_policy(kloigos_core::policy::Policy { min_uid: 1, ..Default::default() });
+    let c = TempCluster::with_policy(kloigos_core::policy::Policy {
+        min_uid: 1,
+        ..Default::default()
+    });
     c.add_node("node1", "0-3", None, None);
-    c.run(&["alloc", "-w", "node1", "-u", "nobody"]).code(if kloigos_tests::is_root() { 0 } else { 1 });
-    c.run(&["check-login", "daemon", "node1"]).code(1).out_has("deny: daemon on node1: no booking for daemon on node1 — book with: kloigos alloc -w node1");
-    c.run(&["check-login", "root", "node1"]).ok().out_has("allow: root on node1: root is never gated");
-    c.run(&["check-login", "no-such-user-x", "node1"]).ok().out_has("ignore");
-    c.run(&["check-login", "daemon", "login1"]).ok().out_has("login1 is not a node of this cluster");
+    c.run(&["alloc", "-w", "node1", "-u", "nobody"])
+        .code(if kloigos_tests::is_root() { 0 } else { 1 });
+    c.run(&["check-login", "daemon", "node1"]).code(1).out_has(
+        "deny: daemon on node1: no booking for daemon on node1 — book with: kloigos alloc -w node1",
+    );
+    c.run(&["check-login", "root", "node1"])
+        .ok()
+        .out_has("allow: root on node1: root is never gated");
+    c.run(&["check-login", "no-such-user-x", "node1"])
+        .ok()
+        .out_has("ignore");
+    c.run(&["check-login", "daemon", "login1"])
+        .ok()
+        .out_has("('login1') is not a node of the cluster");
     if kloigos_tests::is_root() {
-        let v = c.run(&["--json", "check-login", "nobody", "node1"]).ok().json();
+        let v = c
+            .run(&["--json", "check-login", "nobody", "node1"])
+            .ok()
+            .json();
         assert_eq!(v["decision"], "allow");
     }
 }
@@ -201,25 +343,54 @@ fn check_login_exit_codes() {
 #[test]
 fn admin_node_lifecycle() {
     let c = cluster_with_nodes();
-    c.run(&["admin", "add-node", "node1", "--cpus", "0-3"]).code(1).err_has("already exists");
-    c.run(&["admin", "add-node", "node3"]).code(2).err_has("needs --cpus");
-    c.run(&["admin", "add-node", "node3", "--cpus", "0-31", "--unit-cpus", "8", "--mem-per-unit", "16G", "-l", "bigmem"]).ok();
+    c.run(&["admin", "add-node", "node1", "--cpus", "0-3"])
+        .code(1)
+        .err_has("already exists");
+    c.run(&["admin", "add-node", "node3"])
+        .code(2)
+        .err_has("needs --cpus");
+    c.run(&[
+        "admin",
+        "add-node",
+        "node3",
+        "--cpus",
+        "0-31",
+        "--unit-cpus",
+        "8",
+        "--mem-per-unit",
+        "16G",
+        "-l",
+        "bigmem",
+    ])
+    .ok();
     assert_eq!(state(&c, "node3").node.mem_per_unit, Some(16 << 30));
     c.run(&["alloc", "-w", "node3", "--units", "2"]).ok();
-    c.run(&["admin", "set-node", "node3", "--unit-cpus", "4"]).code(1).err_has("node3:1 would change CPUs or ports");
-    c.run(&["admin", "set-node", "node3", "--cpus", "0-47"]).ok();
+    c.run(&["admin", "set-node", "node3", "--unit-cpus", "4"])
+        .code(1)
+        .err_has("node3:1 would change CPUs or ports");
+    c.run(&["admin", "set-node", "node3", "--cpus", "0-47"])
+        .ok();
     assert_eq!(state(&c, "node3").node.units_total(), 6);
-    c.run(&["admin", "del-node", "node3"]).code(1).err_has("release them, or pass --force");
-    c.run(&["admin", "del-node", "node3", "--force"]).ok().out_has("history is kept");
+    c.run(&["admin", "del-node", "node3"])
+        .code(1)
+        .err_has("release them, or pass --force");
+    c.run(&["admin", "del-node", "node3", "--force"])
+        .ok()
+        .out_has("history is kept");
     assert!(!c.store.has_node(&NodeName::new("node3").unwrap()));
     // Its bookings stay in the history.
     let h = c.run(&["--json", "history", "-w", "node3"]).ok().json();
     assert_eq!(h.as_array().unwrap().len(), 1);
-    c.run(&["admin", "policy"]).ok().out_has("max_duration = \"1w\"");
-    c.run(&["admin", "policy", "max_duration=2d", "admins=root,alice"]).ok();
+    c.run(&["admin", "policy"])
+        .ok()
+        .out_has("max_duration = \"1w\"");
+    c.run(&["admin", "policy", "max_duration=2d", "admins=root,alice"])
+        .ok();
     let p = c.run(&["--json", "admin", "policy"]).ok().json();
     assert_eq!(p["max_duration"], "2d");
-    c.run(&["admin", "init"]).code(1).err_has("already holds a cluster");
+    c.run(&["admin", "init"])
+        .code(1)
+        .err_has("already holds a cluster");
 }
 
 #[test]
@@ -230,14 +401,25 @@ fn corrupt_files_are_named_and_nothing_else_is_touched() {
     let p1 = c.store.state_path(&NodeName::new("node1").unwrap());
     std::fs::write(&p1, b"{\"version\": 1, \"seq\": 3, \"node\": ").unwrap();
     let r = c.run(&["info"]);
-    r.code(3).err_has("node1/state.json: is not valid JSON").out_has("node2");
-    c.run(&["alloc", "-w", "node1"]).code(3).err_has("node1/state.json");
+    r.code(3)
+        .err_has("node1/state.json: is not valid JSON")
+        .out_has("node2");
+    c.run(&["alloc", "-w", "node1"])
+        .code(3)
+        .err_has("node1/state.json");
     // Placement goes on with the readable nodes, saying what it skipped.
     c.run(&["release", "--all"]).code(3);
-    assert_eq!(c.state_bytes("node1"), b"{\"version\": 1, \"seq\": 3, \"node\": ");
-    c.run(&["admin", "fsck"]).code(3).out_has("node1/state.json: is not valid JSON");
+    assert_eq!(
+        c.state_bytes("node1"),
+        b"{\"version\": 1, \"seq\": 3, \"node\": "
+    );
+    c.run(&["admin", "fsck"])
+        .code(3)
+        .out_has("node1/state.json: is not valid JSON");
     std::fs::write(&p1, b"{\"version\": 7}").unwrap();
-    c.run(&["info", "node1"]).code(3).err_has("format version 7, this kloigos reads version 1; upgrade kloigos");
+    c.run(&["info", "node1"])
+        .code(3)
+        .err_has("format version 7, this kloigos reads version 1; upgrade kloigos");
     let _ = node2_before;
 }
 
@@ -246,13 +428,21 @@ fn fsck_repairs_torn_journal_lines_and_stray_tmp_files() {
     let c = cluster_with_nodes();
     c.run(&["alloc", "-w", "node1"]).ok();
     let dir = c.store.node_dir(&NodeName::new("node1").unwrap());
-    let mut j = std::fs::OpenOptions::new().append(true).open(dir.join("journal.jsonl")).unwrap();
+    let mut j = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal.jsonl"))
+        .unwrap();
     std::io::Write::write_all(&mut j, b"{\"time\": \"2026-").unwrap();
     std::fs::write(dir.join("state.json.tmp.deadhost.4242"), b"partial").unwrap();
     std::fs::write(dir.join("stray.txt"), b"?").unwrap();
     let r = c.run(&["admin", "fsck"]);
-    r.code(3).out_has("not valid events").out_has("stray tmp file").out_has("orphan: not a kloigos file");
-    c.run(&["admin", "fsck", "--repair"]).code(3).out_has("repaired");
+    r.code(3)
+        .out_has("not valid events")
+        .out_has("stray tmp file")
+        .out_has("orphan: not a kloigos file");
+    c.run(&["admin", "fsck", "--repair"])
+        .code(3)
+        .out_has("repaired");
     std::fs::remove_file(dir.join("stray.txt")).unwrap();
     c.run(&["admin", "fsck"]).ok().out_has("fsck: clean");
     assert!(dir.join("journal.jsonl.bad").exists());
@@ -262,17 +452,28 @@ fn fsck_repairs_torn_journal_lines_and_stray_tmp_files() {
 #[test]
 fn storage_errors_exit_3() {
     let dir = tempfile::tempdir().unwrap();
-    let r = Run::of(Command::new(kloigos_tests::bin("kloigos")).args(["--shared"]).arg(dir.path().join("nothing")).arg("info"));
-    r.code(3).err_has("cluster.json: not found: the shared directory is not mounted or not initialised");
+    let r = Run::of(
+        Command::new(kloigos_tests::bin("kloigos"))
+            .args(["--shared"])
+            .arg(dir.path().join("nothing"))
+            .arg("info"),
+    );
+    r.code(3)
+        .err_has("cluster.json: not found: the shared directory is not mounted or not initialised");
 }
 
 #[test]
 fn untrusted_state_files_are_refused() {
     let c = cluster_with_nodes();
     let p = c.store.state_path(&NodeName::new("node2").unwrap());
-    std::os::unix::fs::PermissionsExt::set_mode(&mut std::fs::metadata(&p).unwrap().permissions(), 0o666);
+    std::os::unix::fs::PermissionsExt::set_mode(
+        &mut std::fs::metadata(&p).unwrap().permissions(),
+        0o666,
+    );
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o666)).unwrap();
-    c.run(&["alloc", "-w", "node2"]).code(3).err_has("lets others write it; refusing to trust it");
+    c.run(&["alloc", "-w", "node2"])
+        .code(3)
+        .err_has("lets others write it; refusing to trust it");
 }
 
 #[test]
@@ -288,7 +489,11 @@ fn version_names_a_commit() {
 fn fake_ssh(dir: &std::path::Path) -> std::path::PathBuf {
     let p = dir.join("fake-ssh");
     let log = dir.join("ssh.log");
-    std::fs::write(&p, format!("#!/bin/sh\necho \"$@\" >> {}\nexit 7\n", log.display())).unwrap();
+    std::fs::write(
+        &p,
+        format!("#!/bin/sh\necho \"$@\" >> {}\nexit 7\n", log.display()),
+    )
+    .unwrap();
     std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     p
 }
@@ -298,36 +503,74 @@ fn run_books_runs_and_releases_and_ssh_checks_first() {
     let c = cluster_with_nodes();
     let ssh = fake_ssh(c.dir.path());
     let ssh_s = ssh.to_str().unwrap();
-    let r = c.run(&["run", "--ssh", ssh_s, "-w", "node2", "-t", "10m", "--", "nproc"]);
+    let r = c.run(&[
+        "run", "--ssh", ssh_s, "-w", "node2", "-t", "10m", "--", "nproc",
+    ]);
     // The remote command's exit code comes back.
     r.code(7).err_has("booked node2:1");
     let log = std::fs::read_to_string(c.dir.path().join("ssh.log")).unwrap();
     assert_eq!(log.trim(), "node2 -- nproc");
     // Released at the end.
-    assert_eq!(c.run(&["--json", "list"]).ok().json(), serde_json::json!([]));
+    assert_eq!(
+        c.run(&["--json", "list"]).ok().json(),
+        serde_json::json!([])
+    );
     // ssh without a booking: refused with the reason before any ssh runs.
     if !kloigos_tests::is_root() {
-        c.run(&["ssh", "--ssh", ssh_s, "node2"]).code(1).err_has("no booking");
+        c.run(&["ssh", "--ssh", ssh_s, "node2"])
+            .code(1)
+            .err_has("no booking");
     }
     c.run(&["alloc", "-w", "node1"]).ok();
-    c.run(&["ssh", "--ssh", ssh_s, "node1:1", "--", "hostname"]).code(7);
+    c.run(&["ssh", "--ssh", ssh_s, "node1:1", "--", "hostname"])
+        .code(7);
     let log = std::fs::read_to_string(c.dir.path().join("ssh.log")).unwrap();
     assert!(log.ends_with("node1 -- hostname\n"), "{log}");
     // An active booking on -w NODE is reused, and kept.
-    c.run(&["run", "--ssh", ssh_s, "-w", "node1", "--", "true"]).code(7).err_has("using your booking node1:1");
-    assert_eq!(c.run(&["--json", "list"]).ok().json().as_array().unwrap().len(), 1);
+    c.run(&["run", "--ssh", ssh_s, "-w", "node1", "--", "true"])
+        .code(7)
+        .err_has("using your booking node1:1");
+    assert_eq!(
+        c.run(&["--json", "list"])
+            .ok()
+            .json()
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 }
 
 #[test]
 fn demo_runs_start_to_finish() {
     let dir = tempfile::tempdir().unwrap();
     let target = dir.path().join("demo");
-    let r = Run::of(Command::new(kloigos_tests::bin("kloigos")).arg("demo").arg(&target));
-    r.ok().out_has("allow: ").out_has("deny: ").out_has("Explore further");
+    let r = Run::of(
+        Command::new(kloigos_tests::bin("kloigos"))
+            .arg("demo")
+            .arg(&target),
+    );
+    r.ok()
+        .out_has("allow: ")
+        .out_has("deny: ")
+        .out_has("Explore further");
     // A second run rebuilds the demo; a foreign directory is refused.
-    Run::of(Command::new(kloigos_tests::bin("kloigos")).arg("demo").arg(&target)).ok();
-    let Ok(_) = std::fs::write(dir.path().join("other.txt"), b"x") else { return };
-    Run::of(Command::new(kloigos_tests::bin("kloigos")).arg("demo").arg(dir.path())).code(2).err_has("not a kloigos demo");
+    Run::of(
+        Command::new(kloigos_tests::bin("kloigos"))
+            .arg("demo")
+            .arg(&target),
+    )
+    .ok();
+    let Ok(_) = std::fs::write(dir.path().join("other.txt"), b"x") else {
+        return;
+    };
+    Run::of(
+        Command::new(kloigos_tests::bin("kloigos"))
+            .arg("demo")
+            .arg(dir.path()),
+    )
+    .code(2)
+    .err_has("not a kloigos demo");
 }
 
 /// Many processes booking one 64-unit node at once: exactly the capacity is
@@ -349,7 +592,12 @@ fn concurrent_allocs_grant_exactly_the_capacity() {
                 let mut granted = 0;
                 let mut refused = 0;
                 for _ in 0..attempts {
-                    let r = Run::of(Command::new(&bin).arg("--shared").arg(&shared).args(["alloc", "-w", "hot", "-t", "1h"]));
+                    let r = Run::of(
+                        Command::new(&bin)
+                            .arg("--shared")
+                            .arg(&shared)
+                            .args(["alloc", "-w", "hot", "-t", "1h"]),
+                    );
                     match r.code {
                         0 => granted += 1,
                         // Full, or busy past the lock deadline: both are clean refusals.
@@ -361,7 +609,10 @@ fn concurrent_allocs_grant_exactly_the_capacity() {
             })
         })
         .collect();
-    let (granted, refused) = handles.into_iter().map(|h| h.join().unwrap()).fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (granted, refused) = handles
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
     assert_eq!(granted + refused, procs * attempts);
     assert_eq!(granted, 64, "granted {granted} of 64 units");
     let st = state(&c, "hot");
@@ -371,7 +622,11 @@ fn concurrent_allocs_grant_exactly_the_capacity() {
     assert_eq!(units.len(), 64);
     let (events, bad) = c.store.journal(&NodeName::new("hot").unwrap()).unwrap();
     assert!(bad.is_empty());
-    let booked: HashSet<String> = events.iter().filter(|e| e.action == kloigos_core::journal::Action::Book).map(|e| e.booking.as_ref().unwrap().id.to_string()).collect();
+    let booked: HashSet<String> = events
+        .iter()
+        .filter(|e| e.action == kloigos_core::journal::Action::Book)
+        .map(|e| e.booking.as_ref().unwrap().id.to_string())
+        .collect();
     let in_state: HashSet<String> = st.bookings.iter().map(|b| b.id.to_string()).collect();
     assert_eq!(booked, in_state);
 }
@@ -389,7 +644,10 @@ fn killed_writers_leave_a_valid_state() {
         let mut kids: Vec<_> = (0..3)
             .map(|i| {
                 let mut cmd = Command::new(&bin);
-                cmd.arg("--shared").arg(c.shared()).stdout(Stdio::null()).stderr(Stdio::null());
+                cmd.arg("--shared")
+                    .arg(c.shared())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null());
                 if (round + i) % 4 == 0 {
                     cmd.args(["release", "--all"]);
                 } else {
@@ -408,16 +666,34 @@ fn killed_writers_leave_a_valid_state() {
         for k in &mut kids {
             let _ = k.wait();
         }
-        let st = c.store.node(&node).unwrap_or_else(|e| panic!("round {round}: state unreadable: {e}"));
-        assert!(st.problems().is_empty(), "round {round}: {:?}", st.problems());
+        let st = c
+            .store
+            .node(&node)
+            .unwrap_or_else(|e| panic!("round {round}: state unreadable: {e}"));
+        assert!(
+            st.problems().is_empty(),
+            "round {round}: {:?}",
+            st.problems()
+        );
         // The lock is free again: a fresh writer gets it at once.
         let mut quick = c.store.clone();
         quick.lock_wait = Duration::from_millis(200);
-        drop(quick.lock(&node).unwrap_or_else(|e| panic!("round {round}: lock left held: {e}")));
+        drop(
+            quick
+                .lock(&node)
+                .unwrap_or_else(|e| panic!("round {round}: lock left held: {e}")),
+        );
     }
     c.run(&["alloc", "-w", "n"]).ok();
     let dir = c.store.node_dir(&node);
     assert!(wait_until(Duration::from_secs(1), || true));
-    let leftovers: Vec<_> = std::fs::read_dir(&dir).unwrap().filter_map(|e| e.ok()).filter(|e| kloigos_core::store::is_tmp(&e.file_name())).collect();
-    assert!(leftovers.is_empty(), "stray tmp files survived the next writer: {leftovers:?}");
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| kloigos_core::store::is_tmp(&e.file_name()))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "stray tmp files survived the next writer: {leftovers:?}"
+    );
 }

@@ -1,1 +1,1091 @@
-//! housekeeper tests (see the issue tracker).
+//! System tests of kloigos-housekeeper, as root, against the real thing:
+//! real processes of throwaway users killed, the real nftables ruleset
+//! loaded in network namespaces and probed with real sockets, the plain
+//! cgroup backend on this host's cgroups, the systemd backend against the
+//! real systemd of an nspawn container, and the files it writes.
+//!
+//! uid bands (see harness/housekeeper.rs): kill 59990-59999, facts/dry-run
+//! 59960-59969, nft 59950-59959, cgroup 59940-59949, systemd 59930-59939.
+//! Only the kill test's passes end processes.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kloigos_core::facts::Facts;
+use kloigos_core::names::UserName;
+use kloigos_core::policy::Policy;
+use kloigos_core::store::LocalCopy;
+use kloigos_tests::cmd::{must, run, Run};
+use kloigos_tests::housekeeper::{live_processes, spawn_as, user_with_uid, HkNode, Reaped};
+use kloigos_tests::poll::wait_until;
+use kloigos_tests::sys::Netns;
+use serde_json::json;
+
+fn policy(min_uid: u32) -> Policy {
+    Policy {
+        min_uid,
+        ..Policy::default()
+    }
+}
+
+fn now() -> Timestamp {
+    Timestamp::now()
+}
+
+/// The pid of a running systemd-less sleep of root, for "root is spared".
+fn root_sleeper() -> Reaped {
+    Reaped(Command::new("sleep").arg("600").spawn().expect("sleep"))
+}
+
+// ---------------------------------------------------------------- killing
+
+#[test]
+fn kill_ends_every_process_of_unbooked_users_in_one_pass_and_spares_the_rest() {
+    kloigos_tests::require_root!();
+    let victim = user_with_uid("khk-victim", 59991);
+    let bypass = user_with_uid("khk-bypass", 59992);
+    let booked = user_with_uid("khk-booked", 59993);
+    let p = Policy {
+        bypass_users: vec![UserName::new(&bypass.name).unwrap()],
+        ..policy(59990)
+    };
+    let n = HkNode::new("hk-kill", p, "0-1", Some(1), None, json!({"kill": true}));
+    n.book(&booked, 1, now(), 3600);
+
+    // Hundreds of sleepers, plus a shell that keeps forking (for 60 s at most).
+    let mut spawner = Reaped(spawn_as(
+        &victim,
+        &[
+            "/bin/sh",
+            "-c",
+            "i=0; while [ $i -lt 300 ]; do sleep 600 & i=$((i+1)); done; wait",
+        ],
+    ));
+    let mut forker = Reaped(spawn_as(
+        &victim,
+        &[
+            "/bin/sh",
+            "-c",
+            "end=$(($(date +%s)+60)); while [ $(date +%s) -lt $end ]; do sleep 30 & done",
+        ],
+    ));
+    assert!(
+        wait_until(Duration::from_secs(20), || live_processes(victim.uid)
+            >= 300),
+        "the victim never got 300 processes ({})",
+        live_processes(victim.uid)
+    );
+    let mut spared = [
+        Reaped(spawn_as(&bypass, &["sleep", "600"])),
+        Reaped(spawn_as(&booked, &["sleep", "600"])),
+        root_sleeper(),
+    ];
+
+    // Corrupt state: nothing is killed, the error is reported.
+    let state = n.cluster.store.state_path(&n.node);
+    let good = std::fs::read(&state).unwrap();
+    std::fs::write(&state, b"{\"version\":1, \"seq\": ").unwrap();
+    let r = n.pass(&[]);
+    r.code(3).err_has("nothing destructive");
+    assert!(
+        live_processes(victim.uid) >= 300,
+        "processes were killed on a corrupt state"
+    );
+    assert!(spawner.alive() && forker.alive());
+    let facts: Facts = serde_json::from_slice(&std::fs::read(n.facts_path()).unwrap()).unwrap();
+    assert!(!facts.enforcing);
+    assert!(
+        facts.error.as_deref().unwrap_or("").contains("state.json"),
+        "{:?}",
+        facts.error
+    );
+
+    // Valid state: one pass ends them all, within a second.
+    std::fs::write(&state, &good).unwrap();
+    let before = live_processes(victim.uid);
+    let t = Instant::now();
+    let r = n.pass(&[]);
+    let took = t.elapsed();
+    r.ok();
+    assert_eq!(
+        live_processes(victim.uid),
+        0,
+        "victim processes left after the pass:\n{}",
+        r.stderr
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "the pass took {took:?}:\n{}",
+        r.stderr
+    );
+    assert!(
+        r.stderr
+            .contains("process(es) of khk-victim (uid 59991): no booking on this node"),
+        "{}",
+        r.stderr
+    );
+    for s in &mut spared {
+        assert!(s.alive(), "a spared process died:\n{}", r.stderr);
+    }
+    let killed: u64 = std::fs::read_to_string(n.metrics_dir.join("kloigos.prom"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("kloigos_processes_killed_total ")
+                .map(|v| v.parse().unwrap())
+        })
+        .unwrap();
+    assert!(
+        killed >= before as u64,
+        "killed_total {killed} < {before} processes seen"
+    );
+    eprintln!("ended {killed} processes of a forking user in {took:?} (one pass)");
+}
+
+// ---------------------------------------------------------------- nftables
+
+/// A TCP and UDP server on `port` as `user` inside `ns`: answers "hi".
+const SERVER: &str = r#"
+import socket, sys, threading
+port = int(sys.argv[1])
+t = socket.socket(); t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+t.bind(("0.0.0.0", port)); t.listen(16)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(("0.0.0.0", port))
+def udp():
+    while True:
+        d, a = u.recvfrom(100)
+        try:
+            u.sendto(b"hi", a)
+        except OSError:
+            pass  # dropped by the rule (EPERM): the client sees no answer
+threading.Thread(target=udp, daemon=True).start()
+while True:
+    c, _ = t.accept(); c.sendall(b"hi"); c.close()
+"#;
+
+/// Prints "ok" if a server at host:port answers over `proto`, else "fail".
+const CLIENT: &str = r#"
+import socket, sys
+host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+try:
+    if proto == "tcp":
+        s = socket.create_connection((host, port), timeout=1.0); d = s.recv(10)
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
+        s.sendto(b"x", (host, port)); d, _ = s.recvfrom(10)
+    print("ok" if d == b"hi" else "fail")
+except Exception as e:
+    print("fail", e)
+"#;
+
+fn client(
+    ns: &Netns,
+    as_user: Option<&kloigos_tests::sys::TempUser>,
+    host: &str,
+    port: u16,
+    proto: &str,
+) -> bool {
+    let port = port.to_string();
+    let mut argv: Vec<String> = vec!["netns".into(), "exec".into(), ns.name.clone()];
+    if let Some(u) = as_user {
+        argv.extend([
+            "setpriv".into(),
+            format!("--reuid={}", u.uid),
+            format!("--regid={}", u.gid),
+            "--init-groups".into(),
+        ]);
+    }
+    argv.extend([
+        "/usr/bin/python3".into(),
+        "-c".into(),
+        CLIENT.into(),
+        host.into(),
+        port,
+        proto.into(),
+    ]);
+    let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+    run("ip", &argv).stdout.trim() == "ok"
+}
+
+fn listening(ns: &Netns, port: u16) -> bool {
+    let out = run("ip", &["netns", "exec", &ns.name, "ss", "-lntu"]).stdout;
+    out.lines()
+        .filter(|l| l.contains(&format!(":{port} ")))
+        .count()
+        >= 2
+}
+
+#[test]
+fn nft_lets_booked_users_serve_only_on_their_ports() {
+    kloigos_tests::require_root!();
+    let user = user_with_uid("khk-nft", 59951);
+    let tag = std::process::id() % 100_000;
+    let a = Netns::create(&format!("khk-a{tag}"));
+    let b = Netns::create(&format!("khk-b{tag}"));
+    let subnet = 10 + tag % 200;
+    let (addr_a, addr_b) = (format!("10.231.{subnet}.1"), format!("10.231.{subnet}.2"));
+    must(
+        "ip",
+        &[
+            "-n", &a.name, "link", "add", "khkva", "type", "veth", "peer", "name", "khkvb",
+            "netns", &b.name,
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "-n",
+            &a.name,
+            "addr",
+            "add",
+            &format!("{addr_a}/24"),
+            "dev",
+            "khkva",
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "-n",
+            &b.name,
+            "addr",
+            "add",
+            &format!("{addr_b}/24"),
+            "dev",
+            "khkvb",
+        ],
+    );
+    must("ip", &["-n", &a.name, "link", "set", "khkva", "up"]);
+    must("ip", &["-n", &b.name, "link", "set", "khkvb", "up"]);
+    // Someone else's table, which must survive every load.
+    must(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "add", "table", "inet", "other",
+        ],
+    );
+    must(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "add", "chain", "inet", "other", "c",
+        ],
+    );
+
+    // 2 units, ports 20000-20099: the booking's unit gets 20000-20049.
+    let n = HkNode::new(
+        "hk-nft",
+        policy(59950),
+        "0-1",
+        Some(1),
+        Some("20000-20099"),
+        json!({"nft": true}),
+    );
+    let bk = n.book(&user, 1, now(), 3600);
+    assert_eq!(bk.ports.unwrap().to_string(), "20000-20049");
+
+    // Count nft invocations: a wrapper first on PATH that logs, then runs the real nft.
+    let wrap = tempfile::tempdir().unwrap();
+    let count = wrap.path().join("count");
+    let real = run("sh", &["-c", "command -v nft"])
+        .stdout
+        .trim()
+        .to_string();
+    std::fs::write(
+        wrap.path().join("nft"),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec {real} \"$@\"\n",
+            count.display()
+        ),
+    )
+    .unwrap();
+    must(
+        "chmod",
+        &["755", &wrap.path().join("nft").to_string_lossy()],
+    );
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", wrap.path().display());
+    let cfg = n.config.to_string_lossy().to_string();
+    let hk = kloigos_tests::bin("kloigos-housekeeper")
+        .to_string_lossy()
+        .to_string();
+    let pass = || {
+        run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &a.name,
+                "env",
+                &format!("PATH={path}"),
+                &hk,
+                "--once",
+                "--config",
+                &cfg,
+            ],
+        )
+    };
+    let loads = || {
+        std::fs::read_to_string(&count)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+
+    pass().ok();
+    assert_eq!(loads(), 1, "the first pass loads the table once");
+    let table = run(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "list", "table", "inet", "kloigos",
+        ],
+    );
+    table
+        .ok()
+        .out_has("59951 . 20000-20049")
+        .out_has("ct direction reply");
+
+    let server = |port: &str| {
+        Reaped(
+            Command::new("ip")
+                .args(["netns", "exec", &a.name, "setpriv"])
+                .arg(format!("--reuid={}", user.uid))
+                .arg(format!("--regid={}", user.gid))
+                .args(["--init-groups", "/usr/bin/python3", "-c", SERVER, port])
+                .spawn()
+                .unwrap(),
+        )
+    };
+    let _inside = server("20010");
+    let _outside = server("20080");
+    assert!(wait_until(Duration::from_secs(10), || listening(&a, 20010)
+        && listening(&a, 20080)));
+    // A root server in B, for the user's outgoing connection.
+    let _remote = Reaped(
+        Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &b.name,
+                "/usr/bin/python3",
+                "-c",
+                SERVER,
+                "5555",
+            ])
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(Duration::from_secs(10), || listening(&b, 5555)));
+
+    for proto in ["tcp", "udp"] {
+        assert!(
+            client(&b, None, &addr_a, 20010, proto),
+            "{proto}: booked port unreachable from the other namespace"
+        );
+        assert!(
+            !client(&b, None, &addr_a, 20080, proto),
+            "{proto}: a port outside the booking answered"
+        );
+        assert!(
+            client(&a, None, "127.0.0.1", 20010, proto),
+            "{proto}: booked port unreachable on loopback"
+        );
+        assert!(
+            !client(&a, None, "127.0.0.1", 20080, proto),
+            "{proto}: outside port answered on loopback"
+        );
+        assert!(
+            client(&a, Some(&user), &addr_b, 5555, proto),
+            "{proto}: the user's outgoing connection broke"
+        );
+    }
+
+    // Nothing changed: the second pass runs no nft at all.
+    pass().ok();
+    assert_eq!(loads(), 1, "an unchanged pass ran nft");
+    // Someone else changes the ruleset: our table is checked by reloading it.
+    must(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "add", "chain", "inet", "other", "c2",
+        ],
+    );
+    pass().ok();
+    assert_eq!(loads(), 2);
+    run(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "list", "table", "inet", "other",
+        ],
+    )
+    .ok()
+    .out_has("chain c2");
+
+    // The booking ends: the table goes, the other stays, the port is free again.
+    n.release(&bk.id);
+    pass().ok();
+    assert_eq!(loads(), 3);
+    assert_ne!(
+        run(
+            "ip",
+            &["netns", "exec", &a.name, "nft", "list", "table", "inet", "kloigos"]
+        )
+        .code,
+        0
+    );
+    run(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "list", "table", "inet", "other",
+        ],
+    )
+    .ok();
+    assert!(
+        client(&b, None, &addr_a, 20080, "tcp"),
+        "without the table every port serves"
+    );
+    pass().ok();
+    assert_eq!(loads(), 3, "removing an absent table twice");
+
+    // --uninstall removes a loaded table.
+    n.book(&user, 1, now(), 3600);
+    pass().ok();
+    assert_eq!(loads(), 4);
+    let list = || {
+        run(
+            "ip",
+            &[
+                "netns", "exec", &a.name, "nft", "list", "table", "inet", "kloigos",
+            ],
+        )
+    };
+    list().ok();
+    run(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &a.name,
+            "env",
+            &format!("PATH={path}"),
+            &hk,
+            "--uninstall",
+            "--config",
+            &cfg,
+        ],
+    )
+    .ok();
+    assert_ne!(list().code, 0, "--uninstall left the table");
+    run(
+        "ip",
+        &[
+            "netns", "exec", &a.name, "nft", "list", "table", "inet", "other",
+        ],
+    )
+    .ok();
+}
+
+// ---------------------------------------------------------------- slices: cgroups
+
+fn cpus_allowed(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("Cpus_allowed_list:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap()
+}
+
+/// Removes `kloigos/user-UID` cgroups left by an earlier failed run, now
+/// and again on drop (processes moved back to the root group first).
+struct CgroupLeftovers(u32);
+
+impl CgroupLeftovers {
+    fn remove(uid: u32) -> CgroupLeftovers {
+        let me = CgroupLeftovers(uid);
+        me.sweep();
+        me
+    }
+
+    fn sweep(&self) {
+        for ctrl in ["cpuset", "memory", "pids", "unified"] {
+            let root = Path::new("/sys/fs/cgroup").join(ctrl);
+            let dir = root.join("kloigos").join(format!("user-{}", self.0));
+            if !dir.is_dir() {
+                continue;
+            }
+            for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = std::fs::write(root.join("cgroup.procs"), pid);
+            }
+            let _ = std::fs::remove_dir(&dir);
+            let _ = std::fs::remove_dir(root.join("kloigos"));
+        }
+    }
+}
+
+impl Drop for CgroupLeftovers {
+    fn drop(&mut self) {
+        self.sweep();
+    }
+}
+
+#[test]
+fn cgroup_backend_confines_a_booked_user_to_their_cpus() {
+    kloigos_tests::require_root!();
+    // This host: cgroup v1 cpuset (v2 is mounted without controllers).
+    let v1 = Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus");
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if !v1.exists() && !v2.contains("cpuset") {
+        eprintln!("SKIPPED: no cpuset controller on this host");
+        return;
+    }
+    let all =
+        std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus").unwrap_or_default();
+    if all.trim() == "0" {
+        eprintln!("SKIPPED: one CPU only; confinement cannot be observed");
+        return;
+    }
+    let user = user_with_uid("khk-cg", 59941);
+    let p = Policy {
+        tasks_max_per_unit: Some(100),
+        ..policy(59940)
+    };
+    let n = HkNode::new(
+        "hk-cgroup",
+        p,
+        "0-1",
+        Some(1),
+        None,
+        json!({"slices": "cgroup"}),
+    );
+    let _clean = CgroupLeftovers::remove(user.uid);
+    let mut sleeper = Reaped(spawn_as(&user, &["sleep", "600"]));
+    let pid = sleeper.0.id();
+    // setpriv changes uid after the spawn returns: wait for it.
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        user.uid
+    ) == 1));
+    let open = cpus_allowed(pid);
+    let bk = n.book(&user, 1, now(), 3600);
+    assert_eq!(bk.cpus.to_string(), "0");
+
+    let r = n.pass(&[]);
+    r.ok().err_has("slice cgroup v1 set");
+    assert_eq!(
+        cpus_allowed(pid),
+        "0",
+        "the user's process is not confined:\n{}",
+        r.stderr
+    );
+    let dir = Path::new("/sys/fs/cgroup/cpuset/kloigos/user-59941");
+    if v1.exists() {
+        assert_eq!(
+            std::fs::read_to_string(dir.join("cpuset.cpus"))
+                .unwrap()
+                .trim(),
+            "0"
+        );
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+        assert!(procs.lines().any(|l| l.trim() == pid.to_string()));
+        let pids_max = Path::new("/sys/fs/cgroup/pids/kloigos/user-59941/pids.max");
+        if pids_max.exists() {
+            assert_eq!(std::fs::read_to_string(pids_max).unwrap().trim(), "100");
+        }
+    }
+    // A new process of the user is confined by the next pass, and nothing is re-set.
+    let mut second = Reaped(spawn_as(&user, &["sleep", "600"]));
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        user.uid
+    ) == 2));
+    let r = n.pass(&[]);
+    r.ok();
+    assert!(
+        !r.stderr.contains("set:"),
+        "an unchanged slice was set again:\n{}",
+        r.stderr
+    );
+    assert_eq!(cpus_allowed(second.0.id()), "0");
+
+    n.release(&bk.id);
+    let r = n.pass(&[]);
+    r.ok().err_has("limits removed");
+    assert!(!dir.exists(), "the cgroup stayed after the booking ended");
+    assert!(
+        !dir.parent().unwrap().exists(),
+        "the empty kloigos group stayed"
+    );
+    assert_eq!(
+        cpus_allowed(pid),
+        open,
+        "the limits stayed after the booking ended"
+    );
+    assert!(
+        sleeper.alive() && second.alive(),
+        "kill is off; nothing may die"
+    );
+}
+
+// ---------------------------------------------------------------- slices: systemd
+
+#[test]
+fn systemd_backend_commands_recorded_by_a_stand_in_systemctl() {
+    kloigos_tests::require_root!();
+    // Stand-in: a fake systemctl that records its arguments. What it proves:
+    // the exact commands and drop-in of the backend; the nspawn test below
+    // runs the same backend against a real systemd.
+    let fake = tempfile::tempdir().unwrap();
+    let log = fake.path().join("calls");
+    std::fs::write(
+        fake.path().join("systemctl"),
+        format!("#!/bin/sh\necho \"$*\" >> {}\n", log.display()),
+    )
+    .unwrap();
+    must(
+        "chmod",
+        &["755", &fake.path().join("systemctl").to_string_lossy()],
+    );
+    let units = fake.path().join("units");
+    let p = Policy {
+        tasks_max_per_unit: Some(64),
+        ..policy(59930)
+    };
+    let n = HkNode::new(
+        "hk-sysd-fake",
+        p,
+        "0-3",
+        Some(2),
+        None,
+        json!({"slices": "systemd"}),
+    );
+    let u = kloigos_tests::sys::TempUser {
+        name: "khk-nobody".into(),
+        uid: 59931,
+        gid: 59931,
+    };
+    let pass = || {
+        Run::of(
+            n.housekeeper(&["--once"])
+                .env(
+                    "PATH",
+                    format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.path().display()),
+                )
+                .env("KLOIGOS_SYSTEMD_UNIT_DIR", &units),
+        )
+    };
+    n.cluster
+        .store
+        .update_node(&n.node, now(), |s| {
+            s.node.mem_per_unit = Some(256 << 20);
+            Ok(((), vec![]))
+        })
+        .unwrap();
+    let bk = n.book(&u, 1, now(), 3600);
+    std::mem::forget(u); // not a real account: nothing to remove
+    pass().ok();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        calls.trim(),
+        "set-property --runtime user-59931.slice AllowedCPUs=0-1 AllowedMemoryNodes=0 MemoryHigh=241590272 MemoryMax=268435456 TasksMax=64"
+    );
+    let dropin = std::fs::read_to_string(units.join("user-59931.slice.d/90-kloigos.conf")).unwrap();
+    assert!(
+        dropin.contains("[Slice]\nAllowedCPUs=0-1\n") && dropin.contains("MemoryMax=268435456\n"),
+        "{dropin}"
+    );
+    pass().ok();
+    assert_eq!(
+        std::fs::read_to_string(&log).unwrap(),
+        calls,
+        "an unchanged slice was set again"
+    );
+    n.release(&bk.id);
+    pass().ok();
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(calls.lines().last(), Some("daemon-reload"), "{calls}");
+    assert!(!units.join("user-59931.slice.d").exists());
+}
+
+#[test]
+fn systemd_backend_against_a_real_systemd_in_a_container() {
+    kloigos_tests::require_root!();
+    let rootfs = match kloigos_tests::nspawn::rootfs() {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!(
+                "SKIPPED: no systemd container: {why}; the stand-in test covers the commands"
+            );
+            return;
+        }
+    };
+    let p = Policy {
+        tasks_max_per_unit: Some(64),
+        ..policy(59935)
+    };
+    let n = HkNode::new(
+        "hk-nspawn",
+        p,
+        "0-1",
+        Some(1),
+        None,
+        json!({"slices": "systemd", "state_copy": "/var/lib/kloigos/state.json", "metrics_dir": null}),
+    );
+    n.cluster
+        .store
+        .update_node(&n.node, now(), |s| {
+            s.node.mem_per_unit = Some(256 << 20);
+            Ok(((), vec![]))
+        })
+        .unwrap();
+    let dir = n.cluster.dir.path().to_path_buf();
+    let dir_s = dir.to_string_lossy().to_string();
+    let bin = kloigos_tests::bin("kloigos-housekeeper");
+    let name = format!("khk{}", std::process::id());
+    let c = match kloigos_tests::nspawn::Container::boot(
+        &rootfs,
+        &name,
+        &[
+            (&dir, &dir_s, false),
+            (&bin, "/usr/local/bin/kloigos-housekeeper", true),
+        ],
+    ) {
+        Ok(c) => c,
+        Err(why) => panic!("the container did not boot: {why}"),
+    };
+    let sh = |argv: &[&str]| {
+        let r = c.exec(argv);
+        assert_eq!(
+            r.code, 0,
+            "{argv:?} in the container: {}{}",
+            r.stdout, r.stderr
+        );
+        r
+    };
+    // A real user (a process of theirs in their slice) and a lingering one.
+    sh(&["useradd", "-m", "-u", "59936", "khkreal"]);
+    sh(&["useradd", "-m", "-u", "59937", "khkling"]);
+    sh(&["loginctl", "enable-linger", "khkling"]);
+    let real = kloigos_tests::sys::TempUser {
+        name: "khkreal".into(),
+        uid: 59936,
+        gid: 59936,
+    };
+    let ling = kloigos_tests::sys::TempUser {
+        name: "khkling".into(),
+        uid: 59937,
+        gid: 59937,
+    };
+    let b_real = n.book(&real, 1, now(), 3600);
+    let b_ling = n.book(&ling, 1, now(), 3600);
+    std::mem::forget(real);
+    std::mem::forget(ling);
+    let cfg = n.config.to_string_lossy().to_string();
+    let pass = || {
+        sh(&[
+            "/usr/local/bin/kloigos-housekeeper",
+            "--once",
+            "--config",
+            &cfg,
+        ])
+    };
+
+    let r = pass();
+    assert!(r.stderr.contains("slice systemd set"), "{}", r.stderr);
+    let props = [
+        "AllowedCPUs",
+        "AllowedMemoryNodes",
+        "MemoryHigh",
+        "MemoryMax",
+        "TasksMax",
+    ];
+    let want = |cpus: &str| {
+        [
+            ("AllowedCPUs", cpus),
+            ("AllowedMemoryNodes", "0"),
+            ("MemoryHigh", "241590272"),
+            ("MemoryMax", "268435456"),
+            ("TasksMax", "64"),
+        ]
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .into_iter()
+        .collect::<std::collections::BTreeMap<_, _>>()
+    };
+    let real_cpus = b_real.cpus.to_string();
+    let ling_cpus = b_ling.cpus.to_string();
+    assert_eq!(c.show("user-59936.slice", &props), want(&real_cpus));
+    assert_eq!(c.show("user-59937.slice", &props), want(&ling_cpus));
+
+    // A process of the user, in their slice.
+    sh(&[
+        "systemd-run",
+        "--uid=59936",
+        "--slice=user-59936.slice",
+        "--unit=khk-probe",
+        "sleep",
+        "300",
+    ]);
+    let pid = c.show("khk-probe.service", &["MainPID"])["MainPID"].clone();
+    let status = sh(&["cat", &format!("/proc/{pid}/status")]).stdout;
+    let allowed = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let cg = sh(&["cat", &format!("/proc/{pid}/cgroup")]).stdout;
+    assert!(cg.contains("user-59936.slice"), "{cg}");
+    let unified = c.exec(&["cat", "/sys/fs/cgroup/cgroup.controllers"]).stdout;
+    if unified.contains("cpuset") {
+        assert_eq!(
+            allowed, real_cpus,
+            "the process is not confined to the booked CPUs"
+        );
+    } else {
+        eprintln!(
+            "NOT CHECKED: Cpus_allowed_list is {allowed}, not {real_cpus}: on this kernel cpuset is a cgroup v1 controller, \
+             so systemd (hybrid mode) records AllowedCPUs but cannot apply it"
+        );
+    }
+
+    // The drop-in alone restores the limits (a reboot clears /run): drop the
+    // runtime properties and reload.
+    sh(&[
+        "test",
+        "-f",
+        "/etc/systemd/system/user-59936.slice.d/90-kloigos.conf",
+    ]);
+    sh(&[
+        "rm",
+        "-rf",
+        "/run/systemd/system.control/user-59936.slice.d",
+    ]);
+    sh(&["systemctl", "daemon-reload"]);
+    assert_eq!(
+        c.show("user-59936.slice", &props),
+        want(&real_cpus),
+        "limits lost on daemon-reload"
+    );
+    let r = pass();
+    assert!(
+        !r.stderr.contains("set:"),
+        "an unchanged slice was set again:\n{}",
+        r.stderr
+    );
+
+    // Bookings end: limits removed.
+    n.release(&b_real.id);
+    n.release(&b_ling.id);
+    let r = pass();
+    assert!(r.stderr.contains("limits removed"), "{}", r.stderr);
+    for uid in ["59936", "59937"] {
+        let now = c.show(&format!("user-{uid}.slice"), &props);
+        assert_eq!(now["AllowedCPUs"], "", "{uid}: {now:?}");
+        assert_eq!(now["MemoryMax"], "infinity", "{uid}: {now:?}");
+        assert_ne!(now["TasksMax"], "64", "{uid}: {now:?}");
+        assert_ne!(
+            c.exec(&[
+                "test",
+                "-e",
+                &format!("/etc/systemd/system/user-{uid}.slice.d/90-kloigos.conf")
+            ])
+            .code,
+            0
+        );
+    }
+}
+
+// ---------------------------------------------------------------- files, hooks, dry-run
+
+#[test]
+fn facts_local_copy_metrics_hooks_and_dry_run() {
+    kloigos_tests::require_root!();
+    let alice = user_with_uid("khk-alice", 59961);
+    let stray = user_with_uid("khk-stray", 59962);
+    let n = HkNode::new(
+        "hk-files",
+        policy(59960),
+        "0-1",
+        Some(1),
+        Some("21000-21099"),
+        json!({}),
+    );
+    let hook_out = n.hooks_dir.join("ran");
+    let hook = n.hooks_dir.join("release.d/10-record");
+    std::fs::write(
+        &hook,
+        format!(
+            "#!/bin/sh\necho \"$KLOIGOS_USER $KLOIGOS_UID $KLOIGOS_BOOKING $KLOIGOS_CPUS $KLOIGOS_PORTS\" >> {}\n",
+            hook_out.display()
+        ),
+    )
+    .unwrap();
+    must("chmod", &["755", &hook.to_string_lossy()]);
+    let bk = n.book(&alice, 1, now(), 3600);
+
+    let t0 = now();
+    n.pass(&[]).ok();
+    // facts.json
+    let facts: Facts = serde_json::from_slice(&std::fs::read(n.facts_path()).unwrap()).unwrap();
+    assert_eq!(facts.node, n.node);
+    assert!(facts.enforcing && facts.error.is_none());
+    assert!((facts.heartbeat.as_second() - t0.as_second()).abs() <= 5);
+    assert_eq!(facts.kloigos_version, "0.1.0");
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    assert_eq!(
+        facts.cpus_online.as_ref().map(|c| c.to_string()),
+        Some(online.trim().to_string())
+    );
+    assert!(
+        facts.mem_total > 0 && facts.mem_available > 0 && facts.mem_available <= facts.mem_total
+    );
+    assert!(facts.uptime_s > 0);
+    assert!(!facts.numa.is_empty());
+    // The local copy for PAM: policy and this node's state, root-owned 0644.
+    let copy_path = n.state_dir.join("state.json");
+    let copy: LocalCopy = serde_json::from_slice(&std::fs::read(&copy_path).unwrap()).unwrap();
+    assert_eq!(
+        copy.state.as_ref(),
+        Some(&n.cluster.store.node(&n.node).unwrap())
+    );
+    assert_eq!(copy.policy.min_uid, 59960);
+    assert!(copy.is_fresh(now(), 60));
+    let meta = std::fs::metadata(&copy_path).unwrap();
+    assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
+    // Metrics.
+    let prom = std::fs::read_to_string(n.metrics_dir.join("kloigos.prom")).unwrap();
+    assert!(
+        prom.contains(
+            "kloigos_node_units{state=\"booked\"} 1\nkloigos_node_units{state=\"free\"} 1\n"
+        ),
+        "{prom}"
+    );
+    assert!(prom.contains("\nkloigos_bookings_active 1\n"), "{prom}");
+    let last: i64 = prom
+        .lines()
+        .find_map(|l| l.strip_prefix("kloigos_housekeeper_last_run_timestamp_seconds "))
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((last - t0.as_second()).abs() <= 5);
+    // Written atomically: no temp file left anywhere.
+    for dir in [
+        n.metrics_dir.clone(),
+        n.state_dir.clone(),
+        n.cluster.store.node_dir(&n.node),
+    ] {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let name = e.unwrap().file_name().to_string_lossy().to_string();
+            assert!(!name.contains(".tmp."), "{name} left in {}", dir.display());
+        }
+    }
+    assert!(!hook_out.exists(), "no booking ended yet");
+
+    // The booking ends: the hook runs once, with the booking's details.
+    n.release(&bk.id);
+    n.pass(&[]).ok();
+    n.pass(&[]).ok();
+    let ran = std::fs::read_to_string(&hook_out).unwrap();
+    assert_eq!(ran, format!("khk-alice 59961 {} 0 21000-21049\n", bk.id));
+
+    // --dry-run: a new booking and a stray process to kill are planned, nothing changes.
+    let bk2 = n.book(&alice, 1, now(), 3600);
+    let mut stray_proc = Reaped(spawn_as(&stray, &["sleep", "600"]));
+    let dry_cfg = n.cluster.dir.path().join("hk-dry.json");
+    n.write_config(&dry_cfg, json!({"kill": true}));
+    let files = [
+        n.facts_path(),
+        copy_path.clone(),
+        n.metrics_dir.join("kloigos.prom"),
+        n.state_dir.join("housekeeper.json"),
+        hook_out.clone(),
+    ];
+    let snapshot = || {
+        files
+            .iter()
+            .map(|f| std::fs::read(f).unwrap())
+            .collect::<Vec<_>>()
+    };
+    let before = snapshot();
+    let r = Run::of(
+        Command::new(kloigos_tests::bin("kloigos-housekeeper"))
+            .args(["--dry-run", "--config"])
+            .arg(&dry_cfg),
+    );
+    r.ok()
+        .out_has("plan (nothing is changed)")
+        .out_has("kill: khk-stray (uid 59962)")
+        .out_has(&format!("{}", stray_proc.0.id()));
+    assert!(stray_proc.alive(), "--dry-run killed a process");
+    assert!(before == snapshot(), "--dry-run changed a file");
+    let _ = bk2;
+}
+
+// ---------------------------------------------------------------- warnings
+
+/// As the user: a process on a new pty (its controlling terminal); prints
+/// what arrives on the pty within 10 s, then exits.
+const ON_A_TERMINAL: &str = r#"
+import os, pty, select, sys, time
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv("/bin/sleep", ["sleep", "30"])
+print("ready", flush=True)
+got, end = b"", time.time() + 10
+while time.time() < end and b"ends in" not in got:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            got += os.read(fd, 4096)
+        except OSError:
+            break
+print(got.decode(errors="replace"), flush=True)
+os.kill(pid, 9)
+"#;
+
+#[test]
+fn warns_a_user_on_their_terminal_before_the_booking_ends() {
+    kloigos_tests::require_root!();
+    let user = user_with_uid("khk-warn", 59971);
+    let n = HkNode::new(
+        "hk-warn",
+        policy(59970),
+        "0-1",
+        Some(1),
+        None,
+        json!({"warn_before_s": [300]}),
+    );
+    let bk = n.book(&user, 1, now(), 100);
+    let mut term = Command::new("setpriv");
+    term.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--init-groups", "/usr/bin/python3", "-c", ON_A_TERMINAL])
+        .stdout(std::process::Stdio::piped());
+    let mut child = Reaped(term.spawn().unwrap());
+    let mut out = std::io::BufReader::new(child.0.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    // The pty child must exist before the pass looks for terminals.
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        user.uid
+    ) >= 2));
+    let r = n.pass(&[]);
+    r.ok().err_has("warned khk-warn").err_has("(1 terminal(s))");
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+    assert!(
+        rest.contains(&format!(
+            "your booking {} on hk-warn ends in 2 minute(s)",
+            bk.id
+        )),
+        "{rest}"
+    );
+    // Once per threshold: the next pass says nothing.
+    let r = n.pass(&[]);
+    assert!(!r.stderr.contains("warned"), "{}", r.stderr);
+}

@@ -11,6 +11,7 @@ use kloigos_core::names::{Label, NodeName, UserName};
 use kloigos_core::node::{Drain, NodeSpec};
 use kloigos_core::policy::Policy;
 use kloigos_core::ports::PortRange;
+use kloigos_core::privilege::CriticalSection;
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, Store};
 use kloigos_core::window::Window;
@@ -164,7 +165,9 @@ fn add_node(ctx: &Ctx, name: &str, f: &NodeFlags) -> Result<u8> {
     let mut spec = NodeSpec::new(name, CpuSet::parse(cpus)?);
     apply_flags(&mut spec, f)?;
     let st = NodeState::new(spec);
+    let critical = CriticalSection::enter();
     ctx.store.add_node(&st, &ctx.caller.name, ctx.now())?;
+    drop(critical);
     if ctx.json {
         print_json(&st.node);
     } else {
@@ -243,6 +246,7 @@ fn set_node(
 fn del_node(ctx: &Ctx, name: &str, force: bool) -> Result<u8> {
     let node = node_arg(name)?;
     let now = ctx.now();
+    let _critical = CriticalSection::enter();
     let dest = ctx.store.delete_node(&node, |st| {
         let live: Vec<String> = st
             .bookings
@@ -308,7 +312,7 @@ fn policy_cmd(ctx: &Ctx, policy: Policy, settings: &[String]) -> Result<u8> {
                 })
             })
             .collect::<Result<Vec<_>>>()?;
-        let _critical = kloigos_core::privilege::CriticalSection::enter();
+        let _critical = CriticalSection::enter();
         ctx.store.update_policy(|p| {
             for (k, v) in &pairs {
                 p.set_field(k, v)?;
@@ -440,6 +444,7 @@ impl Fsck<'_> {
 }
 
 fn fsck(ctx: &Ctx, repair: bool) -> Result<u8> {
+    let _critical = repair.then(CriticalSection::enter);
     let store = &ctx.store;
     let mut f = Fsck {
         store,

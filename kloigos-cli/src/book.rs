@@ -23,13 +23,39 @@ use crate::output::{bookings_table, local, print_json, Table};
 /// How often `alloc --wait` tries again.
 const WAIT_POLL: Duration = Duration::from_secs(2);
 
+/// Nodes that could not be read, with why.
+pub type Unreadable = Vec<(NodeName, Error)>;
+
 /// Reads every node lock-free; unreadable ones are returned apart so a
 /// command can go on with the rest and still report them.
-pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Vec<(NodeName, Error)>)> {
+pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Unreadable)> {
+    let names = ctx.store.node_names()?;
+    // Reading and parsing a thousand files is most of `info`: spread it over the cores.
+    let workers = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
+    let chunk = names.len().div_ceil(workers).max(1);
+    let results: Vec<(NodeName, kloigos_core::Result<NodeState>)> = std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|part| {
+                s.spawn(move || {
+                    part.iter()
+                        .map(|n| (n.clone(), ctx.store.node(n)))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            // A reader thread only panics on a bug; surface it rather than lose nodes silently.
+            .flat_map(|h| h.join().expect("node reader thread panicked"))
+            .collect()
+    });
     let mut ok = Vec::new();
     let mut bad = Vec::new();
-    for n in ctx.store.node_names()? {
-        match ctx.store.node(&n) {
+    for (n, r) in results {
+        match r {
             Ok(s) => ok.push(s),
             Err(e) => bad.push((n, e)),
         }

@@ -39,12 +39,28 @@ pub struct Ctx {
     pub partition: Option<String>,
     /// Whether `--shared`/`--config` pointed away from the installed configuration.
     pub overridden: bool,
+    /// The configuration file in force (`None` with `--shared` alone).
+    pub config_file: Option<PathBuf>,
+    /// For `doctor` only: why the configuration could not be used (then
+    /// `config` and `store` point nowhere and must not be read).
+    pub config_error: Option<String>,
 }
+
+/// Where `config.shared` points when `doctor` found no usable configuration.
+pub const UNCONFIGURED: &str = "/nonexistent/kloigos-unconfigured";
 
 impl Ctx {
     /// Sets up privileges, reads the configuration and opens the store.
-    pub fn setup(cli: &Cli) -> Result<Ctx> {
-        let mut privs = Privileges::start("kloigos")?;
+    ///
+    /// Order matters: the environment is replaced first (in
+    /// [`Privileges::start`]); an override (`--shared`, `--config`,
+    /// `KLOIGOS_CONFIG`) or a command that execs programs (`run`, `ssh`)
+    /// drops to the caller before any file is read; everything else becomes
+    /// the service account before any lock is taken. `doctor` keeps going
+    /// when the configuration cannot be read (it reports that), and run by
+    /// root it stays root until it has checked what needs root.
+    pub fn setup(cli: &Cli, mut privs: Privileges) -> Result<Ctx> {
+        default_alarm();
         let config_override: Option<PathBuf> = cli
             .config
             .clone()
@@ -52,31 +68,31 @@ impl Ctx {
         let overridden = cli.shared.is_some() || config_override.is_some();
         // `run` and `ssh` exec programs as the caller; their writes go through child kloigos processes.
         let execs = matches!(cli.cmd, Cmd::Run(_) | Cmd::Ssh(_));
+        let doctor = matches!(cli.cmd, Cmd::Doctor);
         if overridden || execs {
             privs.drop_to_caller()?;
         }
         // Setuid: the service account is whoever owns the binary, whatever its name.
-        let service_uid = |privs: &Privileges| {
-            if privs.is_setuid() {
-                privs.start_euid
-            } else {
-                privs.service.map(|(u, _)| u).unwrap_or(0)
-            }
-        };
-        let mut trust = Trust::service(service_uid(&privs));
+        let mut trust = Trust::service(privs.service_uid().unwrap_or(0));
         if overridden {
             // A caller on their own tree may trust their own files.
             trust = trust.also(privs.caller_uid);
         }
-        let mut config = match (&config_override, &cli.shared) {
-            (Some(path), _) => Config::load(path, &trust)?,
-            (None, Some(shared)) => Config::with_shared(absolute(shared)?),
-            (None, None) => load_default(&trust)?,
+        let loaded = match (&config_override, &cli.shared) {
+            (Some(path), _) => Config::load(path, &trust).map_err(CliError::from),
+            (None, Some(shared)) => absolute(shared).map(Config::with_shared),
+            (None, None) => load_default(&trust),
+        };
+        let (mut config, config_error) = match loaded {
+            Ok(c) => (c, None),
+            // doctor reports a broken configuration instead of stopping at it.
+            Err(e) if doctor => (Config::with_shared(UNCONFIGURED), Some(e.to_string())),
+            Err(e) => return Err(e),
         };
         if let Some(shared) = &cli.shared {
             config.shared = absolute(shared)?;
         }
-        if config.service_user != "kloigos" {
+        if !privs.is_setuid() && config.service_user != "kloigos" {
             if let Ok(Some(a)) = users::by_name(&config.service_user) {
                 privs.service = Some((a.uid, a.gid));
                 if !overridden {
@@ -86,7 +102,10 @@ impl Ctx {
         }
         let root = config.shared_for(cli.partition.as_deref())?;
         let store = Store::new(root, trust);
-        if !overridden && !execs {
+        // root's doctor checks nft first and switches itself (see doctor.rs).
+        if doctor && privs.caller_uid == 0 && !overridden {
+            privs.keep_root_caller()?;
+        } else if !overridden && !execs {
             privs.become_service()?;
         }
         let caller = users::by_uid(privs.caller_uid)?.ok_or_else(|| {
@@ -118,6 +137,12 @@ impl Ctx {
             passthrough,
             partition: cli.partition.clone(),
             overridden,
+            config_file: match (&config_override, &cli.shared) {
+                (Some(p), _) => Some(p.clone()),
+                (None, Some(_)) => None,
+                (None, None) => Some(PathBuf::from(config::DEFAULT_PATH)),
+            },
+            config_error,
         })
     }
 
@@ -157,6 +182,19 @@ impl Ctx {
         access::may_act_for(policy, &self.caller, &account.name)?;
         Ok(account)
     }
+}
+
+/// Undoes a SIGALRM disposition of SIG_IGN inherited across exec from the
+/// caller, which would defeat the bound on how long a lock is held.
+fn default_alarm() {
+    // SAFETY: SIG_DFL installs no handler, so no code of ours ever runs in
+    // signal context; it only resets the disposition inherited from the caller.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGALRM,
+            nix::sys::signal::SigHandler::SigDfl,
+        )
+    };
 }
 
 /// Parses a node name given on the command line.

@@ -107,9 +107,8 @@ fn prepare(dir: &Path) -> Result<()> {
 }
 
 /// `demo [DIR]`.
-pub fn run(dir: &Path) -> Result<u8> {
+pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     // A demo never needs the service account: run as the caller throughout.
-    let privs = Privileges::start("kloigos")?;
     privs.drop_to_caller()?;
     let me = users::by_uid(privs.caller_uid)?.ok_or_else(|| {
         CliError::Usage(format!(

@@ -4,9 +4,15 @@
 
 use jiff::Timestamp;
 use kloigos_core::booking::Booking;
+use kloigos_core::cpuset::CpuSet;
 use kloigos_core::duration::human_secs;
 use kloigos_core::facts::Facts;
+use kloigos_core::names::{Label, NodeName};
+use kloigos_core::node::Drain;
+use kloigos_core::ports::PortRange;
 use kloigos_core::state::NodeState;
+use kloigos_core::window::Window;
+use serde::Serialize;
 use serde_json::json;
 
 use crate::args::InfoArgs;
@@ -14,6 +20,32 @@ use crate::book::read_all;
 use crate::ctx::{node_arg, Ctx};
 use crate::error::Result;
 use crate::output::{local, print_json, status_of, Paint, Table};
+
+/// `info --json`: the documented shape.
+#[derive(Serialize)]
+struct InfoJson<'a> {
+    nodes: Vec<NodeJson<'a>>,
+    errors: Vec<serde_json::Value>,
+}
+
+/// One node in `info --json`.
+#[derive(Serialize)]
+struct NodeJson<'a> {
+    name: &'a NodeName,
+    labels: &'a [Label],
+    partitions: [&'a str; 1],
+    cpus: &'a CpuSet,
+    unit_cpus: u32,
+    units_total: u32,
+    units_free: u32,
+    ports: Option<PortRange>,
+    drained: Option<&'a Drain>,
+    windows: &'a [Window],
+    state: &'static str,
+    next_free: Option<Timestamp>,
+    bookings: Vec<&'a Booking>,
+    facts: Option<&'a Facts>,
+}
 
 /// A node's condition at a glance.
 fn condition(
@@ -78,37 +110,34 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         .collect();
     let partition = ctx.partition.clone().unwrap_or_else(|| "default".into());
     if ctx.json {
-        let nodes: Vec<_> = rows
+        let nodes: Vec<NodeJson> = rows
             .iter()
-            .map(|(s, facts, free)| {
-                let bookings: Vec<&Booking> = s
+            .map(|(s, facts, free)| NodeJson {
+                name: &s.node.name,
+                labels: &s.node.labels,
+                partitions: [partition.as_str()],
+                cpus: &s.node.cpus,
+                unit_cpus: s.node.cpus_per_unit(),
+                units_total: s.node.units_total(),
+                units_free: *free,
+                ports: s.node.ports,
+                drained: s.node.drained.as_ref(),
+                windows: &s.node.windows,
+                state: condition(s, facts.as_ref(), now, *free).0,
+                next_free: next_free(s, now, *free),
+                bookings: s
                     .bookings
                     .iter()
                     .filter(|b| b.is_current_or_future(now))
-                    .collect();
-                json!({
-                    "name": s.node.name,
-                    "labels": s.node.labels,
-                    "partitions": [partition],
-                    "cpus": s.node.cpus,
-                    "unit_cpus": s.node.cpus_per_unit(),
-                    "units_total": s.node.units_total(),
-                    "units_free": free,
-                    "ports": s.node.ports,
-                    "drained": s.node.drained,
-                    "windows": s.node.windows,
-                    "state": condition(s, facts.as_ref(), now, *free).0,
-                    "next_free": next_free(s, now, *free),
-                    "bookings": bookings,
-                    "facts": facts,
-                })
+                    .collect(),
+                facts: facts.as_ref(),
             })
             .collect();
         let errors: Vec<_> = bad
             .iter()
             .map(|(n, e)| json!({"name": n, "error": e.to_string()}))
             .collect();
-        print_json(&json!({ "nodes": nodes, "errors": errors }));
+        print_json(&InfoJson { nodes, errors });
     } else {
         let mut t = Table::new(&[
             "NODE",

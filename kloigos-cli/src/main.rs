@@ -15,6 +15,7 @@ mod session;
 use std::process::ExitCode;
 
 use clap::Parser;
+use kloigos_core::privilege::Privileges;
 
 use crate::args::{Cli, Cmd};
 use crate::error::CliError;
@@ -28,6 +29,15 @@ pub const VERSION: &str = concat!(
 );
 
 fn main() -> ExitCode {
+    // Record the caller and replace the environment before anything else
+    // (argument parsing included) can look at it.
+    let privs = match Privileges::start("kloigos") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("kloigos: {e}");
+            return ExitCode::from(3);
+        }
+    };
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
@@ -35,7 +45,7 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    match run(cli) {
+    match run(cli, privs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("kloigos: {e}");
@@ -44,12 +54,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<u8, CliError> {
+fn run(cli: Cli, privs: Privileges) -> Result<u8, CliError> {
     // The demo builds its own cluster and needs no configuration.
     if let Cmd::Demo(a) = &cli.cmd {
-        return demo::run(&a.dir);
+        return demo::run(&a.dir, privs);
     }
-    let ctx = ctx::Ctx::setup(&cli)?;
+    let ctx = ctx::Ctx::setup(&cli, privs)?;
     match cli.cmd {
         Cmd::Info(a) => info::info(&ctx, &a),
         Cmd::Alloc(a) => book::alloc(&ctx, a.node.as_deref(), &a.spec),

@@ -122,11 +122,11 @@ pub fn status_of(b: &Booking, now: Timestamp) -> String {
 
 /// Prints a value as pretty JSON on stdout.
 pub fn print_json<T: Serialize>(value: &T) {
-    // Our values serialize infallibly.
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).expect("serializable")
-    );
+    use std::io::Write;
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+    // Our values serialize infallibly; a closed stdout is not worth a panic.
+    let _ = serde_json::to_writer_pretty(&mut out, value)
+        .and_then(|()| writeln!(out).map_err(serde_json::Error::io));
 }
 
 /// A table of bookings.

@@ -7,9 +7,16 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use kloigos_core::access::{self, Login};
+use std::sync::Arc;
+use std::time::Duration;
+
+use kloigos_core::access::Login;
 use kloigos_core::booking::{Booking, BookingId};
+use kloigos_core::gate::{
+    self, Decision, GateParams, LocalCopyFile, LocalCopyReader, Source, StoreReader,
+};
 use kloigos_core::names::NodeName;
+use kloigos_core::store::LocalCopy;
 use kloigos_core::users;
 use kloigos_core::Error;
 use serde_json::json;
@@ -19,19 +26,33 @@ use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
 use crate::output::print_json;
 
-/// The login decision for `user` on `node`, from the shared tree.
-fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Result<Login> {
-    let policy = ctx.policy()?;
-    if let Some(d) = access::login_without_state(&policy, user) {
-        return Ok(d);
+/// The local copy as seen on someone's own tree: none (a copy on this host
+/// belongs to the installed cluster, not to the one `--shared` points at).
+struct NoLocalCopy;
+
+impl LocalCopyReader for NoLocalCopy {
+    fn local_copy(&self) -> kloigos_core::Result<Option<LocalCopy>> {
+        Ok(None)
     }
-    if !ctx.store.has_node(node) {
-        return Ok(Login::Ignore(format!(
-            "{node} is not a node of this cluster: kloigos does not gate it"
-        )));
-    }
-    let state = ctx.store.node(node)?;
-    Ok(access::decide_login(&policy, user, &state, ctx.now()))
+}
+
+/// The login decision for `user` on `node`: the PAM module's own gate, with
+/// this command's store and trust.
+fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Decision {
+    let shared = Arc::new(StoreReader::new(ctx.store.clone()));
+    let copy = LocalCopyFile::new(
+        &ctx.config.housekeeper.state_copy,
+        ctx.store.trust().clone(),
+    );
+    let local: &dyn LocalCopyReader = if ctx.overridden { &NoLocalCopy } else { &copy };
+    let params = GateParams {
+        config: &ctx.config,
+        user,
+        node: Some(node.clone()),
+        now: ctx.now(),
+        timeout: Duration::from_millis(ctx.config.pam.timeout_ms),
+    };
+    gate::check_with(&params, shared, local)
 }
 
 /// `check-login USER [NODE]`: exit 0 when allowed or not gated, 1 when refused.
@@ -41,25 +62,33 @@ pub fn check_login(ctx: &Ctx, a: &CheckLoginArgs) -> Result<u8> {
         None => ctx.config.node_name()?,
     };
     let decision = match users::by_name(&a.user)? {
-        Some(account) => decide(ctx, &account, &node)?,
-        None => Login::Ignore(format!(
-            "no account '{}' on this host: PAM leaves unknown users to other modules",
-            a.user
-        )),
+        Some(account) => decide(ctx, &account, &node),
+        None => gate::unknown_user(&a.user),
     };
-    let word = match &decision {
+    let word = match &decision.login {
         Login::Allow(_) => "allow",
         Login::Deny(_) => "deny",
         Login::Ignore(_) => "ignore",
     };
     if ctx.json {
-        print_json(
-            &json!({"user": a.user, "node": node, "decision": word, "reason": decision.reason()}),
-        );
+        print_json(&json!({
+            "user": a.user,
+            "node": node,
+            "decision": word,
+            "reason": decision.login.reason(),
+            "source": decision.source.to_string(),
+            "problems": decision.problems,
+        }));
     } else {
-        println!("{word}: {} on {node}: {}", a.user, decision.reason());
+        println!("{word}: {} on {node}: {}", a.user, decision.login.reason());
+        if !matches!(decision.source, Source::Shared | Source::Policy) {
+            println!("  decided from: {}", decision.source);
+        }
+        for p in &decision.problems {
+            println!("  problem: {p}");
+        }
     }
-    Ok(if matches!(decision, Login::Deny(_)) {
+    Ok(if matches!(decision.login, Login::Deny(_)) {
         1
     } else {
         0
@@ -81,18 +110,22 @@ fn enter(ctx: &Ctx, target: &str) -> Result<NodeName> {
     } else {
         node_arg(target)?
     };
-    match decide(ctx, &ctx.caller, &node)? {
+    match decide(ctx, &ctx.caller, &node).login {
         Login::Deny(why) => Err(Error::Refused(why).into()),
         _ => Ok(node),
     }
 }
 
+/// The ssh command line, run as the caller with the caller's environment.
+/// Refuses unless the process has fully dropped to the caller (uids, gids
+/// and groups read back), which `Ctx::setup` does for `run` and `ssh`.
 fn ssh_command(
     ctx: &Ctx,
     program: &std::path::Path,
     node: &NodeName,
     command: &[String],
-) -> Command {
+) -> Result<Command> {
+    ctx.privs.verify_dropped()?;
     let mut c = Command::new(program);
     c.env_clear()
         .envs(ctx.privs.caller_env.iter().map(|(k, v)| (k, v)));
@@ -100,14 +133,14 @@ fn ssh_command(
     if !command.is_empty() {
         c.arg("--").args(command);
     }
-    c
+    Ok(c)
 }
 
 /// `ssh ID|NODE [-- CMD...]`: checks first (OpenSSH shows a refused key
 /// login only as "Connection closed"), then execs ssh as the caller.
 pub fn ssh(ctx: &Ctx, a: &SshArgs) -> Result<u8> {
     let node = enter(ctx, &a.target)?;
-    let err = ssh_command(ctx, &a.ssh, &node, &a.command).exec();
+    let err = ssh_command(ctx, &a.ssh, &node, &a.command)?.exec();
     Err(CliError::Usage(format!(
         "cannot run {}: {err}",
         a.ssh.display()
@@ -193,25 +226,24 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<u8> {
             (b, true)
         }
     };
-    let status = ssh_command(ctx, &a.ssh, &booking.node, &a.command).status();
+    let status = ssh_command(ctx, &a.ssh, &booking.node, &a.command).and_then(|mut c| {
+        c.status()
+            .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", a.ssh.display())))
+    });
     if made {
         let rel = child(ctx)?
             .arg("release")
             .arg(booking.id.to_string())
+            // stdout belongs to the command's output; our own words go to stderr.
+            .stdout(std::process::Stdio::null())
             .status();
         match rel {
-            Ok(s) if s.success() => {}
+            Ok(s) if s.success() => eprintln!("kloigos: released {}", booking.id),
             _ => eprintln!(
                 "kloigos: could not release {}; run `kloigos release {}`",
                 booking.id, booking.id
             ),
         }
     }
-    match status {
-        Ok(s) => Ok(s.code().map(|c| c.clamp(0, 255) as u8).unwrap_or(1)),
-        Err(e) => Err(CliError::Usage(format!(
-            "cannot run {}: {e}",
-            a.ssh.display()
-        ))),
-    }
+    status.map(|s| s.code().map(|c| c.clamp(0, 255) as u8).unwrap_or(1))
 }

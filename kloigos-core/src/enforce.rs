@@ -292,7 +292,7 @@ pub fn render_nft_removal() -> String {
 }
 
 /// What the housekeeper knows of the ruleset it manages.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum NftSeen {
     /// The table holds exactly this file, as loaded by the last pass and
     /// unchanged since (the kernel's ruleset generation says so).
@@ -300,6 +300,7 @@ pub enum NftSeen {
     /// The housekeeper removed the table and nothing changed since.
     Absent,
     /// Unknown (first pass, reboot, or someone changed the ruleset).
+    #[default]
     Unknown,
 }
 
@@ -328,12 +329,6 @@ pub struct Observed {
     /// Bookings whose release hooks already ran; `None` on the first pass
     /// ever, when bookings that ended before it are recorded without hooks.
     pub hooks_done: Option<BTreeSet<BookingId>>,
-}
-
-impl Default for NftSeen {
-    fn default() -> Self {
-        NftSeen::Unknown
-    }
 }
 
 /// A change to one slice.
@@ -654,7 +649,7 @@ mod tests {
         assert_eq!(a.slice.mem_nodes, vec![0, 1]);
         assert_eq!(a.slice.memory_max, Some(48 << 30), "3 of 4 units of 64 GiB");
         let high = a.slice.memory_high.unwrap();
-        assert!(high < a.slice.memory_max.unwrap() && high % 4096 == 0);
+        assert!(high < a.slice.memory_max.unwrap() && high.is_multiple_of(4096));
         assert_eq!(a.slice.tasks_max, Some(1500));
         assert_eq!(a.ports.len(), 2);
         assert_eq!(a.bookings.len(), 2);

@@ -6,9 +6,12 @@
 //!   to the service account, so the caller cannot signal or stop the process
 //!   while it holds a lock.
 //! - Overrides (`--shared`, `--config`) and anything exec'd (`ssh`, a user
-//!   command) run after a full, verified drop back to the caller.
-//! - root uses the service account for writes too, so files keep one owner
-//!   and NFS root_squash does not get in the way.
+//!   command) run after a full, verified drop back to the caller: groups,
+//!   gid and uid, each read back.
+//! - root uses the service account for writes too (groups, gid, uid), so
+//!   files keep one owner and NFS root_squash does not get in the way.
+//!
+//! Order of the switches, as in sudo: supplementary groups, then gid, then uid.
 
 use std::ffi::OsString;
 use std::time::Duration;
@@ -26,10 +29,21 @@ pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
 /// (SIGALRM); the atomic rename keeps the state valid when that happens.
 pub const LOCK_HOLD_LIMIT: Duration = Duration::from_secs(30);
 
+/// The signals held back while a node lock is held: the ones a terminal
+/// sends (which bypass the kill(2) permission check) plus SIGHUP.
+pub const HELD_SIGNALS: [Signal; 6] = [
+    Signal::SIGTSTP,
+    Signal::SIGTTIN,
+    Signal::SIGTTOU,
+    Signal::SIGINT,
+    Signal::SIGQUIT,
+    Signal::SIGHUP,
+];
+
 fn denied(what: &str, e: impl std::fmt::Display) -> Error {
     Error::Storage {
         path: "/proc/self/status".into(),
-        msg: format!("cannot {what}: {e}; is kloigos installed setuid to the service account (mode 4755)?"),
+        msg: format!("cannot {what}: {e}; is kloigos installed setuid to the service account (owner kloigos, mode 4755)?"),
     }
 }
 
@@ -40,9 +54,14 @@ pub struct Privileges {
     pub caller_uid: u32,
     /// The caller's real gid.
     pub caller_gid: u32,
+    /// The caller's supplementary groups at start (sorted, deduplicated);
+    /// the setuid binary never changes them, so a drop back must find them again.
+    pub caller_groups: Vec<u32>,
     /// The effective uid at start (the service account when setuid).
     pub start_euid: u32,
-    /// The service account's uid and gid, when it exists.
+    /// The service account's uid and gid, when known: in setuid mode the
+    /// binary's owner (whatever its name) and its primary group; otherwise
+    /// the account named at start (or by the configuration).
     pub service: Option<(u32, u32)>,
     /// The caller's environment as it was, handed back only to programs
     /// exec'd after the drop to the caller.
@@ -50,22 +69,43 @@ pub struct Privileges {
 }
 
 impl Privileges {
-    /// Records the caller, sets a 022 umask and replaces the environment with
-    /// a fixed one (`PATH` only). Variables the CLI honours (`NO_COLOR`,
+    /// Records the caller, replaces the environment with a fixed one (`PATH`
+    /// only) before anything else looks at it, unblocks every signal (a
+    /// caller could exec us with SIGALRM blocked to defeat the hold-time
+    /// bound) and sets a 022 umask. Variables the CLI honours (`NO_COLOR`,
     /// `KLOIGOS_CONFIG`) must be read from [`Privileges::caller_var`].
     pub fn start(service_user: &str) -> Result<Privileges> {
-        let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
-        let gids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
-        let service = crate::users::by_name(service_user).ok().flatten().map(|a| (a.uid, a.gid));
+        // First: nothing below (NSS, time zones, locale) may see the caller's variables.
         let caller_env: Vec<(OsString, OsString)> = std::env::vars_os().collect();
         for (k, _) in &caller_env {
             std::env::remove_var(k);
         }
         std::env::set_var("PATH", SAFE_PATH);
         nix::sys::stat::umask(Mode::from_bits_truncate(0o022));
+        // Unblocking signals of our own process cannot fail with valid arguments.
+        let _ =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+        let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
+        let gids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
+        let caller_groups = current_groups()?;
+        let setuid = ids.real != ids.effective;
+        let service = if setuid {
+            // The binary's owner is the service account; its group from the user database.
+            let gid = crate::users::by_uid(ids.effective.as_raw())
+                .ok()
+                .flatten()
+                .map_or(gids.effective.as_raw(), |a| a.gid);
+            Some((ids.effective.as_raw(), gid))
+        } else {
+            crate::users::by_name(service_user)
+                .ok()
+                .flatten()
+                .map(|a| (a.uid, a.gid))
+        };
         Ok(Privileges {
             caller_uid: ids.real.as_raw(),
             caller_gid: gids.real.as_raw(),
+            caller_groups,
             start_euid: ids.effective.as_raw(),
             service,
             caller_env,
@@ -74,7 +114,10 @@ impl Privileges {
 
     /// A variable from the caller's original environment.
     pub fn caller_var(&self, name: &str) -> Option<&OsString> {
-        self.caller_env.iter().find(|(k, _)| k == name).map(|(_, v)| v)
+        self.caller_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v)
     }
 
     /// Whether the binary runs setuid (effective uid differs from the caller's).
@@ -82,84 +125,195 @@ impl Privileges {
         self.caller_uid != self.start_euid
     }
 
-    /// Becomes the service account for writing: setuid mode sets all three
-    /// uids to it; root switches groups, gid and uid to it; a plain user (no
-    /// setuid, e.g. on their own demo tree) stays themselves. Verified by
-    /// reading the ids back.
+    /// The uid whose files readers trust besides root: the binary's owner in
+    /// setuid mode, else the service account if it exists.
+    pub fn service_uid(&self) -> Option<u32> {
+        if self.is_setuid() {
+            Some(self.start_euid)
+        } else {
+            self.service.map(|(u, _)| u)
+        }
+    }
+
+    /// Becomes the service account for writing, with real, effective and
+    /// saved uid all set to it (so the caller cannot signal the process):
+    /// - a user running the setuid binary switches the three uids (groups
+    ///   and gid stay theirs: an unprivileged process cannot change them);
+    /// - root switches groups, gid and uid, whether it ran the setuid binary
+    ///   or a plain one and the service account exists (NFS root_squash);
+    /// - a plain user without setuid (their own demo tree) stays themselves.
+    ///
+    /// Every switch is verified by reading the ids back. Call
+    /// [`Privileges::drop_to_caller`] before this, never after.
     pub fn become_service(&self) -> Result<()> {
+        if self.caller_uid == 0 {
+            // In setuid mode `service` is the binary's owner (set by `start`).
+            let Some((uid, gid)) = self.service else {
+                return Ok(());
+            };
+            if uid == 0 {
+                return Ok(());
+            }
+            if self.is_setuid() {
+                // root ran the setuid binary: euid 0 back (the real uid is 0) to be allowed to set groups.
+                nix::unistd::seteuid(Uid::from_raw(0))
+                    .map_err(|e| denied("take back root's effective uid", e))?;
+            }
+            let g = Gid::from_raw(gid);
+            nix::unistd::setgroups(&[g])
+                .map_err(|e| denied("set the service account's groups", e))?;
+            nix::unistd::setresgid(g, g, g)
+                .map_err(|e| denied("switch to the service group", e))?;
+            let u = Uid::from_raw(uid);
+            nix::unistd::setresuid(u, u, u)
+                .map_err(|e| denied("switch to the service account", e))?;
+            verify_groups(&[gid])?;
+            verify_gids(gid)?;
+            return verify_uids(uid);
+        }
         if self.is_setuid() {
             let u = Uid::from_raw(self.start_euid);
-            nix::unistd::setresuid(u, u, u).map_err(|e| denied("switch to the service account", e))?;
+            nix::unistd::setresuid(u, u, u)
+                .map_err(|e| denied("switch to the service account", e))?;
             return verify_uids(self.start_euid);
-        }
-        if self.caller_uid == 0 {
-            if let Some((uid, gid)) = self.service {
-                let g = Gid::from_raw(gid);
-                nix::unistd::setgroups(&[g]).map_err(|e| denied("set the service account's groups", e))?;
-                nix::unistd::setresgid(g, g, g).map_err(|e| denied("switch to the service group", e))?;
-                let u = Uid::from_raw(uid);
-                nix::unistd::setresuid(u, u, u).map_err(|e| denied("switch to the service account", e))?;
-                verify_gids(gid)?;
-                return verify_uids(uid);
-            }
         }
         Ok(())
     }
 
-    /// Drops for good to the caller: real, effective and saved uid become the
-    /// caller's, and getting the start uid back must fail. Groups and gid are
-    /// the caller's already (the binary is setuid, not setgid).
+    /// For root running the setuid binary: takes back effective uid 0 (the
+    /// real uid), e.g. for `doctor`'s root-only checks. Does nothing for
+    /// anyone else; [`Privileges::become_service`] still works afterwards.
+    pub fn keep_root_caller(&self) -> Result<()> {
+        if self.caller_uid == 0 && self.is_setuid() {
+            nix::unistd::seteuid(Uid::from_raw(0))
+                .map_err(|e| denied("take back root's effective uid", e))?;
+        }
+        Ok(())
+    }
+
+    /// Drops for good to the caller, in sudo's order: supplementary groups
+    /// (never changed by a setuid binary, so they must still be the ones
+    /// found at start), then real, effective and saved gid, then the three
+    /// uids. Each is read back; getting the start uid back must then fail.
     pub fn drop_to_caller(&self) -> Result<()> {
+        verify_groups(&self.caller_groups)?;
+        let g = Gid::from_raw(self.caller_gid);
+        nix::unistd::setresgid(g, g, g).map_err(|e| denied("drop to the caller's gid", e))?;
         let u = Uid::from_raw(self.caller_uid);
         nix::unistd::setresuid(u, u, u).map_err(|e| denied("drop to the caller's uid", e))?;
+        verify_groups(&self.caller_groups)?;
+        verify_gids(self.caller_gid)?;
         verify_uids(self.caller_uid)?;
-        let g = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
-        if g.effective.as_raw() != self.caller_gid && self.caller_uid != 0 {
-            return Err(denied("keep the caller's gid", format!("effective gid is {}", g.effective)));
-        }
-        if self.caller_uid != 0 && self.start_euid != self.caller_uid && nix::unistd::setuid(Uid::from_raw(self.start_euid)).is_ok() {
-            return Err(denied("drop privileges for good", "the service uid could be regained"));
+        if self.caller_uid != 0
+            && self.start_euid != self.caller_uid
+            && nix::unistd::setuid(Uid::from_raw(self.start_euid)).is_ok()
+        {
+            return Err(denied(
+                "drop privileges for good",
+                "the service uid could be regained",
+            ));
         }
         Ok(())
     }
 }
 
+impl Privileges {
+    /// Checks, by reading them back, that the process runs entirely as the
+    /// caller (three uids, three gids, the groups found at start); called
+    /// right before exec'ing anything on the caller's behalf.
+    pub fn verify_dropped(&self) -> Result<()> {
+        verify_uids(self.caller_uid)?;
+        verify_gids(self.caller_gid)?;
+        verify_groups(&self.caller_groups)
+    }
+}
+
+/// The process's supplementary groups, sorted and deduplicated.
+pub fn current_groups() -> Result<Vec<u32>> {
+    let mut g: Vec<u32> = nix::unistd::getgroups()
+        .map_err(|e| denied("read the supplementary groups", e))?
+        .into_iter()
+        .map(Gid::as_raw)
+        .collect();
+    g.sort_unstable();
+    g.dedup();
+    Ok(g)
+}
+
+/// Compares a group list read back with the one wanted, as sets.
+fn groups_match(got: &[u32], want: &[u32]) -> bool {
+    let mut w = want.to_vec();
+    w.sort_unstable();
+    w.dedup();
+    got == w.as_slice()
+}
+
+fn verify_groups(want: &[u32]) -> Result<()> {
+    let got = current_groups()?;
+    if !groups_match(&got, want) {
+        return Err(denied(
+            "set the supplementary groups",
+            format!("they are {got:?}, wanted {want:?}"),
+        ));
+    }
+    Ok(())
+}
+
 fn verify_uids(want: u32) -> Result<()> {
     let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
-    let got = [ids.real.as_raw(), ids.effective.as_raw(), ids.saved.as_raw()];
+    let got = [
+        ids.real.as_raw(),
+        ids.effective.as_raw(),
+        ids.saved.as_raw(),
+    ];
     if got != [want; 3] {
-        return Err(denied("set all three uids", format!("they are {got:?}, wanted {want}")));
+        return Err(denied(
+            "set all three uids",
+            format!("they are {got:?}, wanted {want}"),
+        ));
     }
     Ok(())
 }
 
 fn verify_gids(want: u32) -> Result<()> {
     let ids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
-    let got = [ids.real.as_raw(), ids.effective.as_raw(), ids.saved.as_raw()];
+    let got = [
+        ids.real.as_raw(),
+        ids.effective.as_raw(),
+        ids.saved.as_raw(),
+    ];
     if got != [want; 3] {
-        return Err(denied("set all three gids", format!("they are {got:?}, wanted {want}")));
+        return Err(denied(
+            "set all three gids",
+            format!("they are {got:?}, wanted {want}"),
+        ));
     }
     Ok(())
 }
 
-/// While alive, terminal stop and interrupt signals are held back (delivered
-/// when it drops) and an alarm bounds how long the process may live.
+/// While alive, terminal stop and interrupt signals ([`HELD_SIGNALS`]) are
+/// held back (delivered when it drops) and an alarm bounds how long the
+/// process may live. SIGSTOP and SIGKILL cannot be blocked: what protects a
+/// lock holder from them is that its three uids are the service account's.
 #[derive(Debug)]
 pub struct CriticalSection {
     old: SigSet,
 }
 
 impl CriticalSection {
-    /// Blocks SIGTSTP, SIGTTIN, SIGTTOU, SIGINT, SIGQUIT and SIGHUP and arms
+    /// Blocks [`HELD_SIGNALS`], makes sure SIGALRM is not blocked, and arms
     /// an alarm of [`LOCK_HOLD_LIMIT`].
     pub fn enter() -> CriticalSection {
         let mut set = SigSet::empty();
-        for s in [Signal::SIGTSTP, Signal::SIGTTIN, Signal::SIGTTOU, Signal::SIGINT, Signal::SIGQUIT, Signal::SIGHUP] {
+        for s in HELD_SIGNALS {
             set.add(s);
         }
         let mut old = SigSet::empty();
-        // Blocking signals of our own process cannot fail with valid arguments.
+        // Changing our own signal mask cannot fail with valid arguments.
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut old));
+        let mut alarm = SigSet::empty();
+        alarm.add(Signal::SIGALRM);
+        let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_UNBLOCK, Some(&alarm), None);
         nix::unistd::alarm::set(LOCK_HOLD_LIMIT.as_secs() as u32);
         CriticalSection { old }
     }
@@ -169,5 +323,57 @@ impl Drop for CriticalSection {
     fn drop(&mut self) {
         nix::unistd::alarm::cancel();
         let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&self.old), None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_lists_compare_as_sets() {
+        assert!(groups_match(&[10, 20], &[20, 10, 10]));
+        assert!(!groups_match(&[10, 20, 30], &[10, 20]));
+        assert!(!groups_match(&[10], &[10, 20]));
+        assert!(groups_match(&[], &[]));
+    }
+
+    #[test]
+    fn critical_section_holds_terminal_signals_and_restores_the_mask() {
+        // Signal masks are per thread: this test's thread only.
+        let before = SigSet::thread_get_mask().unwrap();
+        {
+            let _c = CriticalSection::enter();
+            let inside = SigSet::thread_get_mask().unwrap();
+            for s in HELD_SIGNALS {
+                assert!(inside.contains(s), "{s:?} not blocked");
+            }
+            assert!(!inside.contains(Signal::SIGALRM));
+        }
+        let after = SigSet::thread_get_mask().unwrap();
+        for s in HELD_SIGNALS {
+            assert_eq!(before.contains(s), after.contains(s), "{s:?}");
+        }
+    }
+
+    #[test]
+    fn a_process_that_is_not_setuid_trusts_the_named_account() {
+        let p = Privileges {
+            caller_uid: 1000,
+            caller_gid: 1000,
+            caller_groups: vec![1000],
+            start_euid: 1000,
+            service: Some((990, 990)),
+            caller_env: vec![("HOME".into(), "/home/a".into())],
+        };
+        assert!(!p.is_setuid());
+        assert_eq!(p.service_uid(), Some(990));
+        assert_eq!(p.caller_var("HOME").unwrap(), "/home/a");
+        let s = Privileges {
+            start_euid: 991,
+            ..p
+        };
+        assert!(s.is_setuid());
+        assert_eq!(s.service_uid(), Some(991));
     }
 }

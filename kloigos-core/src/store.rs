@@ -250,16 +250,27 @@ pub struct NodeLock {
 
 impl NodeLock {
     /// Takes the lock file at `path`, polling until `wait` has passed.
+    ///
+    /// The lock file is mode 0600: flock needs only a descriptor opened for
+    /// reading, so a file others can read is a file any user could lock to
+    /// stall every writer of the node. An older, readable one we own is
+    /// narrowed to 0600 here.
     pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .mode(0o644)
+            .mode(0o600)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(path)
             .map_err(|e| Error::io(path, &e))?;
+        if let Ok(meta) = file.metadata() {
+            if meta.mode() & 0o077 != 0 && meta.uid() == nix::unistd::geteuid().as_raw() {
+                file.set_permissions(fs::Permissions::from_mode(0o600))
+                    .map_err(|e| Error::io(path, &e))?;
+            }
+        }
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
@@ -427,7 +438,12 @@ impl Store {
 
     /// Reads a node's facts, if its housekeeper has written any.
     pub fn facts(&self, node: &NodeName) -> Option<Facts> {
-        read_json(&self.node_dir(node).join(FACTS_FILE), &self.trust).ok()
+        let path = self.node_dir(node).join(FACTS_FILE);
+        // Facts are optional: a node without a housekeeper has none, which is no reason to retry.
+        if !path.exists() {
+            return None;
+        }
+        read_json(&path, &self.trust).ok()
     }
 
     /// Writes a node's facts (done by that node's housekeeper only).

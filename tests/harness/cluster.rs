@@ -31,7 +31,10 @@ impl TempCluster {
 
     /// An initialised cluster with `policy`.
     pub fn with_policy(policy: Policy) -> TempCluster {
-        let dir = tempfile::Builder::new().prefix("kloigos-test-").tempdir().expect("temp dir");
+        let dir = tempfile::Builder::new()
+            .prefix("kloigos-test-")
+            .tempdir()
+            .expect("temp dir");
         // Readers refuse group/world-writable parents; tempdir is 0700.
         let me = nix::unistd::geteuid().as_raw();
         let store = Store::new(dir.path().join("shared"), Trust::service(me).also(me));
@@ -52,13 +55,23 @@ impl TempCluster {
     }
 
     /// Adds a node with CPUs `cpus`, `unit_cpus` per unit and optional ports.
-    pub fn add_node(&self, name: &str, cpus: &str, unit_cpus: Option<u32>, ports: Option<&str>) -> NodeName {
+    pub fn add_node(
+        &self,
+        name: &str,
+        cpus: &str,
+        unit_cpus: Option<u32>,
+        ports: Option<&str>,
+    ) -> NodeName {
         let n = NodeName::new(name).expect("node name");
         let mut spec = NodeSpec::new(n.clone(), CpuSet::parse(cpus).expect("cpus"));
         spec.unit_cpus = unit_cpus;
         spec.ports = ports.map(|p| kloigos_core::ports::PortRange::parse(p).expect("ports"));
         self.store
-            .add_node(&NodeState::new(spec), &UserName::new("root").expect("name"), Timestamp::now())
+            .add_node(
+                &NodeState::new(spec),
+                &UserName::new("root").expect("name"),
+                Timestamp::now(),
+            )
             .expect("add node");
         n
     }

@@ -17,7 +17,9 @@ pub struct Run {
 impl Run {
     /// Runs `cmd` to completion.
     pub fn of(cmd: &mut Command) -> Run {
-        let out: Output = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let out: Output = cmd
+            .output()
+            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -28,7 +30,11 @@ impl Run {
     /// Asserts the exit code, showing the output when it differs.
     #[track_caller]
     pub fn code(&self, want: i32) -> &Run {
-        assert_eq!(self.code, want, "exit code {} (wanted {want})\nstdout:\n{}\nstderr:\n{}", self.code, self.stdout, self.stderr);
+        assert_eq!(
+            self.code, want,
+            "exit code {} (wanted {want})\nstdout:\n{}\nstderr:\n{}",
+            self.code, self.stdout, self.stderr
+        );
         self
     }
 
@@ -41,21 +47,30 @@ impl Run {
     /// Asserts that stderr contains `text`.
     #[track_caller]
     pub fn err_has(&self, text: &str) -> &Run {
-        assert!(self.stderr.contains(text), "stderr lacks {text:?}:\n{}", self.stderr);
+        assert!(
+            self.stderr.contains(text),
+            "stderr lacks {text:?}:\n{}",
+            self.stderr
+        );
         self
     }
 
     /// Asserts that stdout contains `text`.
     #[track_caller]
     pub fn out_has(&self, text: &str) -> &Run {
-        assert!(self.stdout.contains(text), "stdout lacks {text:?}:\n{}", self.stdout);
+        assert!(
+            self.stdout.contains(text),
+            "stdout lacks {text:?}:\n{}",
+            self.stdout
+        );
         self
     }
 
     /// Parses stdout as JSON.
     #[track_caller]
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}", self.stdout))
     }
 }
 
@@ -68,6 +83,10 @@ pub fn run(program: impl AsRef<Path>, args: &[&str]) -> Run {
 #[track_caller]
 pub fn must(program: &str, args: &[&str]) -> Run {
     let r = run(program, args);
-    assert_eq!(r.code, 0, "{program} {args:?} failed: {}{}", r.stdout, r.stderr);
+    assert_eq!(
+        r.code, 0,
+        "{program} {args:?} failed: {}{}",
+        r.stdout, r.stderr
+    );
     r
 }

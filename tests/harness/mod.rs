@@ -4,27 +4,32 @@
 //! Each area keeps its helpers in its own module here, so test files stay a
 //! few lines of intent.
 
+pub mod bench;
 pub mod cluster;
 pub mod cmd;
+pub mod housekeeper;
+pub mod nspawn;
 pub mod pam;
 pub mod poll;
+pub mod setuid;
 pub mod sys;
 
 use std::path::PathBuf;
 
 /// The directory holding the built binaries and `libpam_kloigos.so`
-/// (`target/debug` or `target/release`): `KLOIGOS_BIN_DIR`, else the parent
-/// of the test executable's `deps/` directory.
+/// (`target/debug` or `target/release`): `KLOIGOS_BIN_DIR`, else found from
+/// the running test or benchmark executable.
 pub fn bin_dir() -> PathBuf {
     if let Some(d) = std::env::var_os("KLOIGOS_BIN_DIR") {
         return PathBuf::from(d);
     }
     let exe = std::env::current_exe().expect("test executable path");
-    // target/<profile>/deps/<test>-<hash>
-    exe.parent()
-        .and_then(|deps| deps.parent())
-        .expect("test executable lives in target/<profile>/deps")
-        .to_path_buf()
+    // Tests live in target/<profile>/deps/, benchmark binaries in target/<profile>/.
+    let dir = exe.parent().expect("executable has a directory");
+    match dir.file_name() {
+        Some(n) if n == "deps" => dir.parent().expect("deps has a parent").to_path_buf(),
+        _ => dir.to_path_buf(),
+    }
 }
 
 /// Path of a built binary, e.g. `bin("kloigos")`; panics with the fix when

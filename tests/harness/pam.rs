@@ -67,7 +67,8 @@ impl SyslogSink {
         let sock = UnixDatagram::bind(dev.join("log")).expect("bind /dev/log stand-in");
         std::fs::set_permissions(dev.join("log"), std::fs::Permissions::from_mode(0o666))
             .expect("chmod log");
-        sock.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .expect("timeout");
         let lines = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         let (l, s) = (Arc::clone(&lines), Arc::clone(&stop));
@@ -92,10 +93,19 @@ impl SyslogSink {
     /// `/dev/log` is this sink (and `pam_d`, if given, is `/etc/pam.d`).
     pub fn command(&self, pam_d: Option<&Path>, program: &str) -> Command {
         let mut c = Command::new("unshare");
-        c.args(["--mount", "--propagation", "private", "--", "sh", "-c", NS_SCRIPT, "sh"])
-            .arg(self.dir.path().join("dev"))
-            .arg(pam_d.map_or_else(|| PathBuf::from("-"), Path::to_path_buf))
-            .arg(program);
+        c.args([
+            "--mount",
+            "--propagation",
+            "private",
+            "--",
+            "sh",
+            "-c",
+            NS_SCRIPT,
+            "sh",
+        ])
+        .arg(self.dir.path().join("dev"))
+        .arg(pam_d.map_or_else(|| PathBuf::from("-"), Path::to_path_buf))
+        .arg(program);
         c
     }
 
@@ -304,7 +314,17 @@ impl HangingDir {
             nix::unistd::getpgrp().as_raw()
         );
         // pipe(2) fds are inherited by mount(8), which hands the write end to the kernel.
-        must("mount", &["-t", "autofs", "-o", &opts, "kloigos-hang", path.to_str().expect("utf-8")]);
+        must(
+            "mount",
+            &[
+                "-t",
+                "autofs",
+                "-o",
+                &opts,
+                "kloigos-hang",
+                path.to_str().expect("utf-8"),
+            ],
+        );
         HangingDir {
             path,
             _dir: dir,
@@ -351,8 +371,14 @@ impl Sshd {
         let d = dir.path();
         std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).expect("chmod");
         let p = |n: &str| d.join(n).to_str().expect("utf-8").to_string();
-        must("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &p("host")]);
-        must("ssh-keygen", &["-q", "-t", "ed25519", "-N", "", "-f", &p("id")]);
+        must(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", &p("host")],
+        );
+        must(
+            "ssh-keygen",
+            &["-q", "-t", "ed25519", "-N", "", "-f", &p("id")],
+        );
         std::fs::create_dir(d.join("keys")).expect("mkdir keys");
         std::fs::set_permissions(d.join("keys"), std::fs::Permissions::from_mode(0o755))
             .expect("chmod");
@@ -398,7 +424,11 @@ impl Sshd {
         let up = wait_until(Duration::from_secs(10), || {
             std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
         });
-        assert!(up, "sshd did not listen on {port}; its log:\n{}", sshd.log());
+        assert!(
+            up,
+            "sshd did not listen on {port}; its log:\n{}",
+            sshd.log()
+        );
         sshd
     }
 
@@ -419,8 +449,18 @@ impl Sshd {
             .arg(&key)
             .args(["-p", &self.port.to_string()])
             .args([
-                "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes", "-o", "StrictHostKeyChecking=no",
-                "-o", "UserKnownHostsFile=/dev/null", "-o", "ConnectTimeout=10", "-o", "LogLevel=ERROR",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "IdentitiesOnly=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=10",
+                "-o",
+                "LogLevel=ERROR",
             ])
             .arg(format!("{user}@127.0.0.1"))
             .arg("--")

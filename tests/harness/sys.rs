@@ -25,7 +25,9 @@ impl TempUser {
         }
         args.push(name);
         must("useradd", &args);
-        let u = nix::unistd::User::from_name(name).expect("getpwnam").expect("user just created");
+        let u = nix::unistd::User::from_name(name)
+            .expect("getpwnam")
+            .expect("user just created");
         TempUser {
             name: name.to_string(),
             uid: u.uid.as_raw(),
@@ -53,7 +55,9 @@ impl TempGroup {
     pub fn create(name: &str) -> TempGroup {
         let _ = run("groupdel", &[name]);
         must("groupadd", &[name]);
-        TempGroup { name: name.to_string() }
+        TempGroup {
+            name: name.to_string(),
+        }
     }
 }
 
@@ -75,7 +79,9 @@ impl Netns {
         let _ = run("ip", &["netns", "del", name]);
         must("ip", &["netns", "add", name]);
         must("ip", &["-n", name, "link", "set", "lo", "up"]);
-        Netns { name: name.to_string() }
+        Netns {
+            name: name.to_string(),
+        }
     }
 
     /// Arguments that run a program inside the namespace: `ip netns exec NAME ...`.

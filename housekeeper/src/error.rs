@@ -1,0 +1,75 @@
+//! The one error type of the housekeeper. Every message names what failed
+//! and, where there is one, what to do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+/// Everything a housekeeper pass can fail on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Bad command line.
+    #[error("{0}\n\n{usage}", usage = crate::USAGE)]
+    Usage(String),
+    /// The housekeeper must run as root to enforce anything.
+    #[error("kloigos-housekeeper must run as root (it sets slices, loads nftables rules and ends processes); `--dry-run` works without")]
+    NotRoot,
+    /// A shared-store, configuration or format error from kloigos-core.
+    #[error(transparent)]
+    Core(#[from] kloigos_core::Error),
+    /// A local file or directory could not be used.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// An external program could not be started.
+    #[error("cannot run {program}: {source} (is it installed and on PATH?)")]
+    Spawn {
+        /// The program.
+        program: String,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// An external program ran and failed.
+    #[error("{program} failed ({status}): {output}")]
+    Command {
+        /// The program and its arguments.
+        program: String,
+        /// Its exit status.
+        status: String,
+        /// What it printed on stderr.
+        output: String,
+    },
+    /// Another pass holds the local lock.
+    #[error("another housekeeper pass holds {0}; this one is skipped (passes never overlap)")]
+    Busy(PathBuf),
+    /// Switching to or from the service account failed.
+    #[error("cannot {0}")]
+    Privilege(String),
+    /// The cgroup hierarchy cannot be used as configured.
+    #[error("cgroups: {0}")]
+    Cgroup(String),
+    /// Ending a user's processes failed.
+    #[error("ending the processes of uid {uid}: {msg}")]
+    Kill {
+        /// The user.
+        uid: u32,
+        /// What went wrong.
+        msg: String,
+    },
+}
+
+impl Error {
+    /// An [`Error::Io`] on `path`.
+    pub fn io(path: impl Into<PathBuf>, source: io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}
+
+/// The housekeeper's result type.
+pub type Result<T> = std::result::Result<T, Error>;

@@ -1,0 +1,149 @@
+//! Release hooks: executables in `<hooks_dir>/release.d/`, run in name
+//! order for each booking that ended since the last pass, with a clean
+//! environment, a timeout, and their output logged.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use kloigos_core::booking::Booking;
+use kloigos_core::store::Trust;
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// How long one hook may run before its process group is killed.
+pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most output logged per hook.
+const MAX_OUTPUT: usize = 4096;
+
+/// The hooks to run, in name order: regular executable files owned by root,
+/// not writable by others, with plain names (no dot files or editor backups,
+/// as run-parts). Others are skipped with a log line.
+pub fn list(hooks_dir: &Path) -> Vec<PathBuf> {
+    let dir = hooks_dir.join("release.d");
+    let Ok(rd) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    let mut out: Vec<PathBuf> = Vec::new();
+    for e in rd.filter_map(|e| e.ok()) {
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
+        let plain = !name.starts_with('.')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
+            && !name.ends_with('~');
+        let path = e.path();
+        let Ok(meta) = fs::symlink_metadata(&path) else {
+            continue;
+        };
+        if !plain || !meta.is_file() || meta.mode() & 0o111 == 0 {
+            continue;
+        }
+        if let Err(err) = Trust::service(0).check(&path, &meta) {
+            crate::log::error(&format!("release hook skipped: {err}"));
+            continue;
+        }
+        out.push(path);
+    }
+    out.sort();
+    out
+}
+
+/// The environment a hook gets for `b`.
+pub fn env_for(b: &Booking) -> Vec<(&'static str, String)> {
+    vec![
+        (
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+        ),
+        ("KLOIGOS_USER", b.user.to_string()),
+        ("KLOIGOS_UID", b.uid.to_string()),
+        ("KLOIGOS_BOOKING", b.id.to_string()),
+        ("KLOIGOS_NODE", b.node.to_string()),
+        ("KLOIGOS_CPUS", b.cpus.to_string()),
+        (
+            "KLOIGOS_PORTS",
+            b.ports.map(|p| p.to_string()).unwrap_or_default(),
+        ),
+        ("KLOIGOS_START", b.start.to_string()),
+        ("KLOIGOS_END", b.end.to_string()),
+    ]
+}
+
+/// Runs one hook for one booking; `Ok(true)` when it exited 0 in time.
+/// Output goes to a scratch file in `scratch_dir` (no pipe to fill up), then to the log.
+pub fn run(hook: &Path, b: &Booking, scratch_dir: &Path) -> Result<bool> {
+    let out_path = scratch_dir.join("hook-output.tmp");
+    let _ = fs::remove_file(&out_path);
+    let mut out = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&out_path)
+        .map_err(|e| Error::io(&out_path, e))?;
+    let _ = fs::remove_file(&out_path);
+    let clone = |f: &File| f.try_clone().map_err(|e| Error::io(&out_path, e));
+    let mut child = Command::new(hook)
+        .env_clear()
+        .envs(env_for(b))
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .stdout(clone(&out)?)
+        .stderr(clone(&out)?)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: hook.display().to_string(),
+            source,
+        })?;
+    let deadline = Instant::now() + HOOK_TIMEOUT;
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break Some(s),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(None) | Err(_) => {
+                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
+                let _ = child.wait();
+                break None;
+            }
+        }
+    };
+    let mut text = Vec::new();
+    let _ = out.rewind();
+    let _ = out.by_ref().take(MAX_OUTPUT as u64).read_to_end(&mut text);
+    let text = String::from_utf8_lossy(&text);
+    let name = hook.display();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        crate::log::note(&format!("hook {name} ({}): {line}", b.id));
+    }
+    match status {
+        Some(s) if s.success() => {
+            crate::log::event(&format!(
+                "release hook {name} ran for {} ({})",
+                b.id, b.user
+            ));
+            Ok(true)
+        }
+        Some(s) => {
+            crate::log::error(&format!("release hook {name} for {} failed: {s}", b.id));
+            Ok(false)
+        }
+        None => {
+            crate::log::error(&format!(
+                "release hook {name} for {} ran longer than {} s and was killed",
+                b.id,
+                HOOK_TIMEOUT.as_secs()
+            ));
+            Ok(false)
+        }
+    }
+}

@@ -1,0 +1,597 @@
+//! One housekeeper pass: read, decide (kloigos-core's `enforce`), then
+//! print the plan (`--dry-run`) or apply it.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
+use kloigos_core::config::Config;
+use kloigos_core::enforce::{self, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction};
+use kloigos_core::facts::Facts;
+use kloigos_core::names::{NodeName, UserName};
+use kloigos_core::policy::{Policy, FORMAT_VERSION};
+use kloigos_core::state::NodeState;
+use kloigos_core::store::{self, LocalCopy, Store, Trust};
+use kloigos_core::users;
+
+use crate::error::{Error, Result};
+use crate::metrics::Metrics;
+use crate::nft::{self, NftRecord};
+use crate::procfs;
+use crate::record::Record;
+use crate::slices::Backend;
+use crate::{hooks, kill, log, metrics, warn};
+
+/// What the command line asked of this pass.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The node configuration file.
+    pub config: PathBuf,
+    /// Print the plan, change nothing.
+    pub dry_run: bool,
+    /// Remove the table and every limit set, then stop.
+    pub uninstall: bool,
+}
+
+/// How a pass went, for the exit code and the benchmark.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    /// Processes ended.
+    pub killed: u64,
+    /// Whether the nftables table was loaded or removed.
+    pub nft_changed: bool,
+    /// Why the shared state could not be used (nothing destructive was done).
+    pub degraded: Option<String>,
+    /// Time the pass took.
+    pub elapsed: Duration,
+}
+
+/// The local lock that keeps passes from overlapping; released on drop.
+#[derive(Debug)]
+pub struct PassLock {
+    _file: File,
+}
+
+impl PassLock {
+    /// Takes the lock at `path` or says another pass holds it.
+    pub fn take(path: &Path) -> Result<PassLock> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+            .open(path)
+            .map_err(|e| Error::io(path, e))?;
+        match file.try_lock() {
+            Ok(()) => Ok(PassLock { _file: file }),
+            Err(fs::TryLockError::WouldBlock) => Err(Error::Busy(path.into())),
+            Err(fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+        }
+    }
+}
+
+/// Everything read before deciding.
+struct Inputs {
+    cfg: Config,
+    node: NodeName,
+    store: Store,
+    service: Option<(u32, u32)>,
+    state_dir: PathBuf,
+    copy_name: String,
+}
+
+fn inputs(opts: &Options) -> Result<Inputs> {
+    let cfg = Config::load(&opts.config, &Trust::service(0))?;
+    let node = cfg.node_name()?;
+    let service = users::by_name(&cfg.service_user)?.map(|a| (a.uid, a.gid));
+    let store = Store::new(&cfg.shared, Trust::service(service.map_or(0, |s| s.0)));
+    let copy = &cfg.housekeeper.state_copy;
+    let (Some(dir), Some(name)) = (copy.parent(), copy.file_name().and_then(|n| n.to_str())) else {
+        return Err(Error::Usage(format!(
+            "housekeeper.state_copy '{}' must be a file path like /var/lib/kloigos/state.json",
+            copy.display()
+        )));
+    };
+    if !copy.is_absolute() {
+        return Err(Error::Usage(format!(
+            "housekeeper.state_copy '{}' must be an absolute path",
+            copy.display()
+        )));
+    }
+    Ok(Inputs {
+        state_dir: dir.to_path_buf(),
+        copy_name: name.to_string(),
+        cfg,
+        node,
+        store,
+        service,
+    })
+}
+
+/// Runs one pass.
+pub fn run(opts: &Options) -> Result<Report> {
+    let started = Instant::now();
+    let now = Timestamp::now();
+    let inp = inputs(opts)?;
+    if !opts.dry_run {
+        fs::create_dir_all(&inp.state_dir).map_err(|e| Error::io(&inp.state_dir, e))?;
+    }
+    let _lock = if opts.dry_run {
+        None
+    } else {
+        Some(PassLock::take(&inp.state_dir.join("housekeeper.lock"))?)
+    };
+    let mut record = Record::load(&inp.state_dir);
+    if opts.uninstall {
+        return uninstall(&inp, &mut record, opts.dry_run);
+    }
+    let procs = procfs::scan();
+    let by_uid = procfs::by_uid(&procs);
+    let names: BTreeMap<u32, UserName> = by_uid
+        .keys()
+        .filter(|u| **u != 0)
+        .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
+        .collect();
+
+    // 1. Policy and this node's state, lock-free. Failing that: nothing destructive.
+    let read = inp.store.policy().and_then(|p| {
+        if inp.store.has_node(&inp.node) {
+            inp.store.node(&inp.node).map(|s| (p, Some(s)))
+        } else {
+            Ok((p, None))
+        }
+    });
+    let (policy, state) = match read {
+        Ok(v) => v,
+        Err(e) => {
+            return degraded(
+                &inp,
+                &mut record,
+                &by_uid,
+                &names,
+                now,
+                started,
+                opts.dry_run,
+                &e.to_string(),
+            );
+        }
+    };
+    let Some(state) = state else {
+        log::note(&format!(
+            "{} is not a node of the cluster at {} (no nodes/{}/); nothing is enforced here",
+            inp.node,
+            inp.store.root().display(),
+            inp.node
+        ));
+        if !opts.dry_run {
+            write_copy(&inp, &LocalCopy::new(now, policy, None));
+            finish(
+                &inp,
+                &mut record,
+                Metrics {
+                    ok: true,
+                    ..Metrics::default()
+                },
+                now,
+                started,
+            );
+        }
+        return Ok(Report {
+            elapsed: started.elapsed(),
+            ..Report::default()
+        });
+    };
+
+    // 2. Desired state, and what is in place.
+    let hk = &inp.cfg.housekeeper;
+    let host = Host {
+        mem_total: procfs::meminfo().0,
+        numa: procfs::numa(),
+    };
+    let rules = Rules::new(
+        &policy,
+        inp.service.map(|s| s.0),
+        hk.grace_s,
+        hk.warn_before_s.as_deref(),
+    );
+    let mut desired = enforce::desired(&policy, &state, now, &host, rules);
+    let backend = match Backend::select(hk.slices) {
+        Ok(b) => Some(b),
+        Err(e) => {
+            log::error(&format!("slices not enforced: {e}"));
+            None
+        }
+    };
+    if let Some(Backend::Cgroup(c)) = &backend {
+        for u in desired.users.values_mut() {
+            u.slice = c.project(&u.slice);
+        }
+    }
+    let mut observed = Observed {
+        slices: backend.as_ref().map(Backend::observe).unwrap_or_default(),
+        processes: by_uid
+            .iter()
+            .map(|(uid, (n, _))| ProcOwner {
+                uid: *uid,
+                user: names.get(uid).cloned(),
+                processes: *n,
+            })
+            .collect(),
+        warned: record.warned.clone(),
+        hooks_done: record.hooks_done.clone(),
+        nft: None,
+    };
+    let here = if hk.nft {
+        match nft::Here::now() {
+            Ok(h) => Some(h),
+            Err(e) => {
+                log::error(&format!(
+                    "cannot read the nftables generation ({e}); reloading the table"
+                ));
+                None
+            }
+        }
+    } else {
+        None
+    };
+    observed.nft = Some(match &here {
+        Some(h) => h.seen(record.nft.as_ref()),
+        None => enforce::NftSeen::Unknown,
+    });
+    let mut plan = enforce::plan(&desired, &observed);
+    if backend.is_none() {
+        plan.slices.clear();
+    }
+    if !hk.nft {
+        plan.nft = None;
+    }
+    if !hk.kill {
+        plan.kill.clear();
+    }
+    let hook_list = hk.hooks_dir.as_deref().map(hooks::list).unwrap_or_default();
+
+    if opts.dry_run {
+        print_plan(
+            &inp.node,
+            now,
+            &plan,
+            backend.as_ref(),
+            record.nft.as_ref(),
+            &hook_list,
+            &procs,
+        );
+        return Ok(Report {
+            elapsed: started.elapsed(),
+            ..Report::default()
+        });
+    }
+
+    // 3-7. Apply.
+    let mut report = Report::default();
+    if let Some(b) = &backend {
+        apply_slices(b, &plan, &desired, &procs);
+    }
+    if let Some(action) = &plan.nft {
+        report.nft_changed = apply_nft(action, &mut record);
+    }
+    for w in &plan.warn {
+        let n = warn::to_terminals(w.uid, &procs, &w.message);
+        log::event(&format!(
+            "warned {} that {} ends at {} ({n} terminal(s))",
+            w.user, w.booking, w.end
+        ));
+    }
+    for k in &plan.kill {
+        let who = k.user.as_ref().map_or_else(
+            || format!("uid {}", k.uid),
+            |u| format!("{u} (uid {})", k.uid),
+        );
+        let gid = users::by_uid(k.uid).ok().flatten().map_or(k.uid, |a| a.gid);
+        match kill::end_user(k.uid, gid) {
+            Ok(out) => {
+                report.killed += out.killed;
+                record.killed_total += out.killed;
+                log::event(&format!(
+                    "ended {} process(es) of {who}: {}; {} ms, {} SIGKILL round(s)",
+                    out.killed,
+                    k.reason,
+                    out.elapsed.as_millis(),
+                    out.rounds
+                ));
+                if out.remaining > 0 {
+                    log::error(&format!(
+                        "{} process(es) of {who} are still there (stuck in the kernel?); the next pass tries again",
+                        out.remaining
+                    ));
+                }
+            }
+            Err(e) => log::error(&e.to_string()),
+        }
+    }
+    record.warned = plan.warned_next.clone();
+    write_copy(
+        &inp,
+        &LocalCopy::new(now, policy.clone(), Some(state.clone())),
+    );
+    write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+    for b in &plan.hooks {
+        for h in &hook_list {
+            match hooks::run(h, b, &inp.state_dir) {
+                Ok(true) => {}
+                Ok(false) => record.hooks_failed_total += 1,
+                Err(e) => {
+                    record.hooks_failed_total += 1;
+                    log::error(&e.to_string());
+                }
+            }
+        }
+    }
+    record.hooks_done = Some(plan.hooks_done_next.clone());
+    let m = node_metrics(&state, now, &record);
+    finish(&inp, &mut record, m, now, started);
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
+
+fn node_metrics(state: &NodeState, now: Timestamp, record: &Record) -> Metrics {
+    let total = state.node.units_total();
+    let booked: u32 = state.active(now).map(|b| b.unit_count()).sum();
+    Metrics {
+        units_booked: Some(booked),
+        units_free: Some(total.saturating_sub(booked)),
+        bookings_active: Some(state.active(now).count() as u32),
+        ok: true,
+        killed_total: record.killed_total,
+        nft_loads_total: record.nft_loads_total,
+        hooks_failed_total: record.hooks_failed_total,
+        ..Metrics::default()
+    }
+}
+
+fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[procfs::Proc]) {
+    let mut clear = Vec::new();
+    for a in &plan.slices {
+        match a {
+            SliceAction::Set { uid, limits } => match b.set(*uid, limits) {
+                Ok(()) => log::event(&format!(
+                    "slice {} set: {}",
+                    b.name(),
+                    b.describe(*uid, limits)
+                )),
+                Err(e) => log::error(&format!("setting the limits of uid {uid}: {e}")),
+            },
+            SliceAction::Clear { uid } => clear.push(*uid),
+        }
+    }
+    if !clear.is_empty() {
+        match b.clear(&clear) {
+            Ok(()) => log::event(&format!(
+                "slice {} limits removed for uid(s) {clear:?}",
+                b.name()
+            )),
+            Err(e) => log::error(&format!("removing the limits of uid(s) {clear:?}: {e}")),
+        }
+    }
+    for uid in desired.users.keys() {
+        let pids: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.is_live_of(*uid))
+            .map(|p| p.pid)
+            .collect();
+        match b.attach(*uid, &pids) {
+            Ok(0) => {}
+            Ok(n) => log::note(&format!(
+                "moved {n} process(es) of uid {uid} into its cgroup"
+            )),
+            Err(e) => log::error(&format!(
+                "moving processes of uid {uid} into its cgroup: {e}"
+            )),
+        }
+    }
+}
+
+/// Loads or removes the table; records what is live. Returns whether it changed.
+fn apply_nft(action: &NftAction, record: &mut Record) -> bool {
+    let (file, loaded) = match action {
+        NftAction::Load(text) => (text.clone(), Some(text.clone())),
+        NftAction::Remove => (enforce::render_nft_removal(), None),
+    };
+    match nft::load(&file) {
+        Ok(()) => {
+            record.nft_loads_total += 1;
+            record.nft = nft::Here::now().ok().map(|h| NftRecord {
+                boot_id: h.boot_id,
+                netns: h.netns,
+                generation: h.generation,
+                loaded: loaded.clone(),
+            });
+            log::event(if loaded.is_some() {
+                "nftables table inet kloigos loaded"
+            } else {
+                "nftables table inet kloigos removed"
+            });
+            true
+        }
+        Err(e) => {
+            record.nft = None;
+            log::error(&format!("nftables: {e}; the previous table stays in place"));
+            false
+        }
+    }
+}
+
+fn write_copy(inp: &Inputs, copy: &LocalCopy) {
+    if let Err(e) = store::write_atomic(&inp.state_dir, &inp.copy_name, &store::to_json(copy)) {
+        log::error(&format!("local state copy for PAM: {e}"));
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn write_facts(
+    inp: &Inputs,
+    by_uid: &BTreeMap<u32, (u32, u64)>,
+    names: &BTreeMap<u32, UserName>,
+    policy: &Policy,
+    record: &mut Record,
+    now: Timestamp,
+    error: Option<&str>,
+) {
+    if !inp.store.has_node(&inp.node) {
+        return;
+    }
+    let mut facts: Facts =
+        crate::facts::gather(&inp.node, by_uid, names, policy.min_uid, record, now);
+    facts.enforcing = error.is_none();
+    facts.error = error.map(String::from);
+    match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => log::error(&format!("facts.json: {e}")),
+        Err(e) => log::error(&format!("facts.json: {e}")),
+    }
+}
+
+fn finish(inp: &Inputs, record: &mut Record, mut m: Metrics, now: Timestamp, started: Instant) {
+    m.last_run = now.as_second();
+    m.killed_total = record.killed_total;
+    m.nft_loads_total = record.nft_loads_total;
+    m.hooks_failed_total = record.hooks_failed_total;
+    m.duration_s = started.elapsed().as_secs_f64();
+    if let Some(dir) = &inp.cfg.housekeeper.metrics_dir {
+        if let Err(e) = metrics::write(dir, &m) {
+            log::error(&format!("metrics: {e}"));
+        }
+    }
+    record.last_pass = Some(now);
+    if let Err(e) = record.save(&inp.state_dir) {
+        log::error(&format!("housekeeper record: {e}"));
+    }
+}
+
+/// The pass when the policy or state cannot be read or trusted: say so,
+/// write the facts with the error, touch nothing else.
+#[allow(clippy::too_many_arguments)]
+fn degraded(
+    inp: &Inputs,
+    record: &mut Record,
+    by_uid: &BTreeMap<u32, (u32, u64)>,
+    names: &BTreeMap<u32, UserName>,
+    now: Timestamp,
+    started: Instant,
+    dry_run: bool,
+    error: &str,
+) -> Result<Report> {
+    log::error(&format!(
+        "cannot use the shared state: {error}; nothing destructive is done this pass (no process ended, no rule removed)"
+    ));
+    if !dry_run {
+        let policy = Policy {
+            version: FORMAT_VERSION,
+            ..Policy::default()
+        };
+        write_facts(inp, by_uid, names, &policy, record, now, Some(error));
+        finish(inp, record, Metrics::default(), now, started);
+    }
+    Ok(Report {
+        degraded: Some(error.to_string()),
+        elapsed: started.elapsed(),
+        ..Report::default()
+    })
+}
+
+/// `--uninstall`: remove the table and every limit the housekeeper set.
+fn uninstall(inp: &Inputs, record: &mut Record, dry_run: bool) -> Result<Report> {
+    let backend = Backend::select(inp.cfg.housekeeper.slices).unwrap_or(Backend::None);
+    let uids: Vec<u32> = backend.observe().into_keys().collect();
+    if dry_run {
+        println!(
+            "would remove table inet kloigos and the {} limits of uid(s) {uids:?}",
+            backend.name()
+        );
+        return Ok(Report::default());
+    }
+    let mut report = Report::default();
+    if inp.cfg.housekeeper.nft {
+        report.nft_changed = apply_nft(&NftAction::Remove, record);
+    }
+    if let Err(e) = backend.clear(&uids) {
+        log::error(&format!("removing limits: {e}"));
+    }
+    let _ = fs::remove_file(Record::path(&inp.state_dir));
+    log::event(&format!(
+        "uninstalled: table inet kloigos removed, limits of uid(s) {uids:?} removed"
+    ));
+    Ok(report)
+}
+
+fn print_plan(
+    node: &NodeName,
+    now: Timestamp,
+    plan: &Plan,
+    backend: Option<&Backend>,
+    nft_record: Option<&NftRecord>,
+    hook_list: &[PathBuf],
+    procs: &[procfs::Proc],
+) {
+    println!("kloigos-housekeeper --dry-run on {node} at {now}: plan (nothing is changed)");
+    if plan.is_idle() {
+        println!("nothing to do");
+    }
+    let bname = backend.map_or("none", Backend::name);
+    for a in &plan.slices {
+        match (a, backend) {
+            (SliceAction::Set { uid, limits }, Some(b)) => {
+                println!("slices ({bname}): set {}", b.describe(*uid, limits))
+            }
+            (SliceAction::Clear { uid }, _) => {
+                println!("slices ({bname}): remove the limits of uid {uid}")
+            }
+            _ => {}
+        }
+    }
+    match &plan.nft {
+        Some(NftAction::Load(text)) => {
+            let old = nft_record.and_then(|r| r.loaded.as_deref());
+            println!("nft: load table inet kloigos (nft -f), changes:");
+            print!("{}", nft::diff(old, text));
+        }
+        Some(NftAction::Remove) => println!("nft: remove table inet kloigos"),
+        None => {}
+    }
+    for w in &plan.warn {
+        println!(
+            "warn: {} (uid {}) on their terminals: {}",
+            w.user, w.uid, w.message
+        );
+    }
+    for k in &plan.kill {
+        let pids: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.is_live_of(k.uid))
+            .map(|p| p.pid)
+            .collect();
+        let who = k
+            .user
+            .as_ref()
+            .map_or_else(|| "?".to_string(), |u| u.to_string());
+        println!(
+            "kill: {who} (uid {}): SIGTERM then SIGKILL to {} process(es) {pids:?}: {}",
+            k.uid, k.processes, k.reason
+        );
+    }
+    for b in &plan.hooks {
+        for h in hook_list {
+            println!("hook: {} for {} ({})", h.display(), b.id, b.user);
+        }
+        if hook_list.is_empty() {
+            println!(
+                "hook: none installed for ended booking {} ({})",
+                b.id, b.user
+            );
+        }
+    }
+}

@@ -1,0 +1,227 @@
+//! What /proc and /sys say: processes with their owners, memory, load,
+//! uptime, CPUs and NUMA nodes.
+
+use std::collections::BTreeMap;
+use std::fs;
+
+use kloigos_core::cpuset::CpuSet;
+use kloigos_core::facts::Numa;
+
+/// One process, as much of it as the housekeeper needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proc {
+    /// Process id.
+    pub pid: i32,
+    /// Real, effective and saved uid.
+    pub uids: [u32; 3],
+    /// State letter (`R`, `S`, `D`, `Z`, ...).
+    pub state: char,
+    /// Controlling terminal as the kernel encodes it (0: none).
+    pub tty_nr: i32,
+    /// User plus system CPU time, in clock ticks.
+    pub ticks: u64,
+}
+
+impl Proc {
+    /// Whether the process belongs to `uid` (any of its three uids) and is
+    /// not a zombie: the processes a helper running as `uid` can signal.
+    pub fn is_live_of(&self, uid: u32) -> bool {
+        self.is_live() && self.uids.contains(&uid)
+    }
+
+    /// Whether the process still runs (zombies and dead tasks do not).
+    pub fn is_live(&self) -> bool {
+        self.state != 'Z' && self.state != 'X'
+    }
+}
+
+/// Parses the `Uid:` line of /proc/PID/status.
+fn parse_status_uids(status: &str) -> Option<[u32; 3]> {
+    let line = status.lines().find(|l| l.starts_with("Uid:"))?;
+    let mut it = line["Uid:".len()..]
+        .split_whitespace()
+        .map(|s| s.parse::<u32>());
+    Some([it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?])
+}
+
+/// Parses state, tty_nr and utime+stime from /proc/PID/stat (the command
+/// name in parentheses may hold anything, so fields count from its end).
+fn parse_stat(stat: &str) -> Option<(char, i32, u64)> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state(0) ppid(1) pgrp(2) session(3) tty_nr(4) ... utime(11) stime(12).
+    let state = f.first()?.chars().next()?;
+    let tty = f.get(4)?.parse().ok()?;
+    let ticks = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some((state, tty, ticks))
+}
+
+/// Reads one process; `None` if it vanished meanwhile or is a kernel thread
+/// without a status.
+pub fn read_proc(pid: i32) -> Option<Proc> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let uids = parse_status_uids(&status)?;
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (state, tty_nr, ticks) = parse_stat(&stat)?;
+    Some(Proc {
+        pid,
+        uids,
+        state,
+        tty_nr,
+        ticks,
+    })
+}
+
+/// Every process visible now.
+pub fn scan() -> Vec<Proc> {
+    pids().into_iter().filter_map(read_proc).collect()
+}
+
+/// The ids of all processes visible now.
+pub fn pids() -> Vec<i32> {
+    let Ok(rd) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    rd.filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()))
+        .collect()
+}
+
+/// Live processes of `uid` now: pids, read through /proc/PID/status only
+/// (the kill loop's confirmation, kept cheap).
+pub fn live_pids_of(uid: u32) -> Vec<i32> {
+    pids()
+        .into_iter()
+        .filter(|pid| {
+            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            let zombie = status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .is_some_and(|l| l.contains('Z') || l.contains("X (dead)"));
+            !zombie && parse_status_uids(&status).is_some_and(|u| u.contains(&uid))
+        })
+        .collect()
+}
+
+/// Live processes and CPU ticks per uid (a process counts for each distinct uid it holds).
+pub fn by_uid(procs: &[Proc]) -> BTreeMap<u32, (u32, u64)> {
+    let mut m: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+    for p in procs.iter().filter(|p| p.is_live()) {
+        let mut uids = p.uids.to_vec();
+        uids.sort_unstable();
+        uids.dedup();
+        for u in uids {
+            let e = m.entry(u).or_default();
+            e.0 += 1;
+            e.1 += p.ticks;
+        }
+    }
+    m
+}
+
+/// `MemTotal` and `MemAvailable` from /proc/meminfo, in bytes.
+pub fn meminfo() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    let get = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l[key.len()..].split_whitespace().next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    };
+    (get("MemTotal:"), get("MemAvailable:"))
+}
+
+/// The 1, 5 and 15 minute load averages.
+pub fn loadavg() -> [f64; 3] {
+    let text = fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let mut it = text
+        .split_whitespace()
+        .map(|s| s.parse::<f64>().unwrap_or(0.0));
+    [
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+        it.next().unwrap_or(0.0),
+    ]
+}
+
+/// Seconds since boot.
+pub fn uptime() -> u64 {
+    fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|t| {
+            t.split_whitespace()
+                .next()
+                .and_then(|s| s.parse::<f64>().ok())
+        })
+        .map_or(0, |s| s as u64)
+}
+
+/// CPUs online.
+pub fn cpus_online() -> Option<CpuSet> {
+    let t = fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    CpuSet::parse(t.trim()).ok()
+}
+
+/// NUMA nodes with CPUs, from /sys/devices/system/node.
+pub fn numa() -> Vec<Numa> {
+    let Ok(rd) = fs::read_dir("/sys/devices/system/node") else {
+        return Vec::new();
+    };
+    let mut out: Vec<Numa> = rd
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name();
+            let id: u32 = name.to_str()?.strip_prefix("node")?.parse().ok()?;
+            let list = fs::read_to_string(e.path().join("cpulist")).ok()?;
+            let cpus = CpuSet::parse(list.trim()).ok()?;
+            Some(Numa { id, cpus })
+        })
+        .collect();
+    out.sort_by_key(|n| n.id);
+    out
+}
+
+/// Clock ticks per second, for CPU use.
+pub fn ticks_per_second() -> u64 {
+    nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .and_then(|t| u64::try_from(t).ok())
+        .filter(|t| *t > 0)
+        .unwrap_or(100)
+}
+
+/// This boot's id, to tell records of an earlier boot apart.
+pub fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_with_a_hostile_command_name() {
+        let stat = "42 (a) b) S 1 42 42 34816 42 4194560 1 0 0 0 7 5 0 0 20 0 1 0 1 1 1";
+        assert_eq!(parse_stat(stat), Some(('S', 34816, 12)));
+    }
+
+    #[test]
+    fn status_uids() {
+        let s = "Name:\tsh\nState:\tS (sleeping)\nUid:\t1001\t1001\t0\t1001\nGid:\t1\t1\t1\t1\n";
+        assert_eq!(parse_status_uids(s), Some([1001, 1001, 0]));
+    }
+
+    #[test]
+    fn this_process_is_seen() {
+        let me = read_proc(std::process::id() as i32).unwrap();
+        assert!(me.is_live());
+        assert!(me.uids.contains(&nix::unistd::getuid().as_raw()));
+        assert!(meminfo().0 > 0);
+    }
+}

@@ -1,0 +1,72 @@
+//! What the housekeeper remembers between passes, in a root-owned file next
+//! to the local state copy: warnings given, hooks run, counters, the
+//! nftables table it loaded, CPU time per user, the GPU list.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use kloigos_core::booking::BookingId;
+use kloigos_core::store::{self, Trust};
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+use crate::nft::NftRecord;
+
+/// File name of the record, in the state directory.
+pub const RECORD_FILE: &str = "housekeeper.json";
+
+/// The record.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Record {
+    /// Format version.
+    pub version: u32,
+    /// When the last pass ran.
+    pub last_pass: Option<Timestamp>,
+    /// Warnings given: (booking, threshold).
+    pub warned: BTreeSet<(BookingId, u64)>,
+    /// Bookings whose release hooks ran; absent before the first pass.
+    pub hooks_done: Option<BTreeSet<BookingId>>,
+    /// Processes ended, ever.
+    pub killed_total: u64,
+    /// Times the nftables table was loaded or removed, ever.
+    pub nft_loads_total: u64,
+    /// Hooks that failed or timed out, ever.
+    pub hooks_failed_total: u64,
+    /// The table as last loaded.
+    pub nft: Option<NftRecord>,
+    /// CPU ticks per uid at the last pass, for CPU use.
+    pub cpu_ticks: BTreeMap<u32, u64>,
+    /// GPU names and when nvidia-smi was last asked.
+    pub gpus: Option<(Timestamp, Vec<String>)>,
+}
+
+impl Record {
+    /// The record's path in `dir`.
+    pub fn path(dir: &Path) -> PathBuf {
+        dir.join(RECORD_FILE)
+    }
+
+    /// Reads the record; a missing or unreadable one starts afresh (logged).
+    pub fn load(dir: &Path) -> Record {
+        let path = Record::path(dir);
+        match store::read_trusted(&path, &Trust::service(0)) {
+            Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                crate::log::error(&format!(
+                    "{}: unreadable ({e}); starting a new record",
+                    path.display()
+                ));
+                Record::default()
+            }),
+            Err(_) => Record::default(),
+        }
+    }
+
+    /// Writes the record atomically.
+    pub fn save(&mut self, dir: &Path) -> Result<()> {
+        self.version = 1;
+        store::write_atomic(dir, RECORD_FILE, &store::to_json(self))?;
+        Ok(())
+    }
+}
