@@ -697,3 +697,55 @@ fn killed_writers_leave_a_valid_state() {
         "stray tmp files survived the next writer: {leftovers:?}"
     );
 }
+
+#[test]
+fn past_start_is_refused_with_what_would_work() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1", "--at", "2020-01-01T00:00:00Z"])
+        .code(1)
+        .err_has("is in the past; omit --at to start now");
+}
+
+/// Colors only on a terminal, and never with NO_COLOR. `script` gives the
+/// command a pseudo-terminal (it starts it through `sh -c`; a test fixture).
+#[test]
+fn colors_only_on_a_terminal_and_never_with_no_color() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node2"]).ok();
+    let cmd = format!(
+        "{} --shared {} info",
+        kloigos_tests::bin("kloigos").display(),
+        c.shared().display()
+    );
+    let tty = Run::of(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env_remove("NO_COLOR"),
+    );
+    tty.ok();
+    assert!(
+        tty.stdout.contains("\x1b[31mfull"),
+        "no color on a terminal:\n{}",
+        tty.stdout
+    );
+    let no_color = Run::of(
+        Command::new("script")
+            .args(["-qec", &cmd, "/dev/null"])
+            .env("NO_COLOR", "1"),
+    );
+    no_color.ok();
+    assert!(
+        no_color.stdout.contains("full") && !no_color.stdout.contains('\x1b'),
+        "{}",
+        no_color.stdout
+    );
+    // Not a terminal: plain, whatever NO_COLOR says.
+    let piped = Run::of(
+        Command::new(kloigos_tests::bin("kloigos"))
+            .arg("--shared")
+            .arg(c.shared())
+            .arg("info")
+            .env_remove("NO_COLOR"),
+    );
+    assert!(!piped.ok().stdout.contains('\x1b'));
+}

@@ -131,6 +131,13 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         .as_deref()
         .map(|t| parse_time(t, now, &tz))
         .transpose()?;
+    if let Some(t) = at.filter(|t| t.as_second() < now.as_second() - 60) {
+        return Err(Error::Refused(format!(
+            "--at {} is in the past; omit --at to start now, or give a later time",
+            local(t, &tz)
+        ))
+        .into());
+    }
     let node = node.or(spec.worker.as_deref()).map(node_arg).transpose()?;
     let deadline = spec
         .wait

@@ -261,30 +261,27 @@ fn verify_groups(want: &[u32]) -> Result<()> {
 
 fn verify_uids(want: u32) -> Result<()> {
     let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
-    let got = [
-        ids.real.as_raw(),
-        ids.effective.as_raw(),
-        ids.saved.as_raw(),
-    ];
-    if got != [want; 3] {
-        return Err(denied(
-            "set all three uids",
-            format!("they are {got:?}, wanted {want}"),
-        ));
-    }
-    Ok(())
+    verify_three(
+        "uids",
+        [ids.real, ids.effective, ids.saved].map(|u| u.as_raw()),
+        want,
+    )
 }
 
 fn verify_gids(want: u32) -> Result<()> {
     let ids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
-    let got = [
-        ids.real.as_raw(),
-        ids.effective.as_raw(),
-        ids.saved.as_raw(),
-    ];
+    verify_three(
+        "gids",
+        [ids.real, ids.effective, ids.saved].map(|g| g.as_raw()),
+        want,
+    )
+}
+
+/// Checks that real, effective and saved ids all read back as `want`.
+fn verify_three(what: &str, got: [u32; 3], want: u32) -> Result<()> {
     if got != [want; 3] {
         return Err(denied(
-            "set all three gids",
+            &format!("set all three {what}"),
             format!("they are {got:?}, wanted {want}"),
         ));
     }
