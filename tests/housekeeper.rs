@@ -488,6 +488,41 @@ fn nft_lets_booked_users_serve_only_on_their_ports() {
 
 // ---------------------------------------------------------------- slices: cgroups
 
+/// Held by the tests whose passes create `kloigos/` in this host's root
+/// cpuset group (the cgroup backend, and the systemd stand-in on a hybrid
+/// host): one removing the emptied group must not race another creating it.
+static HOST_CPUSET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn host_cpuset() -> std::sync::MutexGuard<'static, ()> {
+    HOST_CPUSET.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Where cpuset is on this host, as the systemd backend decides it:
+/// `Some(true)` a controller of the unified hierarchy (systemd applies
+/// AllowedCPUs), `Some(false)` only the v1 hierarchy (hybrid: the
+/// housekeeper confines processes there itself), `None` no cpuset at all.
+/// `read` reads a file of the host or container concerned.
+fn cpuset_on_unified(read: impl Fn(&str) -> String) -> Option<bool> {
+    let mounts = read("/proc/self/mountinfo");
+    let unified = mounts.lines().find_map(|l| {
+        let (left, right) = l.split_once(" - ")?;
+        right
+            .starts_with("cgroup2 ")
+            .then(|| left.split_whitespace().nth(4).map(String::from))?
+    });
+    if unified.is_some_and(|m| {
+        read(&format!("{m}/cgroup.controllers"))
+            .split_whitespace()
+            .any(|c| c == "cpuset")
+    }) {
+        Some(true)
+    } else if !read("/sys/fs/cgroup/cpuset/cpuset.cpus").trim().is_empty() {
+        Some(false)
+    } else {
+        None
+    }
+}
+
 fn cpus_allowed(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap()
@@ -551,6 +586,7 @@ fn cgroup_backend_confines_a_booked_user_to_their_cpus() {
         eprintln!("SKIPPED: one CPU only; confinement cannot be observed");
         return;
     }
+    let _serial = host_cpuset();
     let user = user_with_uid("khk-cg", 59941);
     let p = Policy {
         tasks_max_per_unit: Some(100),
@@ -638,7 +674,15 @@ fn systemd_backend_commands_recorded_by_a_stand_in_systemctl() {
     kloigos_tests::require_root!();
     // Stand-in: a fake systemctl that records its arguments. What it proves:
     // the exact commands and drop-in of the backend; the nspawn test below
-    // runs the same backend against a real systemd.
+    // runs the same backend against a real systemd. Where cpuset is decided
+    // from the kernel's mount table, not from systemctl, so the stand-in
+    // cannot report a layout: on a hybrid host (these machines) the pass
+    // takes the extra v1 cpuset step for real, in this host's cpuset
+    // hierarchy (root only, serialised with the cgroup test); on a host
+    // whose unified hierarchy holds cpuset it plans no extra step.
+    let _serial = host_cpuset();
+    let hybrid = cpuset_on_unified(|f| std::fs::read_to_string(f).unwrap_or_default());
+    let _clean = CgroupLeftovers::remove(59931);
     let fake = tempfile::tempdir().unwrap();
     let log = fake.path().join("calls");
     std::fs::write(
@@ -668,9 +712,10 @@ fn systemd_backend_commands_recorded_by_a_stand_in_systemctl() {
         uid: 59931,
         gid: 59931,
     };
-    let pass = || {
+    let pass = |args: &[&str]| {
         Run::of(
             n.housekeeper(&["--once"])
+                .args(args)
                 .env(
                     "PATH",
                     format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", fake.path().display()),
@@ -687,7 +732,36 @@ fn systemd_backend_commands_recorded_by_a_stand_in_systemctl() {
         .unwrap();
     let bk = n.book(&u, 1, now(), 3600);
     std::mem::forget(u); // not a real account: nothing to remove
-    pass().ok();
+    let group = Path::new("/sys/fs/cgroup/cpuset/kloigos/user-59931");
+
+    // The plan first: the properties, and on a hybrid host the cpuset step.
+    let plan = pass(&["--dry-run"]);
+    plan.ok().out_has(
+        "slices (systemd): set user-59931.slice: AllowedCPUs=0-1 AllowedMemoryNodes=0 MemoryHigh=241590272 MemoryMax=268435456 TasksMax=64",
+    );
+    let step = format!(
+        "slices (systemd): + cgroup v1 cpuset {}: cpuset.cpus=0-1 cpuset.mems=0, the processes of uid 59931 moved in",
+        group.display()
+    );
+    match hybrid {
+        Some(false) => {
+            plan.out_has(&step);
+        }
+        Some(true) => assert!(
+            !plan.stdout.contains("+ cgroup v1 cpuset"),
+            "{}",
+            plan.stdout
+        ),
+        None => {
+            plan.out_has("AllowedCPUs is NOT applied: this host has no cpuset controller");
+        }
+    }
+    assert!(
+        !log.exists() && !group.exists(),
+        "--dry-run changed something"
+    );
+
+    pass(&[]).ok();
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(
         calls.trim(),
@@ -698,17 +772,57 @@ fn systemd_backend_commands_recorded_by_a_stand_in_systemctl() {
         dropin.contains("[Slice]\nAllowedCPUs=0-1\n") && dropin.contains("MemoryMax=268435456\n"),
         "{dropin}"
     );
-    pass().ok();
+    if hybrid == Some(false) {
+        let cpus = std::fs::read_to_string(group.join("cpuset.cpus")).unwrap();
+        assert_eq!(cpus.trim(), "0-1", "the v1 cpuset group");
+    }
+    pass(&[]).ok();
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
         calls,
         "an unchanged slice was set again"
     );
+    if hybrid == Some(false) {
+        // The group gone (as after a reboot; the drop-in stays): only it is
+        // set again, with no systemctl call.
+        std::fs::remove_dir(group).unwrap();
+        let r = pass(&[]);
+        r.ok().err_has("already in place: only the step below");
+        assert!(group.is_dir(), "the cpuset group was not set again");
+        assert_eq!(
+            std::fs::read_to_string(&log).unwrap(),
+            calls,
+            "the properties were set again though only the cpuset group was missing"
+        );
+    }
     n.release(&bk.id);
-    pass().ok();
+    let plan = pass(&["--dry-run"]);
+    plan.ok()
+        .out_has("slices (systemd): remove the limits of uid 59931");
+    if hybrid == Some(false) {
+        plan.out_has(&format!(
+            "slices (systemd): + cgroup v1 cpuset {}: its processes moved back to /sys/fs/cgroup/cpuset",
+            group.display()
+        ));
+    }
+    pass(&[]).ok();
     let calls = std::fs::read_to_string(&log).unwrap();
     assert_eq!(calls.lines().last(), Some("daemon-reload"), "{calls}");
     assert!(!units.join("user-59931.slice.d").exists());
+    assert!(
+        !group.exists(),
+        "the cpuset group stayed after the booking ended"
+    );
+}
+
+/// Cpus_allowed_list of `pid` inside the container.
+fn cpus_allowed_in(c: &kloigos_tests::nspawn::Container, pid: &str) -> String {
+    c.read(&format!("/proc/{pid}/status"))
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .unwrap_or_else(|| panic!("no process {pid} in the container"))
+        .trim()
+        .to_string()
 }
 
 #[test]
@@ -746,7 +860,9 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
     let dir_s = dir.to_string_lossy().to_string();
     let bin = kloigos_tests::bin("kloigos-housekeeper");
     let name = format!("khk{}", std::process::id());
-    let c = match kloigos_tests::nspawn::Container::boot(
+    // In a v1 cpuset group of its own (on a hybrid host), so the
+    // housekeeper's cpuset groups inside stay out of the host's root group.
+    let c = match kloigos_tests::nspawn::Container::boot_in_own_cpuset(
         &rootfs,
         &name,
         &[
@@ -766,7 +882,22 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
         );
         r
     };
-    // A real user (a process of theirs in their slice) and a lingering one.
+    let cfg = n.config.to_string_lossy().to_string();
+    let hk = |args: &[&str]| {
+        let mut argv = vec![
+            "/usr/local/bin/kloigos-housekeeper",
+            "--once",
+            "--config",
+            &cfg,
+        ];
+        argv.extend_from_slice(args);
+        sh(&argv)
+    };
+    let pass = || hk(&[]);
+    // Where cpuset is inside the container (as the housekeeper sees it).
+    let layout = cpuset_on_unified(|f| c.read(f));
+
+    // A real user and a lingering one.
     sh(&["useradd", "-m", "-u", "59936", "khkreal"]);
     sh(&["useradd", "-m", "-u", "59937", "khkling"]);
     sh(&["loginctl", "enable-linger", "khkling"]);
@@ -784,15 +915,51 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
     let b_ling = n.book(&ling, 1, now(), 3600);
     std::mem::forget(real);
     std::mem::forget(ling);
-    let cfg = n.config.to_string_lossy().to_string();
-    let pass = || {
+    let real_cpus = b_real.cpus.to_string();
+    let ling_cpus = b_ling.cpus.to_string();
+
+    // Processes of both users before the first pass: a service of each in
+    // their slice. (The lingering user's own manager, user@59937.service,
+    // cannot start in this minbase root: no libpam-systemd, so no
+    // XDG_RUNTIME_DIR; the service stands for it.)
+    let main_pid = |unit: &str| c.show(unit, &["MainPID"])["MainPID"].clone();
+    let start = |uid: &str, unit: &str| {
         sh(&[
-            "/usr/local/bin/kloigos-housekeeper",
-            "--once",
-            "--config",
-            &cfg,
-        ])
+            "systemd-run",
+            &format!("--uid={uid}"),
+            &format!("--slice=user-{uid}.slice"),
+            &format!("--unit={unit}"),
+            "sleep",
+            "300",
+        ]);
+        main_pid(&format!("{unit}.service"))
     };
+    let probe = start("59936", "khk-probe");
+    let ling_pid = start("59937", "khk-ling");
+    let cg = sh(&["cat", &format!("/proc/{probe}/cgroup")]).stdout;
+    assert!(cg.contains("user-59936.slice"), "{cg}");
+    let open = cpus_allowed_in(&c, &probe);
+    assert_eq!(cpus_allowed_in(&c, &ling_pid), open);
+    let kloigos_group = "/sys/fs/cgroup/cpuset/kloigos";
+
+    if layout == Some(false) {
+        // systemd-nspawn mounts the host's v1 controllers read-only: the plan
+        // says AllowedCPUs cannot be applied, rather than failing.
+        let plan = hk(&["--dry-run"]).stdout;
+        assert!(
+            plan.contains("AllowedCPUs is NOT applied: cpuset is only a cgroup v1 hierarchy here, mounted read-only at /sys/fs/cgroup/cpuset"),
+            "{plan}"
+        );
+        // A real hybrid host mounts it read-write: so does the test from here on.
+        c.cpuset_writable().unwrap();
+        let plan = hk(&["--dry-run"]).stdout;
+        assert!(
+            plan.contains(&format!(
+                "slices (systemd): + cgroup v1 cpuset {kloigos_group}/user-59936: cpuset.cpus={real_cpus} cpuset.mems=0, the processes of uid 59936 moved in"
+            )) && plan.contains(&format!("{kloigos_group}/user-59937: cpuset.cpus={ling_cpus}")),
+            "the plan shows no cpuset step:\n{plan}"
+        );
+    }
 
     let r = pass();
     assert!(r.stderr.contains("slice systemd set"), "{}", r.stderr);
@@ -815,41 +982,69 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
         .into_iter()
         .collect::<std::collections::BTreeMap<_, _>>()
     };
-    let real_cpus = b_real.cpus.to_string();
-    let ling_cpus = b_ling.cpus.to_string();
     assert_eq!(c.show("user-59936.slice", &props), want(&real_cpus));
     assert_eq!(c.show("user-59937.slice", &props), want(&ling_cpus));
 
-    // A process of the user, in their slice.
-    sh(&[
-        "systemd-run",
-        "--uid=59936",
-        "--slice=user-59936.slice",
-        "--unit=khk-probe",
-        "sleep",
-        "300",
-    ]);
-    let pid = c.show("khk-probe.service", &["MainPID"])["MainPID"].clone();
-    let status = sh(&["cat", &format!("/proc/{pid}/status")]).stdout;
-    let allowed = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-        .unwrap()
-        .trim()
-        .to_string();
-    let cg = sh(&["cat", &format!("/proc/{pid}/cgroup")]).stdout;
-    assert!(cg.contains("user-59936.slice"), "{cg}");
-    let unified = c.exec(&["cat", "/sys/fs/cgroup/cgroup.controllers"]).stdout;
-    if unified.contains("cpuset") {
-        assert_eq!(
-            allowed, real_cpus,
-            "the process is not confined to the booked CPUs"
+    // Confinement, for real.
+    let confined = match layout {
+        Some(on_unified) => {
+            for (pid, cpus, who) in [
+                (&probe, &real_cpus, "logged-in"),
+                (&ling_pid, &ling_cpus, "lingering"),
+            ] {
+                assert_eq!(
+                    &cpus_allowed_in(&c, pid),
+                    cpus,
+                    "a process of the {who} user is not confined to the booked CPUs ({}):\n{}",
+                    if on_unified {
+                        "cpuset on the unified hierarchy, applied by systemd"
+                    } else {
+                        "hybrid host, v1 cpuset step"
+                    },
+                    r.stderr
+                );
+            }
+            if !on_unified {
+                let cs = c.read(&format!("/proc/{probe}/cpuset"));
+                assert_eq!(cs.trim(), "/kloigos/user-59936");
+                eprintln!(
+                    "CHECKED: hybrid host (cpuset only in cgroup v1): the housekeeper's v1 cpuset step confines \
+                     the logged-in user to {real_cpus} and the lingering user to {ling_cpus} (of {open})"
+                );
+            }
+            true
+        }
+        None => {
+            eprintln!(
+                "NOT CHECKED: this host has no cpuset controller at all (neither on the unified hierarchy nor as a \
+                 cgroup v1 hierarchy): Cpus_allowed_list stays {}, so nothing can confine CPUs here",
+                cpus_allowed_in(&c, &probe)
+            );
+            false
+        }
+    };
+
+    // A new process of the user (a new login) is confined by the next pass,
+    // and nothing is set again.
+    let probe2 = start("59936", "khk-probe2");
+    if layout == Some(false) {
+        let plan = hk(&["--dry-run"]).stdout;
+        assert!(
+            plan.contains(&format!(
+                "slices (systemd): move 1 process(es) of uid 59936 into {kloigos_group}/user-59936: [{probe2}]"
+            )),
+            "{plan}"
         );
-    } else {
-        eprintln!(
-            "NOT CHECKED: Cpus_allowed_list is {allowed}, not {real_cpus}: on this kernel cpuset is a cgroup v1 controller, \
-             so systemd (hybrid mode) records AllowedCPUs but cannot apply it"
+        let r = pass();
+        assert!(
+            r.stderr.contains("moved 1 process(es) of uid 59936"),
+            "{}",
+            r.stderr
         );
+        assert!(!r.stderr.contains("set:"), "set again:\n{}", r.stderr);
+    }
+    if confined {
+        assert_eq!(cpus_allowed_in(&c, &probe2), real_cpus);
     }
 
     // The drop-in alone restores the limits (a reboot clears /run): drop the
@@ -877,7 +1072,31 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
         r.stderr
     );
 
-    // Bookings end: limits removed.
+    if layout == Some(false) {
+        // The cpuset group lost (it does not survive a reboot): the next
+        // pass sets it again, and only it.
+        let group = format!("{kloigos_group}/user-59936");
+        for pid in c.read(&format!("{group}/cgroup.procs")).lines() {
+            sh(&[
+                "sh",
+                "-c",
+                &format!("echo {pid} > /sys/fs/cgroup/cpuset/cgroup.procs"),
+            ]);
+        }
+        sh(&["rmdir", &group]);
+        assert_eq!(cpus_allowed_in(&c, &probe), open);
+        let r = pass();
+        assert!(
+            r.stderr.contains("user-59936.slice: AllowedCPUs=")
+                && r.stderr.contains("already in place: only the step below"),
+            "{}",
+            r.stderr
+        );
+        assert_eq!(cpus_allowed_in(&c, &probe), real_cpus);
+        assert_eq!(cpus_allowed_in(&c, &probe2), real_cpus);
+    }
+
+    // Bookings end: limits removed, the processes (kill is off) back on every CPU.
     n.release(&b_real.id);
     n.release(&b_ling.id);
     let r = pass();
@@ -895,6 +1114,26 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
             ])
             .code,
             0
+        );
+    }
+    if confined {
+        for (pid, who) in [
+            (&probe, "logged-in"),
+            (&probe2, "logged-in (second)"),
+            (&ling_pid, "lingering"),
+        ] {
+            assert_eq!(
+                cpus_allowed_in(&c, pid),
+                open,
+                "the {who} user's process kept its CPU limits after the booking ended"
+            );
+        }
+    }
+    if layout == Some(false) {
+        assert_ne!(
+            c.exec(&["test", "-e", kloigos_group]).code,
+            0,
+            "the kloigos cpuset group stayed after the last booking ended"
         );
     }
 }

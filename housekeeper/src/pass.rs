@@ -118,10 +118,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
     let now = Timestamp::now();
     let inp = inputs(opts)?;
-    if !opts.dry_run {
+    // An uninstall on a node whose state directory is already gone must not recreate it.
+    let no_dir = opts.uninstall && !inp.state_dir.exists();
+    if !opts.dry_run && !no_dir {
         fs::create_dir_all(&inp.state_dir).map_err(|e| Error::io(&inp.state_dir, e))?;
     }
-    let _lock = if opts.dry_run {
+    let _lock = if opts.dry_run || no_dir {
         None
     } else {
         Some(PassLock::take(&inp.state_dir.join("housekeeper.lock"))?)
@@ -260,6 +262,7 @@ pub fn run(opts: &Options) -> Result<Report> {
             &inp.node,
             now,
             &plan,
+            &desired,
             backend.as_ref(),
             record.nft.as_ref(),
             &hook_list,
@@ -361,7 +364,7 @@ fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[p
                 Ok(()) => log::event(&format!(
                     "slice {} set: {}",
                     b.name(),
-                    b.describe(*uid, limits)
+                    b.describe_set(*uid, limits).join("; ")
                 )),
                 Err(e) => log::error(&format!("setting the limits of uid {uid}: {e}")),
             },
@@ -528,30 +531,62 @@ fn uninstall(inp: &Inputs, record: &mut Record, dry_run: bool) -> Result<Report>
     Ok(report)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn print_plan(
     node: &NodeName,
     now: Timestamp,
     plan: &Plan,
+    desired: &enforce::Desired,
     backend: Option<&Backend>,
     nft_record: Option<&NftRecord>,
     hook_list: &[PathBuf],
     procs: &[procfs::Proc],
 ) {
     println!("kloigos-housekeeper --dry-run on {node} at {now}: plan (nothing is changed)");
-    if plan.is_idle() {
+    let bname = backend.map_or("none", Backend::name);
+    // Processes of users whose limits stay as they are, not yet in their group.
+    let mut moves = Vec::new();
+    for uid in desired.users.keys() {
+        let (Some(b), false) = (
+            backend,
+            plan.slices
+                .iter()
+                .any(|a| matches!(a, SliceAction::Set { uid: u, .. } if u == uid)),
+        ) else {
+            continue;
+        };
+        let pids: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.is_live_of(*uid))
+            .map(|p| p.pid)
+            .collect();
+        for (dir, pids) in b.to_move(*uid, &pids) {
+            moves.push(format!(
+                "slices ({bname}): move {} process(es) of uid {uid} into {}: {pids:?}",
+                pids.len(),
+                dir.display()
+            ));
+        }
+    }
+    if plan.is_idle() && moves.is_empty() {
         println!("nothing to do");
     }
-    let bname = backend.map_or("none", Backend::name);
     for a in &plan.slices {
-        match (a, backend) {
-            (SliceAction::Set { uid, limits }, Some(b)) => {
-                println!("slices ({bname}): set {}", b.describe(*uid, limits))
-            }
-            (SliceAction::Clear { uid }, _) => {
-                println!("slices ({bname}): remove the limits of uid {uid}")
-            }
-            _ => {}
+        let steps = match (a, backend) {
+            (SliceAction::Set { uid, limits }, Some(b)) => b.describe_set(*uid, limits),
+            (SliceAction::Clear { uid }, Some(b)) => b.describe_clear(*uid),
+            _ => Vec::new(),
+        };
+        for (i, step) in steps.iter().enumerate() {
+            let verb = match (i, a) {
+                (0, SliceAction::Set { .. }) => "set ",
+                _ => "",
+            };
+            println!("slices ({bname}): {verb}{step}");
         }
+    }
+    for m in &moves {
+        println!("{m}");
     }
     match &plan.nft {
         Some(NftAction::Load(text)) => {

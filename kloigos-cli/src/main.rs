@@ -2,7 +2,6 @@
 //! kloigos-core, print. Exit codes: 0 ok, 1 refused, 2 usage, 3 storage.
 
 mod admin;
-mod args;
 mod book;
 mod ctx;
 mod demo;
@@ -17,16 +16,10 @@ use std::process::ExitCode;
 use clap::Parser;
 use kloigos_core::privilege::Privileges;
 
-use crate::args::{Cli, Cmd};
-use crate::error::CliError;
+use kloigos_cli::args;
+use kloigos_cli::args::{Cli, Cmd};
 
-/// Version and the git commit it was built from.
-pub const VERSION: &str = concat!(
-    env!("CARGO_PKG_VERSION"),
-    " (",
-    env!("KLOIGOS_GIT_COMMIT"),
-    ")"
-);
+use crate::error::CliError;
 
 fn main() -> ExitCode {
     // Record the caller and replace the environment before anything else

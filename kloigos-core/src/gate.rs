@@ -9,7 +9,10 @@
 //!    from the share, read with the deadline;
 //! 2. this node's `state.json` is read from the share on a helper thread with
 //!    a deadline (a hung NFS read must not hang sshd; the thread is left
-//!    behind on timeout) and decides: an active booking lets the user in;
+//!    behind on timeout) and decides: an active booking lets the user in.
+//!    The policy for this step is the share's `cluster.json`, read on the
+//!    same thread, unless a fresh local copy gives it: then `cluster.json`
+//!    is only checked to be there (the share is mounted);
 //! 3. when the share is unreachable, slow, corrupt or untrusted, a fresh local
 //!    copy decides instead; failing that, `on_error`.
 //!
@@ -24,7 +27,7 @@ use std::fmt;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
@@ -33,7 +36,7 @@ use crate::access::{decide_login, login_without_state, Login};
 use crate::config::{Config, OnError};
 use crate::error::{Error, Result};
 use crate::names::NodeName;
-use crate::policy::Policy;
+use crate::policy::{check_version, Policy};
 use crate::state::NodeState;
 use crate::store::{parse_json, read_trusted, LocalCopy, Store, Trust};
 use crate::users::{self, Account};
@@ -148,6 +151,11 @@ pub trait SharedReader: Send + Sync + 'static {
     /// Reads `nodes/<node>/state.json`; `Ok(None)` when the cluster (whose
     /// `cluster.json` was read) has no such node.
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>>;
+    /// Checks that the share is mounted (its `cluster.json` is there),
+    /// without reading the policy; by default by reading it.
+    fn mounted(&self) -> Result<()> {
+        self.policy().map(|_| ())
+    }
 }
 
 /// Reads the housekeeper's local copy: `Ok(None)` when there is none.
@@ -175,11 +183,30 @@ impl SharedReader for StoreReader {
         self.store.policy()
     }
 
+    fn mounted(&self) -> Result<()> {
+        cluster_file_present(&self.store.cluster_path())
+    }
+
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
         if !self.store.has_node(node) {
             return Ok(None);
         }
         self.store.node(node).map(Some)
+    }
+}
+
+/// Whether `cluster.json` at `path` is there (not followed if a link), with
+/// [`Store::policy`]'s error when it is not: the share is not mounted.
+fn cluster_file_present(path: &Path) -> Result<()> {
+    match std::fs::symlink_metadata(path) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(match Error::io(path, &e) {
+            Error::Storage { msg, .. } if msg.contains("No such file") => Error::Storage {
+                path: path.into(),
+                msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
+            },
+            other => other,
+        }),
     }
 }
 
@@ -203,10 +230,13 @@ impl LocalCopyFile {
 impl LocalCopyReader for LocalCopyFile {
     fn local_copy(&self) -> Result<Option<LocalCopy>> {
         match read_trusted(&self.path, &self.trust) {
-            Ok(bytes) => {
-                let copy: LocalCopy = parse_json(&self.path, &bytes)?;
-                Ok(Some(copy))
-            }
+            // One pass for a good copy; parse_json's two (the version
+            // first) only to name what is wrong with a bad one. A copy that
+            // parses and has a known version is what parse_json returns.
+            Ok(bytes) => match serde_json::from_slice::<LocalCopy>(&bytes) {
+                Ok(copy) if check_version(copy.version).is_ok() => Ok(Some(copy)),
+                _ => parse_json(&self.path, &bytes).map(Some),
+            },
             Err(Error::Storage { msg, .. }) if is_enoent(&msg) => Ok(None),
             Err(e) => Err(e),
         }
@@ -338,7 +368,186 @@ pub struct GateParams<'a> {
     pub timeout: Duration,
 }
 
+/// How long a wait between the decision and its reader thread polls before
+/// it sleeps. Falling asleep and being woken costs tens of microseconds
+/// (more in a VM), as much as the reads themselves; a healthy share answers
+/// well within this, so a fast decision never sleeps. Bounded: a slow share
+/// costs at most this much CPU before the ordinary sleeping wait.
+const SPIN: Duration = Duration::from_micros(200);
+
+/// Polls `rx` for up to [`SPIN`]; `None`: nothing yet (or the sender is gone;
+/// the sleeping wait that follows tells which).
+fn spin_recv<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    let start = Instant::now();
+    loop {
+        match rx.try_recv() {
+            Ok(v) => return Some(v),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) if start.elapsed() < SPIN => {
+                std::hint::spin_loop();
+            }
+            Err(mpsc::TryRecvError::Empty) => return None,
+        }
+    }
+}
+
+/// Waits for the next message on `rx` without a deadline: polls for up to
+/// [`SPIN`], then sleeps. `None`: the sender is gone.
+fn wait_for<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
+    spin_recv(rx).or_else(|| rx.recv().ok())
+}
+
+/// What the reader thread of a decision is told to do.
+struct Order {
+    /// Read `cluster.json`; else only check that it is there (the share is
+    /// mounted), the policy coming from a fresh local copy.
+    policy: bool,
+    /// The node whose state to read, when known.
+    node: Option<NodeName>,
+}
+
+/// What the reader thread of a decision hands over.
+enum Read {
+    /// `cluster.json` (or `None`: only checked to be there), first.
+    Head(Result<Option<Policy>>),
+    /// This node's state, read only when asked for.
+    Node(Result<Option<NodeState>>),
+}
+
+/// The one helper thread of a decision, with the decision's deadline.
+///
+/// It is started first, so that its start overlaps the local work, and
+/// reads nothing until told: told to go (with the node, when the node
+/// state is already known to be needed), it reads `cluster.json` and hands
+/// it over; then it reads the node's state, once it knows the node, or ends
+/// when told nothing more. So the share is never touched for a user the
+/// local copy's policy decides, and the state never read for a user the
+/// share's policy decides. One thread serves both reads (a thread start is
+/// a large part of a fast decision).
+struct ShareRead {
+    /// The thread's answers; `Err` when it could not be started.
+    rx: std::result::Result<mpsc::Receiver<Read>, DeadlineError>,
+    /// Orders for the thread: the first one starts the reads (with the node,
+    /// or without to read `cluster.json` only and wait for a second order
+    /// naming it). Dropping it ends a thread that waits for an order.
+    go: Option<mpsc::SyncSender<Order>>,
+    /// Whether the node has been sent.
+    node_sent: bool,
+    deadline: Instant,
+    /// The whole budget, for the message on timeout.
+    budget: Duration,
+}
+
+impl ShareRead {
+    /// Starts the thread; it reads nothing before [`ShareRead::head`].
+    fn start(shared: Arc<dyn SharedReader>, deadline: Instant, budget: Duration) -> ShareRead {
+        // Room for both answers: a late thread never blocks on a send, it
+        // just fails once the decision has gone. Orders are sent one at a
+        // time, each only when the thread is known to wait for it.
+        let (tx, rx) = mpsc::sync_channel(2);
+        let (go, go_rx) = mpsc::sync_channel::<Order>(1);
+        let started = std::thread::Builder::new()
+            .name("kloigos-read".into())
+            .spawn(move || {
+                let Some(first) = wait_for(&go_rx) else {
+                    return;
+                };
+                let head = if first.policy {
+                    shared.policy().map(Some)
+                } else {
+                    shared.mounted().map(|()| None)
+                };
+                let failed = head.is_err();
+                // A node already named: read its state before handing over
+                // the policy, so the caller is woken once for both.
+                let state = match &first.node {
+                    Some(n) if !failed => Some(shared.node(n)),
+                    _ => None,
+                };
+                if tx.send(Read::Head(head)).is_err() || failed {
+                    return;
+                }
+                let state = match state {
+                    Some(s) => s,
+                    None => match wait_for(&go_rx) {
+                        Some(Order { node: Some(n), .. }) => shared.node(&n),
+                        _ => return,
+                    },
+                };
+                let _ = tx.send(Read::Node(state));
+            });
+        ShareRead {
+            rx: started
+                .map(|_| rx)
+                .map_err(|e| DeadlineError::Spawn(e.to_string())),
+            go: Some(go),
+            node_sent: false,
+            deadline,
+            budget,
+        }
+    }
+
+    /// Sends an order; the thread waits for it (or is gone, which the
+    /// answer then shows), so this never blocks.
+    fn order(&mut self, order: Order) {
+        self.node_sent |= order.node.is_some();
+        if let Some(go) = &self.go {
+            let _ = go.send(order);
+        }
+    }
+
+    /// The next answer, waiting at most until the deadline.
+    fn next(&self) -> std::result::Result<Read, DeadlineError> {
+        let rx = self.rx.as_ref().map_err(Clone::clone)?;
+        if let Some(r) = spin_recv(rx) {
+            return Ok(r);
+        }
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        rx.recv_timeout(left).map_err(|e| match e {
+            mpsc::RecvTimeoutError::Timeout => DeadlineError::TimedOut(self.budget),
+            mpsc::RecvTimeoutError::Disconnected => DeadlineError::Died,
+        })
+    }
+
+    /// `cluster.json` from the share (with `policy`; else `None` once it
+    /// is known to be there); with `node`, that node's state is read right
+    /// after, for [`ShareRead::node`].
+    fn head(
+        &mut self,
+        policy: bool,
+        node: Option<NodeName>,
+    ) -> std::result::Result<Option<Policy>, String> {
+        self.order(Order { policy, node });
+        match self.next() {
+            Ok(Read::Head(r)) => r.map_err(|e| e.to_string()),
+            Ok(Read::Node(_)) => Err("the reader answered out of order (a bug)".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// `node`'s state from the share, after [`ShareRead::head`] (which
+    /// may have named the node already; it must be the same).
+    fn node(&mut self, node: NodeName) -> std::result::Result<Option<NodeState>, String> {
+        if !self.node_sent {
+            self.order(Order {
+                policy: false,
+                node: Some(node),
+            });
+        }
+        match self.next() {
+            Ok(Read::Node(r)) => r.map_err(|e| e.to_string()),
+            Ok(Read::Head(_)) => Err("the reader answered out of order (a bug)".into()),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// The login decision with injected readers; see the module doc for the order.
+///
+/// The share is read on one helper thread (see `ShareRead`), started
+/// first and told to read only when the share is needed. The local copy is
+/// read on this thread before the helper is told anything, and never after,
+/// so the two readers never run at the same time.
 pub fn check_with(
     p: &GateParams<'_>,
     shared: Arc<dyn SharedReader>,
@@ -349,6 +558,14 @@ pub fn check_with(
     let user = p.user;
     let mut problems = Vec::new();
     let mut detail = Vec::new();
+    let finish = |mut d: Decision, problems: Vec<String>, mut detail: Vec<String>| {
+        detail.push(format!("decided in {} ms", started.elapsed().as_millis()));
+        d.problems.extend(problems);
+        d.detail.extend(detail);
+        d
+    };
+    // Root is let in whatever the files say: no reader thread for root.
+    let mut reader = (user.uid != 0).then(|| ShareRead::start(shared, deadline, p.timeout));
 
     // The local copy serves twice: its policy (any age) for step 1, and as
     // the fallback (when fresh) for step 3.
@@ -364,40 +581,28 @@ pub fn check_with(
         }
     };
 
-    // Step 1: the decision that needs no node state.
-    let mut policy_from_share = None;
-    let policy = match &copy {
-        Some(c) => {
+    // Step 1: the decision that needs no node state, from the copy's
+    // policy, else from the share's.
+    let mut share_policy = None;
+    let policy = match (&copy, &mut reader) {
+        (Some(c), _) => {
             detail.push(format!("policy from the local copy of {}", c.copied_at));
-            Some(c.policy.clone())
+            Some(&c.policy)
         }
-        None => {
-            let r = Arc::clone(&shared);
-            let left = deadline.saturating_duration_since(Instant::now());
-            match with_deadline(left, move || r.policy()) {
-                Ok(Ok(pol)) => {
-                    detail.push("policy from the share".into());
-                    policy_from_share = Some(pol.clone());
-                    Some(pol)
-                }
-                Ok(Err(e)) => {
-                    problems.push(format!("shared tree: {e}"));
-                    None
-                }
-                Err(e) => {
-                    problems.push(format!("shared tree: {e}"));
-                    None
-                }
+        (None, Some(r)) => match r.head(true, None) {
+            Ok(pol) => {
+                detail.push("policy from the share".into());
+                share_policy = pol;
+                share_policy.as_ref()
             }
-        }
+            Err(e) => {
+                problems.push(format!("shared tree: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
     };
-    let finish = |mut d: Decision, problems: Vec<String>, mut detail: Vec<String>| {
-        detail.push(format!("decided in {} ms", started.elapsed().as_millis()));
-        d.problems.extend(problems);
-        d.detail.extend(detail);
-        d
-    };
-    match &policy {
+    match policy {
         Some(pol) => {
             if let Some(login) = login_without_state(pol, user) {
                 let d = Decision::new(user.name.as_str(), Some(user.uid), login, Source::Policy);
@@ -424,7 +629,10 @@ pub fn check_with(
         }
     }
 
-    // Step 2: this node's state from the share, under what is left of the deadline.
+    // Step 2: this node's state from the share, under what is left of the
+    // deadline, with the share's policy; or with a fresh local copy's, when
+    // there is one, as the share's `cluster.json` is then only checked to be
+    // there (no `cluster.json`: the share is not mounted, as in step 3).
     let node = match p.node.clone().map_or_else(|| p.config.node_name(), Ok) {
         Ok(n) => n,
         Err(e) => {
@@ -433,33 +641,41 @@ pub fn check_with(
             return finish(d, problems, detail);
         }
     };
-    let r = Arc::clone(&shared);
-    let n = node.clone();
-    let left = deadline.saturating_duration_since(Instant::now());
-    let read = with_deadline(left, move || -> Result<SharedView> {
-        let policy = match policy_from_share {
-            Some(pol) => pol,
-            None => r.policy()?,
-        };
-        let state = r.node(&n)?;
-        Ok(SharedView { policy, state })
-    });
+    let max_age = p.config.pam.cache_max_age_s;
+    let fresh = copy.as_ref().filter(|c| c.is_fresh(p.now, max_age));
+    // Root was decided in step 1, so the reader exists here.
+    let read = match (reader, share_policy) {
+        (Some(mut r), Some(pol)) => r.node(node.clone()).map(|st| (Some(pol), st)),
+        (Some(mut r), None) => r
+            .head(fresh.is_none(), Some(node.clone()))
+            .and_then(|pol| r.node(node.clone()).map(|st| (pol, st))),
+        (None, _) => Err(DeadlineError::Died.to_string()),
+    };
     let err = match read {
-        Ok(Ok(view)) => {
-            let mut d = match &view.state {
-                Some(st) => decide_from(&view.policy, user, st, &node, p.now, Source::Shared),
+        Ok((share, state)) => {
+            // The share's policy, else (cluster.json only checked to be
+            // there) the fresh copy's.
+            let Some(pol) = share.as_ref().or(fresh.map(|c| &c.policy)) else {
+                let e = "the reader answered without the policy (a bug)";
+                problems.push(format!("shared tree: {e}"));
+                let d = on_error_decision(user, p.config.pam.on_error, Some(&node));
+                return finish(d, problems, detail);
+            };
+            if share.is_none() {
+                detail.push("cluster.json is there; the fresh copy's policy serves".into());
+            }
+            let mut d = match &state {
+                Some(st) => decide_from(pol, user, st, &node, p.now, Source::Shared),
                 None => not_a_node(user, &node, Source::Shared),
             };
             d.node = Some(node);
             return finish(d, problems, detail);
         }
-        Ok(Err(e)) => e.to_string(),
-        Err(e) => e.to_string(),
+        Err(e) => e,
     };
     problems.push(format!("shared tree: {err}"));
 
     // Step 3: a fresh local copy, else on_error.
-    let max_age = p.config.pam.cache_max_age_s;
     let mut d = match &copy {
         Some(c) if !c.is_fresh(p.now, max_age) => {
             problems.push(format!(
@@ -519,13 +735,16 @@ fn not_a_node(user: &Account, node: &NodeName, source: Source) -> Decision {
 /// Who the gate trusts: root and the configured service account (looked up
 /// by name; root alone when the account does not exist here).
 pub fn trust_for(config: &Config) -> (Trust, Option<String>) {
-    match users::by_name(&config.service_user) {
+    trust_for_user(&config.service_user)
+}
+
+fn trust_for_user(service_user: &str) -> (Trust, Option<String>) {
+    match users::by_name(service_user) {
         Ok(Some(a)) => (Trust::service(a.uid), None),
         Ok(None) => (
             Trust::service(0),
             Some(format!(
-                "service account '{}' does not exist here; trusting root-owned files only",
-                config.service_user
+                "service account '{service_user}' does not exist here; trusting root-owned files only"
             )),
         ),
         Err(e) => (
@@ -535,8 +754,99 @@ pub fn trust_for(config: &Config) -> (Trust, Option<String>) {
     }
 }
 
+/// The gate's trust, [`trust_for`], with the service account looked up
+/// only when a file needs it: a file is read believing root alone first,
+/// and only a refusal for its owner looks the account up (once per
+/// decision) and reads the file again believing root and the account. The
+/// outcome is the one [`trust_for`]'s trust gives (a file root alone may be
+/// trusted with is one root and the account may be trusted with, and every
+/// other refusal or failure comes before or regardless of the owner); a
+/// tree owned by root needs no lookup.
+#[derive(Debug)]
+struct LazyTrust {
+    service_user: String,
+    full: OnceLock<(Trust, Option<String>)>,
+}
+
+impl LazyTrust {
+    fn new(service_user: &str) -> Arc<LazyTrust> {
+        Arc::new(LazyTrust {
+            service_user: service_user.to_string(),
+            full: OnceLock::new(),
+        })
+    }
+
+    /// Runs the read `f` with root's trust, then, if the owner was refused,
+    /// with the full trust.
+    fn read<T>(&self, f: impl Fn(&Trust) -> Result<T>) -> Result<T> {
+        let root = Trust::service(0);
+        // Once looked up, the full trust serves directly.
+        if let Some((full, _)) = self.full.get() {
+            return f(full);
+        }
+        match f(&root) {
+            Err(e) if refused_owner(&e) => {
+                let (full, _) = self.full.get_or_init(|| trust_for_user(&self.service_user));
+                if *full == root {
+                    Err(e)
+                } else {
+                    f(full)
+                }
+            }
+            other => other,
+        }
+    }
+
+    /// What the account lookup had to say, if it was made and has finished.
+    fn note(&self) -> Option<String> {
+        self.full.get().and_then(|(_, note)| note.clone())
+    }
+}
+
+/// Whether `e` is [`Trust::check`]'s refusal of a file's (or its
+/// directory's) owner.
+fn refused_owner(e: &Error) -> bool {
+    matches!(e, Error::Storage { msg, .. } if msg.contains("not by a trusted owner"))
+}
+
+/// The share through [`Store`], with a [`LazyTrust`].
+struct LazyStoreReader {
+    root: PathBuf,
+    trust: Arc<LazyTrust>,
+}
+
+impl SharedReader for LazyStoreReader {
+    fn policy(&self) -> Result<Policy> {
+        self.trust
+            .read(|t| Store::new(&self.root, t.clone()).policy())
+    }
+
+    fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
+        self.trust
+            .read(|t| StoreReader::new(Store::new(&self.root, t.clone())).node(node))
+    }
+
+    fn mounted(&self) -> Result<()> {
+        cluster_file_present(&self.root.join(crate::store::CLUSTER_FILE))
+    }
+}
+
+/// The local copy through [`LocalCopyFile`], with a [`LazyTrust`].
+struct LazyLocalCopy {
+    path: PathBuf,
+    trust: Arc<LazyTrust>,
+}
+
+impl LocalCopyReader for LazyLocalCopy {
+    fn local_copy(&self) -> Result<Option<LocalCopy>> {
+        self.trust
+            .read(|t| LocalCopyFile::new(&self.path, t.clone()).local_copy())
+    }
+}
+
 /// The login decision on this host, reading the real share and local copy
-/// named by `config`. Used by the PAM module and `kloigos check-login`.
+/// named by `config`, trusting files owned by root or the service account
+/// (looked up only for a file root does not own). Used by the PAM module.
 pub fn check(
     config: &Config,
     user: &Account,
@@ -544,9 +854,18 @@ pub fn check(
     now: Timestamp,
     timeout: Duration,
 ) -> Decision {
-    let (trust, note) = trust_for(config);
-    let shared = Arc::new(StoreReader::new(Store::new(&config.shared, trust.clone())));
-    let local = LocalCopyFile::new(&config.housekeeper.state_copy, trust);
+    // One trust for both readers: the local copy is read on this thread
+    // before the reader thread is told to read, and never after (see
+    // check_with), so the two never wait on each other's account lookup.
+    let trust = LazyTrust::new(&config.service_user);
+    let shared = Arc::new(LazyStoreReader {
+        root: config.shared.clone(),
+        trust: Arc::clone(&trust),
+    });
+    let local = LazyLocalCopy {
+        path: config.housekeeper.state_copy.clone(),
+        trust: Arc::clone(&trust),
+    };
     let p = GateParams {
         config,
         user,
@@ -555,7 +874,7 @@ pub fn check(
         timeout,
     };
     let mut d = check_with(&p, shared, &local);
-    d.detail.extend(note);
+    d.detail.extend(trust.note());
     d
 }
 
@@ -1047,6 +1366,128 @@ mod tests {
         let mut d = unknown_user("x");
         d.problems.push("a\nb\rc".into());
         assert!(!d.log_line(true).contains(['\n', '\r']));
+    }
+
+    #[test]
+    fn lazy_trust_believes_root_and_the_service_account_only() {
+        // Needs root (to give files away) and an account to stand in for
+        // the service account.
+        if !nix::unistd::geteuid().is_root() {
+            return;
+        }
+        let Some(svc) = users::by_name("nobody").unwrap() else {
+            return;
+        };
+        let t = tempfile::tempdir().unwrap();
+        let root_store = Store::new(t.path().join("shared"), Trust::service(0));
+        root_store.init(&policy()).unwrap();
+        let give = |path: &Path, uid: u32| {
+            nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), None).unwrap();
+        };
+        let cluster = root_store.cluster_path();
+        // Root-owned: believed, and no account is looked up.
+        let trust = LazyTrust::new("no-such-kloigos-account");
+        let r = LazyStoreReader {
+            root: root_store.root().to_path_buf(),
+            trust: Arc::clone(&trust),
+        };
+        assert_eq!(r.policy().unwrap(), policy());
+        assert!(trust.full.get().is_none(), "no lookup for root's files");
+        // Owned by the service account: believed after one lookup.
+        give(root_store.root(), svc.uid);
+        give(&cluster, svc.uid);
+        let trust = LazyTrust::new("nobody");
+        let r = LazyStoreReader {
+            root: root_store.root().to_path_buf(),
+            trust: Arc::clone(&trust),
+        };
+        assert_eq!(r.policy().unwrap(), policy());
+        assert_eq!(
+            trust.full.get().map(|(t, _)| t),
+            Some(&Trust::service(svc.uid))
+        );
+        // ... but not when the service account is another one, or missing.
+        for name in ["root", "no-such-kloigos-account"] {
+            let trust = LazyTrust::new(name);
+            let r = LazyStoreReader {
+                root: root_store.root().to_path_buf(),
+                trust: Arc::clone(&trust),
+            };
+            let e = r.policy().unwrap_err().to_string();
+            assert!(e.contains("not by a trusted owner"), "{name}: {e}");
+        }
+        let note = LazyTrust::new("no-such-kloigos-account");
+        let _ = note.read(|t| read_trusted(&cluster, t));
+        assert!(note
+            .note()
+            .is_some_and(|n| n.contains("does not exist here")));
+        // The local copy likewise; other refusals are not retried.
+        let copy_path = t.path().join("copy.json");
+        let c = LocalCopy::new(ts(NOW), policy(), Some(state()));
+        std::fs::write(&copy_path, crate::store::to_json(&c)).unwrap();
+        give(&copy_path, svc.uid);
+        let local = LazyLocalCopy {
+            path: copy_path.clone(),
+            trust: LazyTrust::new("nobody"),
+        };
+        assert_eq!(local.local_copy().unwrap(), Some(c));
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&copy_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+        let e = local.local_copy().unwrap_err().to_string();
+        assert!(e.contains("lets others write it"), "{e}");
+        let missing = LazyLocalCopy {
+            path: t.path().join("absent.json"),
+            trust: LazyTrust::new("nobody"),
+        };
+        assert_eq!(missing.local_copy().unwrap(), None);
+        assert!(missing.trust.full.get().is_none());
+    }
+
+    #[test]
+    fn a_fresh_copy_gives_the_policy_and_cluster_json_is_only_checked() {
+        let t = tempfile::tempdir().unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let store = Store::new(t.path().join("shared"), Trust::service(me));
+        store.init(&policy()).unwrap();
+        let by = UserName::new("root").unwrap();
+        let mut st = state();
+        st.bookings.clear();
+        store.add_node(&st, &by, ts(NOW)).unwrap();
+        let c = config(OnError::Deny);
+        let go = |copy: &FakeCopy| {
+            let p = GateParams {
+                config: &c,
+                user: &bob(),
+                node: None,
+                now: ts(NOW),
+                timeout: Duration::from_secs(5),
+            };
+            check_with(&p, Arc::new(StoreReader::new(store.clone())), copy)
+        };
+        // An unparsable cluster.json: with a fresh copy the share's state
+        // still decides (bob has no booking); with a stale one, it is an error.
+        std::fs::write(store.cluster_path(), b"{").unwrap();
+        let fresh = copy_at("2026-11-23T10:55:00Z", Some(state()));
+        let d = go(&fresh);
+        assert_eq!(d.source, Source::Shared, "{d:?}");
+        assert!(matches!(d.login, Login::Deny(_)), "{d:?}");
+        let stale = copy_at("2026-11-23T10:00:00Z", Some(state()));
+        let d = go(&stale);
+        assert_eq!(d.source, Source::OnError, "{d:?}");
+        assert!(d.log_line(false).contains("cluster.json"), "{d:?}");
+        // No cluster.json: not mounted, whatever the copy; the fresh copy decides.
+        std::fs::remove_file(store.cluster_path()).unwrap();
+        let d = go(&fresh);
+        assert_eq!(d.source, Source::LocalCopy, "{d:?}");
+        assert!(d.log_line(false).contains("not mounted"), "{d:?}");
+        // Not a node stays "not a node" with a fresh copy.
+        std::fs::write(store.cluster_path(), crate::store::to_json(&policy())).unwrap();
+        std::fs::rename(store.node_dir(&node3()), t.path().join("gone")).unwrap();
+        let d = go(&fresh);
+        assert!(
+            matches!(&d.login, Login::Ignore(r) if r.contains("not a node")),
+            "{d:?}"
+        );
     }
 
     #[test]

@@ -1,5 +1,12 @@
 //! Accounts as the decisions see them, looked up through nix (never the
 //! `users` crate).
+//!
+//! An account's groups are looked up only when first asked for
+//! ([`Account::in_group`], [`Account::groups`]): most decisions (the PAM
+//! gate of a cluster without an admin group, most CLI commands) never need
+//! them, and the lookup reads the group database once per group.
+
+use std::sync::OnceLock;
 
 use nix::unistd::{Gid, Group, Uid, User};
 
@@ -7,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::names::UserName;
 
 /// A user account: name, uid, primary gid and the names of all its groups.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Account {
     /// Login name.
     pub name: UserName,
@@ -15,8 +22,8 @@ pub struct Account {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Names of the primary and supplementary groups.
-    pub groups: Vec<String>,
+    /// Names of the primary and supplementary groups, once looked up.
+    groups: OnceLock<Vec<String>>,
 }
 
 impl Account {
@@ -26,25 +33,48 @@ impl Account {
             name: UserName::new(name)?,
             uid,
             gid: uid,
-            groups: groups.iter().map(|g| g.to_string()).collect(),
+            groups: OnceLock::from(groups.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
         })
+    }
+
+    /// Names of the primary and supplementary groups (looked up in the
+    /// group database on first use; a group that cannot be looked up is
+    /// left out).
+    pub fn groups(&self) -> &[String] {
+        self.groups
+            .get_or_init(|| lookup_groups(self.name.as_str(), self.gid))
     }
 
     /// Whether the account is in group `group`.
     pub fn in_group(&self, group: &str) -> bool {
-        self.groups.iter().any(|g| g == group)
+        self.groups().iter().any(|g| g == group)
     }
 }
 
-fn from_user(u: User) -> Result<Account> {
-    let name = UserName::new(&u.name)?;
+impl PartialEq for Account {
+    fn eq(&self, other: &Account) -> bool {
+        self.name == other.name
+            && self.uid == other.uid
+            && self.gid == other.gid
+            && self.groups() == other.groups()
+    }
+}
+
+impl Eq for Account {}
+
+/// The names of the groups of user `name` whose primary group is `gid`:
+/// the primary group first, then the supplementary ones, no duplicates.
+fn lookup_groups(name: &str, gid: u32) -> Vec<String> {
+    let gid = Gid::from_raw(gid);
     let mut groups = Vec::new();
-    if let Ok(Some(g)) = Group::from_gid(u.gid) {
+    if let Ok(Some(g)) = Group::from_gid(gid) {
         groups.push(g.name);
     }
-    let cname = std::ffi::CString::new(u.name.clone())
-        .map_err(|_| Error::invalid("user name", &u.name, "names cannot contain NUL"))?;
-    if let Ok(gids) = nix::unistd::getgrouplist(&cname, u.gid) {
+    // A user name never holds a NUL (UserName checks it); no NUL, no groups.
+    let Ok(cname) = std::ffi::CString::new(name) else {
+        return groups;
+    };
+    if let Ok(gids) = nix::unistd::getgrouplist(&cname, gid) {
         for gid in gids {
             if let Ok(Some(g)) = Group::from_gid(gid) {
                 if !groups.contains(&g.name) {
@@ -53,15 +83,28 @@ fn from_user(u: User) -> Result<Account> {
             }
         }
     }
+    groups
+}
+
+fn from_user(u: User) -> Result<Account> {
+    let name = UserName::new(&u.name)?;
+    if u.name.contains('\0') {
+        return Err(Error::invalid(
+            "user name",
+            &u.name,
+            "names cannot contain NUL",
+        ));
+    }
     Ok(Account {
         name,
         uid: u.uid.as_raw(),
         gid: u.gid.as_raw(),
-        groups,
+        groups: OnceLock::new(),
     })
 }
 
-/// Looks up an account by name; `Ok(None)` when it does not exist.
+/// Looks up an account by name; `Ok(None)` when it does not exist. Its
+/// groups are looked up later, when first asked for.
 pub fn by_name(name: &str) -> Result<Option<Account>> {
     match User::from_name(name) {
         Ok(Some(u)) => from_user(u).map(Some),
@@ -73,7 +116,8 @@ pub fn by_name(name: &str) -> Result<Option<Account>> {
     }
 }
 
-/// Looks up an account by uid; `Ok(None)` when it does not exist.
+/// Looks up an account by uid; `Ok(None)` when it does not exist. Its
+/// groups are looked up later, when first asked for.
 pub fn by_uid(uid: u32) -> Result<Option<Account>> {
     match User::from_uid(Uid::from_raw(uid)) {
         Ok(Some(u)) => from_user(u).map(Some),
@@ -99,4 +143,33 @@ pub fn group_name(gid: u32) -> Option<String> {
         .ok()
         .flatten()
         .map(|g| g.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn groups_given_are_kept_and_compared() {
+        let a = Account::new("alice", 1001, &["alice", "wheel"]).unwrap();
+        assert!(a.in_group("wheel") && !a.in_group("gpu"));
+        assert_eq!(a.groups(), ["alice", "wheel"]);
+        assert_eq!(a.clone(), a);
+        assert_ne!(a, Account::new("alice", 1001, &["alice"]).unwrap());
+    }
+
+    #[test]
+    fn groups_are_looked_up_on_first_use_only() {
+        let Some(root) = by_name("root").unwrap() else {
+            return;
+        };
+        assert_eq!(root.groups.get(), None, "not looked up yet");
+        let primary = group_name(root.gid);
+        let groups = root.groups().to_vec();
+        assert_eq!(groups.first(), primary.as_ref());
+        assert_eq!(root.groups.get(), Some(&groups));
+        assert!(primary.is_none_or(|g| root.in_group(&g)));
+        // The same account, looked up again, compares equal.
+        assert_eq!(by_name("root").unwrap(), Some(root));
+    }
 }

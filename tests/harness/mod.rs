@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod cmd;
 pub mod housekeeper;
+pub mod node;
 pub mod nspawn;
 pub mod pam;
 pub mod poll;

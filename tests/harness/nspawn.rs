@@ -96,6 +96,9 @@ pub fn rootfs() -> Result<PathBuf, String> {
     Ok(root)
 }
 
+/// The host's cgroup v1 cpuset hierarchy, where there is one.
+const HOST_CPUSET: &str = "/sys/fs/cgroup/cpuset";
+
 /// A booted container; powered off (and killed if need be) on drop.
 pub struct Container {
     nspawn: Child,
@@ -103,6 +106,9 @@ pub struct Container {
     pub leader: i32,
     /// The machine name.
     pub name: String,
+    /// The host's v1 cpuset group the container runs in, and the root of
+    /// its cpuset hierarchy (see [`Container::boot_in_own_cpuset`]).
+    pub cpuset_group: Option<PathBuf>,
 }
 
 impl Container {
@@ -113,22 +119,79 @@ impl Container {
         name: &str,
         binds: &[(&Path, &str, bool)],
     ) -> Result<Container, String> {
-        let mut c = Command::new("systemd-nspawn");
-        c.arg("-D")
-            .arg(rootfs)
-            .args([
+        Container::boot_with(rootfs, name, binds, None)
+    }
+
+    /// [`Container::boot`], but where the host has a cgroup v1 cpuset
+    /// hierarchy, in a cpuset group of its own
+    /// (`/sys/fs/cgroup/cpuset/kloigos-test-NAME`, all CPUs and memory
+    /// nodes), removed on drop. The container's cgroup namespace is rooted
+    /// there, so whatever it does in its cpuset hierarchy stays inside that
+    /// group and never meets the host's or another test's groups.
+    pub fn boot_in_own_cpuset(
+        rootfs: &Path,
+        name: &str,
+        binds: &[(&Path, &str, bool)],
+    ) -> Result<Container, String> {
+        let host = Path::new(HOST_CPUSET);
+        if !host.join("cpuset.cpus").exists() {
+            return Container::boot(rootfs, name, binds);
+        }
+        let group = host.join(format!("kloigos-test-{name}"));
+        remove_cpuset_tree(&group);
+        std::fs::create_dir(&group).map_err(|e| format!("{}: {e}", group.display()))?;
+        for f in ["cpuset.cpus", "cpuset.mems"] {
+            let all = std::fs::read_to_string(host.join(f)).map_err(|e| format!("{f}: {e}"))?;
+            std::fs::write(group.join(f), all.trim())
+                .map_err(|e| format!("{}: {e}", group.join(f).display()))?;
+        }
+        let booted = Container::boot_with(rootfs, name, binds, Some(group.clone()));
+        if booted.is_err() {
+            remove_cpuset_tree(&group);
+        }
+        booted
+    }
+
+    fn boot_with(
+        rootfs: &Path,
+        name: &str,
+        binds: &[(&Path, &str, bool)],
+        cpuset_group: Option<PathBuf>,
+    ) -> Result<Container, String> {
+        let mut args: Vec<String> = vec!["-D".into(), rootfs.to_string_lossy().into()];
+        args.extend(
+            [
                 "--volatile=overlay",
                 "--boot",
                 "--register=no",
                 "--keep-unit",
                 "--private-network",
                 "--console=pipe",
-            ])
-            .arg(format!("--machine={name}"));
+            ]
+            .map(String::from),
+        );
+        args.push(format!("--machine={name}"));
         for (host, inside, ro) in binds {
             let flag = if *ro { "--bind-ro" } else { "--bind" };
-            c.arg(format!("{flag}={}:{inside}", host.display()));
+            args.push(format!("{flag}={}:{inside}", host.display()));
         }
+        let mut c = match &cpuset_group {
+            // The shell joins the group, then becomes nspawn (same pid), so
+            // the container is created inside the group.
+            Some(g) => {
+                let mut c = Command::new("sh");
+                c.arg("-c")
+                    .arg("echo $$ > \"$0\" && exec systemd-nspawn \"$@\"")
+                    .arg(g.join("cgroup.procs"))
+                    .args(&args);
+                c
+            }
+            None => {
+                let mut c = Command::new("systemd-nspawn");
+                c.args(&args);
+                c
+            }
+        };
         let nspawn = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -139,6 +202,7 @@ impl Container {
             leader: 0,
             nspawn,
             name: name.into(),
+            cpuset_group,
         };
         let pid = me.nspawn.id();
         // nspawn's first child is a short-lived helper; the leader is the
@@ -179,6 +243,40 @@ impl Container {
         run("nsenter", &args)
     }
 
+    /// Remounts the container's cgroup v1 cpuset hierarchy read-write.
+    /// systemd-nspawn mounts the host's v1 controller hierarchies read-only;
+    /// on a real hybrid host systemd mounts them read-write. Only the mount
+    /// flags change (a bind remount); with [`Container::boot_in_own_cpuset`]
+    /// the hierarchy is the container's own group.
+    pub fn cpuset_writable(&self) -> Result<(), String> {
+        let t = self.leader.to_string();
+        let r = run(
+            "nsenter",
+            &[
+                "-t",
+                &t,
+                "-m",
+                "--",
+                "mount",
+                "-o",
+                "remount,bind,rw,nosuid,nodev,noexec",
+                "/sys/fs/cgroup/cpuset",
+            ],
+        );
+        if r.code != 0 {
+            return Err(format!(
+                "remounting /sys/fs/cgroup/cpuset read-write in the container: {}",
+                r.stderr
+            ));
+        }
+        Ok(())
+    }
+
+    /// Reads a file inside the container (empty if it cannot be read).
+    pub fn read(&self, path: &str) -> String {
+        self.exec(&["cat", path]).stdout
+    }
+
     /// `systemctl show UNIT -p P...` as a map of property to value.
     pub fn show(&self, unit: &str, props: &[&str]) -> std::collections::BTreeMap<String, String> {
         let mut argv = vec!["systemctl", "show", unit];
@@ -208,5 +306,34 @@ impl Drop for Container {
             let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
             let _ = self.nspawn.wait();
         }
+        if let Some(g) = &self.cpuset_group {
+            // The container's last tasks may still be exiting.
+            wait_until(Duration::from_secs(10), || {
+                remove_cpuset_tree(g);
+                !g.exists()
+            });
+        }
     }
+}
+
+/// Removes a v1 cpuset group and the groups under it, deepest first, moving
+/// any task left in them to the root group.
+fn remove_cpuset_tree(dir: &Path) {
+    if !dir.is_dir() {
+        return;
+    }
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.filter_map(|e| e.ok()) {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_cpuset_tree(&e.path());
+            }
+        }
+    }
+    for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+        .unwrap_or_default()
+        .lines()
+    {
+        let _ = std::fs::write(Path::new(HOST_CPUSET).join("cgroup.procs"), pid);
+    }
+    let _ = std::fs::remove_dir(dir);
 }

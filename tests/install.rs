@@ -1,0 +1,611 @@
+//! install.sh into scratch roots (DESTDIR): files, modes and owners,
+//! idempotence, --dry-run, --uninstall back to the state before, each clear
+//! error, and --enable-pam on a scratch pam.d checked with pamtester (and
+//! rolled back when root would be locked out).
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use kloigos_tests::cmd::{run, Run};
+use kloigos_tests::node::{free_uid, install_sh, module_dir, snapshot};
+use kloigos_tests::require_root;
+
+/// A scratch dir under /var/tmp with an empty install root, a shared
+/// directory owned by a free uid (no account: DESTDIR installs create none),
+/// and a pam.d directory.
+struct Scratch {
+    dir: tempfile::TempDir,
+    uid: u32,
+}
+
+impl Scratch {
+    fn new(tag: &str) -> Scratch {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("kloigos-inst-{tag}-"))
+            .tempdir_in("/var/tmp")
+            .expect("scratch dir");
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+            .expect("chmod");
+        let uid = free_uid(58700 + 10 * (tag.len() as u32 % 20));
+        let me = Scratch { dir, uid };
+        for d in ["root", "shared", "pamd"] {
+            std::fs::create_dir(me.path(d)).expect("mkdir");
+        }
+        std::os::unix::fs::chown(me.path("shared"), Some(uid), Some(uid)).expect("chown");
+        me
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn root(&self) -> PathBuf {
+        self.path("root")
+    }
+
+    /// The usual arguments of an install into this scratch root.
+    fn args(&self) -> Vec<String> {
+        vec![
+            "--destdir".into(),
+            self.root().display().to_string(),
+            "--uid".into(),
+            self.uid.to_string(),
+            "--service-user".into(),
+            format!("kinst{}", self.uid),
+            "--shared".into(),
+            self.path("shared").display().to_string(),
+            "--bin-dir".into(),
+            kloigos_tests::bin_dir().display().to_string(),
+            "--node".into(),
+            "nodeA".into(),
+        ]
+    }
+
+    fn install(&self, extra: &[&str]) -> Run {
+        let mut a = self.args();
+        a.extend(extra.iter().map(|s| s.to_string()));
+        install_sh(&a)
+    }
+
+    fn uninstall(&self, extra: &[&str]) -> Run {
+        let mut a = vec![
+            "--destdir".to_string(),
+            self.root().display().to_string(),
+            "--uninstall".into(),
+        ];
+        a.extend(extra.iter().map(|s| s.to_string()));
+        install_sh(&a)
+    }
+
+    fn snap(&self) -> Vec<String> {
+        snapshot(&self.root())
+    }
+}
+
+fn mode_owner(p: &Path) -> (u32, u32, u32) {
+    let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+    (m.mode() & 0o7777, m.uid(), m.gid())
+}
+
+#[test]
+fn install_destdir_files_modes_rerun_dry_run_and_uninstall() {
+    require_root!();
+    let s = Scratch::new("main");
+    let before = s.snap();
+
+    let dry = s.install(&["--dry-run"]);
+    dry.ok()
+        .out_has("would")
+        .out_has("dry run: nothing was changed");
+    assert_eq!(s.snap(), before, "--dry-run changed the scratch root");
+
+    let r = s.install(&[]);
+    r.ok()
+        .out_has("skipped (DESTDIR): create the account")
+        .out_has("skipped: shell completions");
+    let root = s.root();
+    assert_eq!(
+        mode_owner(&root.join("usr/local/bin/kloigos")),
+        (0o4755, s.uid, s.uid),
+        "kloigos must be setuid to the service uid"
+    );
+    assert_eq!(
+        mode_owner(&root.join("usr/local/sbin/kloigos-housekeeper")),
+        (0o755, 0, 0)
+    );
+    let moddir = module_dir();
+    let module = root
+        .join(moddir.strip_prefix("/").expect("absolute"))
+        .join("pam_kloigos.so");
+    assert_eq!(mode_owner(&module), (0o644, 0, 0));
+    assert_eq!(
+        std::fs::read(&module).expect("module"),
+        std::fs::read(kloigos_tests::bin("libpam_kloigos.so")).expect("built module")
+    );
+    let cfg_path = root.join("etc/kloigos/config.json");
+    assert_eq!(mode_owner(&cfg_path), (0o644, 0, 0));
+    let cfg =
+        kloigos_core::config::Config::parse(&cfg_path, &std::fs::read(&cfg_path).expect("config"))
+            .expect("the installed config parses");
+    assert_eq!(cfg.shared, s.path("shared"));
+    assert_eq!(cfg.node.as_ref().map(|n| n.as_str()), Some("nodeA"));
+    assert_eq!(cfg.service_user, format!("kinst{}", s.uid));
+    assert!(
+        cfg.partitions.is_empty(),
+        "the example's partitions are not copied"
+    );
+    // No systemd here: the cron entry, pointing at the installed housekeeper.
+    let cron = std::fs::read_to_string(root.join("etc/cron.d/kloigos-housekeeper")).expect("cron");
+    assert!(
+        cron.contains("root /usr/local/sbin/kloigos-housekeeper --once"),
+        "{cron}"
+    );
+    assert!(root.join("etc/kloigos/hooks/release.d").is_dir());
+    assert_eq!(mode_owner(&root.join("var/lib/kloigos")), (0o755, 0, 0));
+    let manifest =
+        std::fs::read_to_string(root.join("var/lib/kloigos/install-manifest")).expect("manifest");
+    assert!(manifest.contains("usr/local/bin/kloigos\n"), "{manifest}");
+    // A scratch install creates no account on this host.
+    assert!(run("getent", &["passwd", &format!("kinst{}", s.uid)]).code != 0);
+
+    let installed = s.snap();
+    let again = s.install(&[]);
+    again.ok().out_has("unchanged:");
+    assert!(
+        !again.stdout.contains("install.sh: install "),
+        "{}",
+        again.stdout
+    );
+    assert_eq!(s.snap(), installed, "re-running changed something");
+
+    s.uninstall(&["--dry-run"])
+        .ok()
+        .out_has("dry run: nothing was changed");
+    assert_eq!(
+        s.snap(),
+        installed,
+        "--uninstall --dry-run changed something"
+    );
+    s.uninstall(&[])
+        .ok()
+        .out_has("skipped (DESTDIR): kloigos-housekeeper --uninstall")
+        .out_has("the shared directory is untouched");
+    assert_eq!(
+        s.snap(),
+        before,
+        "--uninstall did not restore the scratch root"
+    );
+    assert_eq!(mode_owner(&s.path("shared")), (0o755, s.uid, s.uid));
+    eprintln!("install: destdir install, re-run, dry runs and uninstall -> ok");
+}
+
+#[test]
+fn install_prefix_systemd_and_build_dry_run() {
+    require_root!();
+    let s = Scratch::new("prefix");
+    let before = s.snap();
+    // The build path, printed only (the suite builds once, in debug).
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--bin-dir").expect("bin-dir");
+    a.drain(i..i + 2);
+    a.push("--dry-run".into());
+    install_sh(&a)
+        .ok()
+        .out_has("cargo build --release")
+        .out_has("dry run: nothing was changed");
+    assert_eq!(s.snap(), before);
+
+    s.install(&["--prefix", "/opt/kloigos", "--scheduler", "systemd"])
+        .ok()
+        .out_has("skipped (DESTDIR): systemctl daemon-reload");
+    let root = s.root();
+    assert_eq!(
+        mode_owner(&root.join("opt/kloigos/bin/kloigos")),
+        (0o4755, s.uid, s.uid)
+    );
+    let svc = std::fs::read_to_string(root.join("etc/systemd/system/kloigos-housekeeper.service"))
+        .expect("service unit");
+    assert!(
+        svc.contains("ExecStart=/opt/kloigos/sbin/kloigos-housekeeper --once"),
+        "{svc}"
+    );
+    assert!(root
+        .join("etc/systemd/system/kloigos-housekeeper.timer")
+        .is_file());
+    assert!(!root.join("etc/cron.d").exists());
+    s.uninstall(&[]).ok();
+    assert_eq!(s.snap(), before);
+    eprintln!("install: --prefix, systemd units, build dry run -> ok");
+}
+
+#[test]
+fn install_edited_config_is_kept() {
+    require_root!();
+    let s = Scratch::new("edited");
+    s.install(&[]).ok();
+    let cfg = s.root().join("etc/kloigos/config.json");
+    let edited = std::fs::read_to_string(&cfg)
+        .expect("config")
+        .replace("\"grace_s\": 60", "\"grace_s\": 5");
+    std::fs::write(&cfg, &edited).expect("edit");
+    s.install(&[])
+        .ok()
+        .out_has("kept the existing")
+        .out_has("not overwritten");
+    assert_eq!(std::fs::read_to_string(&cfg).expect("config"), edited);
+    s.uninstall(&[]).ok().out_has("edited since install");
+    assert_eq!(std::fs::read_to_string(&cfg).expect("config"), edited);
+    assert!(!s.root().join("usr/local/bin/kloigos").exists());
+    eprintln!("install: an edited config.json is neither overwritten nor removed -> ok");
+}
+
+#[test]
+fn install_clear_errors() {
+    require_root!();
+    let s = Scratch::new("errors");
+    let before = s.snap();
+    let user = kloigos_tests::pam::user("kinsterr", &[]);
+
+    // Not root: run as a throwaway user.
+    let mut c = Command::new("setpriv");
+    c.arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .args(["--init-groups", "--"])
+        .arg(kloigos_tests::node::install_script())
+        .args(s.args());
+    let r = Run::of(&mut c);
+    r.code(1).err_has("must run as root");
+
+    // Shared path missing.
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--shared").expect("shared");
+    a[i + 1] = s.path("no-such-dir").display().to_string();
+    install_sh(&a)
+        .code(1)
+        .err_has("does not exist: mount the NFS export there first");
+
+    // Shared path owned by someone else.
+    a[i + 1] = s.path("pamd").display().to_string();
+    install_sh(&a)
+        .code(1)
+        .err_has("is owned by uid 0, not by")
+        .err_has(&format!("chown {}:{}", s.uid, s.uid));
+
+    // The uid belongs to another user.
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--uid").expect("uid");
+    a[i + 1] = user.uid.to_string();
+    install_sh(&a).code(1).err_has(&format!(
+        "uid {} is already taken by the user kinsterr",
+        user.uid
+    ));
+
+    // The account exists with another uid.
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--service-user").expect("svc");
+    a[i + 1] = "kinsterr".into();
+    install_sh(&a)
+        .code(1)
+        .err_has("the account kinsterr exists with uid");
+
+    // No PAM modules: the module directory hidden by an empty tmpfs.
+    let moddir = module_dir();
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg("mount -t tmpfs none \"$1\" && shift && exec \"$@\"")
+        .arg("sh")
+        .arg(&moddir)
+        .arg(kloigos_tests::node::install_script())
+        .args(s.args());
+    Run::of(&mut c).code(1).err_has("libpam missing");
+
+    // Usage errors name the argument.
+    install_sh(&["--uid".to_string(), "abc".into()])
+        .code(2)
+        .err_has("--uid 'abc' is not a number");
+    install_sh(&["--frobnicate".to_string()])
+        .code(2)
+        .err_has("unknown argument '--frobnicate'");
+    s.uninstall(&[]).code(1).err_has("no install manifest");
+
+    assert_eq!(s.snap(), before, "a refused install wrote something");
+    eprintln!("install: clear errors (not root, shared missing, wrong owner, uid clash, name clash, libpam missing) -> ok");
+}
+
+/// A minimal sshd stack in the Debian shape (`@include common-account`).
+fn write_pamd(s: &Scratch, sshd: &str) -> PathBuf {
+    let d = s.path("pamd");
+    std::fs::write(d.join("sshd"), sshd).expect("sshd");
+    std::fs::copy("/etc/pam.d/common-account", d.join("common-account")).expect("common-account");
+    std::fs::write(
+        d.join("other"),
+        "auth required pam_deny.so\naccount required pam_deny.so\n",
+    )
+    .expect("other");
+    d.join("sshd")
+}
+
+const SSHD_STACK: &str = "# test stack\nauth required pam_deny.so\naccount required pam_nologin.so\n@include common-account\nsession required pam_permit.so\npassword required pam_deny.so\n";
+
+#[test]
+fn install_enable_pam_checks_with_pamtester_and_uninstall_restores() {
+    require_root!();
+    let s = Scratch::new("pamok");
+    let sshd = write_pamd(&s, SSHD_STACK);
+    let pamd = s.path("pamd").display().to_string();
+    let orig = std::fs::read(&sshd).expect("sshd");
+
+    let r = s.install(&["--enable-pam", "--pam-dir", &pamd]);
+    r.ok().out_has("checked with pamtester: root still passes");
+    let text = std::fs::read_to_string(&sshd).expect("sshd");
+    let lines: Vec<&str> = text.lines().collect();
+    let inc = lines
+        .iter()
+        .position(|l| *l == "@include common-account")
+        .expect("include");
+    assert!(lines[inc + 1].starts_with("# kloigos:"), "{text}");
+    assert_eq!(lines[inc + 2], "account required pam_kloigos.so", "{text}");
+    let backup = s.root().join("var/lib/kloigos/pam-backup/sshd");
+    assert_eq!(std::fs::read(&backup).expect("backup"), orig);
+
+    let wired = std::fs::read(&sshd).expect("sshd");
+    s.install(&["--enable-pam", "--pam-dir", &pamd])
+        .ok()
+        .out_has("already has pam_kloigos.so");
+    assert_eq!(std::fs::read(&sshd).expect("sshd"), wired);
+
+    s.uninstall(&[]).ok().out_has("restore");
+    assert_eq!(std::fs::read(&sshd).expect("sshd"), orig);
+    assert!(!backup.exists());
+
+    // Edited after install: only the kloigos lines go.
+    s.install(&["--enable-pam", "--pam-dir", &pamd]).ok();
+    let mut edited = std::fs::read_to_string(&sshd).expect("sshd");
+    edited.push_str("session optional pam_env.so\n");
+    std::fs::write(&sshd, &edited).expect("edit");
+    s.uninstall(&[]).ok().out_has("edited since install");
+    let mut want = String::from_utf8(orig).expect("utf-8");
+    want.push_str("session optional pam_env.so\n");
+    assert_eq!(std::fs::read_to_string(&sshd).expect("sshd"), want);
+    eprintln!(
+        "install: --enable-pam verified by pamtester, idempotent, undone by --uninstall -> ok"
+    );
+}
+
+#[test]
+fn install_enable_pam_rolls_back_when_root_would_be_locked_out() {
+    require_root!();
+    let s = Scratch::new("pamrollback");
+    let sshd = write_pamd(&s, SSHD_STACK);
+    let pamd = s.path("pamd").display().to_string();
+    let orig = std::fs::read(&sshd).expect("sshd");
+
+    // A module that cannot load: `account required` then fails for everyone.
+    let bins = s.path("broken-bin");
+    std::fs::create_dir(&bins).expect("mkdir");
+    for b in ["kloigos", "kloigos-housekeeper"] {
+        std::fs::copy(kloigos_tests::bin(b), bins.join(b)).expect("copy");
+    }
+    std::fs::write(bins.join("libpam_kloigos.so"), b"not an ELF file").expect("junk");
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--bin-dir").expect("bin-dir");
+    a[i + 1] = bins.display().to_string();
+    a.extend(["--enable-pam".to_string(), "--pam-dir".into(), pamd.clone()]);
+    install_sh(&a)
+        .code(1)
+        .err_has("rolled back")
+        .err_has("is as before");
+    assert_eq!(std::fs::read(&sshd).expect("sshd"), orig);
+    assert!(!s.root().join("var/lib/kloigos/pam-backup/sshd").exists());
+
+    // A stack that already refuses root is left alone.
+    let broken = "account requisite pam_deny.so\n";
+    write_pamd(&s, broken);
+    s.install(&["--enable-pam", "--pam-dir", &pamd])
+        .code(1)
+        .err_has("already refuses root");
+    assert_eq!(std::fs::read_to_string(&sshd).expect("sshd"), broken);
+    s.uninstall(&[]).ok();
+    eprintln!("install: a PAM change that locks root out is rolled back -> ok");
+}
+
+#[test]
+fn install_sh_is_shellcheck_clean() {
+    // shellcheck is in tests/apt-packages.txt; ./tests/run.sh installs it as root.
+    if run("sh", &["-c", "command -v shellcheck"]).code != 0 {
+        eprintln!("SKIPPED (no shellcheck): install_sh_is_shellcheck_clean");
+        return;
+    }
+    let script = kloigos_tests::node::install_script();
+    let r = run("shellcheck", &[script.to_str().expect("utf-8")]);
+    assert_eq!(
+        r.code, 0,
+        "shellcheck install.sh:\n{}{}",
+        r.stdout, r.stderr
+    );
+    // User input never goes through eval.
+    let text = std::fs::read_to_string(&script).expect("install.sh");
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.trim_start().starts_with("eval ") || l.contains(" eval ")),
+        "install.sh uses eval"
+    );
+}
+
+#[test]
+fn install_completions_when_generated_files_exist() {
+    require_root!();
+    let s = Scratch::new("completions");
+    let before = s.snap();
+    // Prebuilt binaries with generated completions next to them (the
+    // layout install.sh looks for: <bin-dir>/completions/).
+    let bins = s.path("bin");
+    std::fs::create_dir_all(bins.join("completions")).expect("mkdir");
+    for b in ["kloigos", "kloigos-housekeeper", "libpam_kloigos.so"] {
+        std::fs::copy(kloigos_tests::bin(b), bins.join(b)).expect("copy");
+    }
+    for (f, text) in [
+        ("kloigos.bash", "complete -F _kloigos kloigos\n"),
+        ("_kloigos", "#compdef kloigos\n"),
+        ("kloigos.fish", "complete -c kloigos\n"),
+    ] {
+        std::fs::write(bins.join("completions").join(f), text).expect("completion");
+    }
+    let mut a = s.args();
+    let i = a.iter().position(|x| x == "--bin-dir").expect("bin-dir");
+    a[i + 1] = bins.display().to_string();
+    install_sh(&a).ok();
+    let root = s.root();
+    for (p, head) in [
+        (
+            "usr/share/bash-completion/completions/kloigos",
+            "complete -F",
+        ),
+        ("usr/share/zsh/vendor-completions/_kloigos", "#compdef"),
+        (
+            "usr/share/fish/vendor_completions.d/kloigos.fish",
+            "complete -c",
+        ),
+    ] {
+        let text = std::fs::read_to_string(root.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+        assert!(text.starts_with(head), "{p}: {text}");
+        assert_eq!(mode_owner(&root.join(p)), (0o644, 0, 0));
+    }
+    s.uninstall(&[]).ok();
+    assert_eq!(s.snap(), before);
+    eprintln!("install: shell completions installed when generated -> ok");
+}
+
+#[test]
+fn install_in_a_systemd_container_enables_the_timer() {
+    require_root!();
+    let rootfs = match kloigos_tests::nspawn::rootfs() {
+        Ok(r) => r,
+        Err(why) => {
+            eprintln!("SKIPPED: no systemd container: {why}");
+            return;
+        }
+    };
+    let s = Scratch::new("systemd-container");
+    let repo = kloigos_tests::node::install_script()
+        .parent()
+        .expect("repo")
+        .to_path_buf();
+    let shared = s.path("shared");
+    let name = format!("kinst{}", std::process::id());
+    let c = kloigos_tests::nspawn::Container::boot(
+        &rootfs,
+        &name,
+        &[(&repo, "/src", true), (&shared, "/srv/kloigos", false)],
+    )
+    .unwrap_or_else(|why| panic!("the container did not boot: {why}"));
+    let bin_dir = format!(
+        "/src/{}",
+        kloigos_tests::bin_dir()
+            .strip_prefix(&repo)
+            .expect("binaries built inside the repository")
+            .display()
+    );
+    let uid = s.uid.to_string();
+    let before = c.exec(&[
+        "sh",
+        "-c",
+        "getent passwd; getent group; systemctl list-unit-files 'kloigos*'",
+    ]);
+    let args = [
+        "/src/install.sh",
+        "--uid",
+        &uid,
+        "--shared",
+        "/srv/kloigos",
+        "--bin-dir",
+        &bin_dir,
+    ];
+    let r = c.exec(&args);
+    assert_eq!(
+        r.code, 0,
+        "install.sh in the container:\n{}{}",
+        r.stdout, r.stderr
+    );
+    assert!(
+        r.stdout
+            .contains("enable the timer kloigos-housekeeper.timer"),
+        "{}",
+        r.stdout
+    );
+    let id = c.exec(&["id", "-u", "kloigos"]);
+    assert_eq!(id.stdout.trim(), uid, "{id:?}");
+    let svc = c.exec(&["getent", "passwd", "kloigos"]).stdout;
+    assert!(svc.contains(":/nonexistent:/usr/sbin/nologin"), "{svc}");
+    for q in ["is-enabled", "is-active"] {
+        let r = c.exec(&["systemctl", q, "kloigos-housekeeper.timer"]);
+        assert_eq!(r.code, 0, "timer {q}: {r:?}");
+    }
+    assert!(
+        c.exec(&["test", "-e", "/etc/cron.d/kloigos-housekeeper"])
+            .code
+            != 0
+    );
+    // The installed service runs a pass: the cluster made by the first admin.
+    let k = "/usr/local/bin/kloigos";
+    let node = c.exec(&["hostname", "-s"]).stdout.trim().to_string();
+    for argv in [
+        vec![k, "admin", "init"],
+        vec![k, "admin", "add-node", &node, "--cpus", "0"],
+        vec!["systemctl", "start", "kloigos-housekeeper.service"],
+    ] {
+        let r = c.exec(&argv);
+        let log = c.exec(&[
+            "journalctl",
+            "-u",
+            "kloigos-housekeeper.service",
+            "--no-pager",
+        ]);
+        assert_eq!(r.code, 0, "{argv:?}: {r:?}\n{}", log.stdout);
+    }
+    let facts = shared.join("nodes").join(&node).join("facts.json");
+    assert!(
+        facts.is_file(),
+        "the housekeeper service wrote no {}: {}",
+        facts.display(),
+        c.exec(&[
+            "journalctl",
+            "-u",
+            "kloigos-housekeeper.service",
+            "--no-pager"
+        ])
+        .stdout
+    );
+    let again = c.exec(&args);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(
+        !again.stdout.contains("enable the timer"),
+        "{}",
+        again.stdout
+    );
+
+    let r = c.exec(&["/src/install.sh", "--uninstall"]);
+    assert_eq!(
+        r.code, 0,
+        "uninstall in the container:\n{}{}",
+        r.stdout, r.stderr
+    );
+    let after = c.exec(&[
+        "sh",
+        "-c",
+        "getent passwd; getent group; systemctl list-unit-files 'kloigos*'",
+    ]);
+    assert_eq!(
+        after.stdout, before.stdout,
+        "uninstall left the container changed"
+    );
+    assert!(c.exec(&["test", "-e", "/usr/local/bin/kloigos"]).code != 0);
+    assert_eq!(
+        mode_owner(&shared),
+        (0o755, s.uid, s.uid),
+        "shared dir kept"
+    );
+    eprintln!("install: systemd node: account created, timer enabled, all undone -> ok");
+}
