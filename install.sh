@@ -461,14 +461,17 @@ fi
 # The programs: built here, or prebuilt.
 if [ -z "$BIN_DIR" ]; then
     BIN_DIR="$SRC_DIR/target/release"
-    say "build in release: cargo build --release -p kloigos-cli -p housekeeper -p pam_kloigos"
+    say "build in release: cargo build --release -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen, then kloigos-gen $BIN_DIR (completions)"
     if [ "$DRY_RUN" = 0 ]; then
         if ! command -v cargo >/dev/null; then
             [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo is not installed: build elsewhere (cargo build --release --workspace) and pass --bin-dir DIR"
             PATH="$HOME/.cargo/bin:$PATH"
         fi
-        (cd "$SRC_DIR" && cargo build --release --quiet -p kloigos-cli -p housekeeper -p pam_kloigos) ||
+        (cd "$SRC_DIR" && cargo build --release --quiet -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen) ||
             die "the release build failed (see above)"
+        # Completions (and man pages) from the clap definitions, where step 7 looks for them.
+        "$BIN_DIR/kloigos-gen" "$BIN_DIR" >/dev/null ||
+            die "generating shell completions failed (see above)"
     fi
 fi
 PAM_SO="$BIN_DIR/libpam_kloigos.so"
