@@ -241,7 +241,6 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "release node1:1",
         "history",
         "admin drain node2 -r 'disk swap'",
-        "doctor",
         "admin fsck",
     ] {
         println!("  kloigos --shared {s} {cmd}");
