@@ -476,20 +476,7 @@ impl SshClient {
         let mut c = lan.command("ssh");
         c.args(["-F", "/dev/null", "-i"])
             .arg(&self.key)
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-            ])
+            .args(crate::pam::SSH_CLIENT_OPTS)
             .arg(format!("{user}@{}", node.addr))
             .arg("--")
             .args(command)

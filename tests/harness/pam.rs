@@ -39,6 +39,22 @@ if [ "$pamd" != - ]; then mount --bind "$pamd" /etc/pam.d; fi
 exec "$@"
 "#;
 
+/// Options of every test ssh client: keys only, no prompts, no known hosts.
+pub const SSH_CLIENT_OPTS: &[&str] = &[
+    "-o",
+    "BatchMode=yes",
+    "-o",
+    "IdentitiesOnly=yes",
+    "-o",
+    "StrictHostKeyChecking=no",
+    "-o",
+    "UserKnownHostsFile=/dev/null",
+    "-o",
+    "ConnectTimeout=10",
+    "-o",
+    "LogLevel=ERROR",
+];
+
 /// A syslog listener: a datagram socket that a mount namespace sees as
 /// `/dev/log` (this machine runs no syslogd). Collects every line.
 pub struct SyslogSink {
@@ -448,20 +464,7 @@ impl Sshd {
         c.args(["-F", "/dev/null", "-i"])
             .arg(&key)
             .args(["-p", &self.port.to_string()])
-            .args([
-                "-o",
-                "BatchMode=yes",
-                "-o",
-                "IdentitiesOnly=yes",
-                "-o",
-                "StrictHostKeyChecking=no",
-                "-o",
-                "UserKnownHostsFile=/dev/null",
-                "-o",
-                "ConnectTimeout=10",
-                "-o",
-                "LogLevel=ERROR",
-            ])
+            .args(SSH_CLIENT_OPTS)
             .arg(format!("{user}@127.0.0.1"))
             .arg("--")
             .args(command)
