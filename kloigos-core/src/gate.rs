@@ -188,10 +188,7 @@ impl SharedReader for StoreReader {
     }
 
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
-        if !self.store.has_node(node) {
-            return Ok(None);
-        }
-        self.store.node(node).map(Some)
+        self.store.node_if_any(node)
     }
 }
 

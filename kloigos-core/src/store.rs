@@ -94,6 +94,13 @@ pub fn read_trusted(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
         let meta = fs::metadata(dir).map_err(|e| Error::io(dir, &e))?;
         trust.check(dir, &meta)?;
     }
+    read_trusted_file(path, trust)
+}
+
+/// [`read_trusted`] once the caller has checked the directory: opens the
+/// file (no symlink, no blocking, close-on-exec), checks the opened file
+/// with one `fstat`, and reads it in as few `read`s as its size allows.
+fn read_trusted_file(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
     let mut f = OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
@@ -116,13 +123,110 @@ pub fn read_trusted(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
         });
     }
     trust.check(path, &meta)?;
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    f.read_to_end(&mut buf).map_err(|e| Error::io(path, &e))?;
+    read_sized(&mut f, meta.len()).map_err(|e| Error::io(path, &e))
+}
+
+/// Largest buffer sized up front from `fstat` (a file larger than this is
+/// still read whole, the buffer growing as it goes).
+const PRESIZE_MAX: usize = 16 << 20;
+
+/// Reads `f` (a regular file `fstat` said is `len` bytes long) to its end.
+///
+/// `read_to_end` would `fstat` and `lseek` again to size its buffer and
+/// always make a last `read` that returns 0. Here the buffer has room for
+/// one byte more than `len`, so a file still `len` bytes long comes in one
+/// `read` that returns short of the request: a regular file's `read`
+/// returns short only at its end, so no second `read` is needed. A file
+/// that grew or shrank since the `fstat` is read until `read` returns 0.
+fn read_sized(f: &mut File, len: u64) -> io::Result<Vec<u8>> {
+    let expected = usize::try_from(len).unwrap_or(usize::MAX);
+    let mut buf = vec![0u8; expected.min(PRESIZE_MAX).saturating_add(1)];
+    let mut filled = 0;
+    loop {
+        if filled == buf.len() {
+            let grown = buf.len().saturating_mul(2);
+            buf.resize(grown, 0);
+        }
+        let asked = buf.len() - filled;
+        match f.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                filled += n;
+                if filled == expected && n < asked {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(filled);
     Ok(buf)
 }
 
+/// The version of a kloigos JSON file when it opens, as `to_json` writes
+/// it, with `{"version": <digits>` (whitespace allowed around the tokens);
+/// `None` for any other start (the caller then takes the slow path).
+///
+/// Only a hint: [`parse_json`] believes it only after the typed parse of
+/// the whole file succeeded, which proves the file valid JSON with exactly
+/// one top-level `"version"` (our types all have the field, and a
+/// duplicate field fails the typed parse), so this number is that field.
+fn leading_version(bytes: &[u8]) -> Option<u32> {
+    fn ws(b: &[u8], mut i: usize) -> usize {
+        while i < b.len() && matches!(b[i], b' ' | b'\t' | b'\n' | b'\r') {
+            i += 1;
+        }
+        i
+    }
+    let mut i = ws(bytes, 0);
+    if bytes.get(i) != Some(&b'{') {
+        return None;
+    }
+    i = ws(bytes, i + 1);
+    let key = b"\"version\"";
+    if !bytes.get(i..)?.starts_with(key) {
+        return None;
+    }
+    i = ws(bytes, i + key.len());
+    if bytes.get(i) != Some(&b':') {
+        return None;
+    }
+    i = ws(bytes, i + 1);
+    let start = i;
+    while i < bytes.len() && bytes[i].is_ascii_digit() {
+        i += 1;
+    }
+    let digits = &bytes[start..i];
+    // JSON numbers have no leading zeros; anything else is the slow path's.
+    if digits.is_empty() || digits.len() > 10 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let i = ws(bytes, i);
+    if !matches!(bytes.get(i), Some(b',' | b'}')) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
 /// Parses a kloigos JSON file, naming the file on failure.
+///
+/// A newer file gets the upgrade message, not a field error, and a file
+/// without `"version"` says so. A good file (its known version first, as
+/// kloigos writes it) is parsed once; any other is probed for its version
+/// first, as before, to name what is wrong with it. `T` is one of the
+/// versioned kloigos types (a `version` field), as the fast path assumes.
 pub fn parse_json<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
+    if leading_version(bytes).is_some_and(|v| check_version(v).is_ok()) {
+        if let Ok(t) = serde_json::from_slice(bytes) {
+            return Ok(t);
+        }
+    }
+    parse_json_probed(path, bytes)
+}
+
+/// [`parse_json`]'s slow path: the version probe, then the typed parse.
+fn parse_json_probed<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> Result<T> {
     // Check the version first so a newer file gets the upgrade message, not a field error.
     #[derive(Deserialize)]
     struct Versioned {
@@ -176,9 +280,21 @@ fn transient(e: &Error) -> bool {
 
 /// Reads and parses a trusted JSON file, retrying transient failures a few times.
 pub fn read_json<T: DeserializeOwned>(path: &Path, trust: &Trust) -> Result<T> {
+    read_json_in(path, trust, false)
+}
+
+/// [`read_json`]; with `dir_checked`, the caller has just checked the
+/// file's directory (owner and mode), so the first attempt does not check
+/// it again. Retries always check it.
+fn read_json_in<T: DeserializeOwned>(path: &Path, trust: &Trust, dir_checked: bool) -> Result<T> {
     let mut attempt = 0;
     loop {
-        let r = read_trusted(path, trust).and_then(|b| parse_json(path, &b));
+        let bytes = if dir_checked && attempt == 0 {
+            read_trusted_file(path, trust)
+        } else {
+            read_trusted(path, trust)
+        };
+        let r = bytes.and_then(|b| parse_json(path, &b));
         match r {
             Err(e) if attempt < 3 && transient(&e) => {
                 attempt += 1;
@@ -406,11 +522,24 @@ impl Store {
 
     /// Reads a node's state lock-free.
     pub fn node(&self, node: &NodeName) -> Result<NodeState> {
-        if !self.has_node(node) {
-            return Err(self.no_such_node(node));
-        }
-        let path = self.state_path(node);
-        let st: NodeState = read_json(&path, &self.trust)?;
+        self.node_if_any(node)?
+            .ok_or_else(|| self.no_such_node(node))
+    }
+
+    /// Reads a node's state lock-free; `Ok(None)` when there is no such node
+    /// (as [`Store::has_node`] says). The node's directory is looked at once:
+    /// that one `stat` answers whether the node exists and is the one whose
+    /// owner and mode [`read_trusted`] checks.
+    pub fn node_if_any(&self, node: &NodeName) -> Result<Option<NodeState>> {
+        let dir = self.node_dir(node);
+        // As `has_node` (`Path::is_dir`): any failure to stat it, or not a directory, is no node.
+        let meta = match fs::metadata(&dir) {
+            Ok(m) if m.is_dir() => m,
+            _ => return Ok(None),
+        };
+        self.trust.check(&dir, &meta)?;
+        let path = dir.join(STATE_FILE);
+        let st: NodeState = read_json_in(&path, &self.trust, true)?;
         if st.node.name != *node {
             return Err(Error::Corrupt {
                 path,
@@ -420,7 +549,7 @@ impl Store {
                 ),
             });
         }
-        Ok(st)
+        Ok(Some(st))
     }
 
     fn no_such_node(&self, node: &NodeName) -> Error {
@@ -790,6 +919,47 @@ mod tests {
         drop(held);
         s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
             .unwrap();
+    }
+
+    #[test]
+    fn one_pass_parse_keeps_the_version_messages() {
+        assert_eq!(leading_version(b" {\n \"version\" : 1,\"x\":2}"), Some(1));
+        assert_eq!(leading_version(b"{\"version\":12}"), Some(12));
+        for b in [
+            &b"{\"seq\":1,\"version\":1}"[..],
+            b"{\"version\":01}",
+            b"{\"version\":-1}",
+            b"{\"version\":1.0}",
+            b"{\"version\":null}",
+            b"[1]",
+            b"",
+        ] {
+            assert_eq!(leading_version(b), None, "{}", String::from_utf8_lossy(b));
+        }
+        let path = Path::new("p.json");
+        let p: Policy = parse_json(path, &to_json(&Policy::default())).unwrap();
+        assert_eq!(p, Policy::default());
+        let e = parse_json::<Policy>(path, b"{\"version\":1,\"version\":1}").unwrap_err();
+        assert!(e.to_string().contains("is not valid JSON"), "{e}");
+        let e = parse_json::<Policy>(path, b"{\"version\":2}").unwrap_err();
+        assert!(e.to_string().contains("upgrade kloigos"), "{e}");
+        let e = parse_json::<Policy>(path, b"{\"version\":1,\"nope\":1}").unwrap_err();
+        assert!(e.to_string().contains("does not match the format"), "{e}");
+    }
+
+    #[test]
+    fn sized_reads_read_whole_files() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        for len in [0usize, 1, 4095, 4096, 70_000] {
+            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            fs::write(&path, &data).unwrap();
+            // A stale size (smaller or larger than the file) still reads it all.
+            for said in [len as u64, 0, len as u64 / 2, len as u64 + 10] {
+                let mut f = File::open(&path).unwrap();
+                assert_eq!(read_sized(&mut f, said).unwrap(), data);
+            }
+        }
     }
 
     #[test]
