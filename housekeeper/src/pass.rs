@@ -2,8 +2,7 @@
 //! print the plan (`--dry-run`) or apply it.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -52,25 +51,23 @@ pub struct Report {
 /// The local lock that keeps passes from overlapping; released on drop.
 #[derive(Debug)]
 pub struct PassLock {
-    _file: File,
+    _lock: store::NodeLock,
 }
 
 impl PassLock {
-    /// Takes the lock at `path` or says another pass holds it.
+    /// Takes the lock at `path` or says another pass holds it: the store's
+    /// lock (0600, no symlinks) without waiting.
     pub fn take(path: &Path) -> Result<PassLock> {
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-            .open(path)
-            .map_err(|e| Error::io(path, e))?;
-        match file.try_lock() {
-            Ok(()) => Ok(PassLock { _file: file }),
-            Err(fs::TryLockError::WouldBlock) => Err(Error::Busy(path.into())),
-            Err(fs::TryLockError::Error(e)) => Err(Error::io(path, e)),
+        // A valid literal: the label only names the lock in core's busy error.
+        let label = NodeName::new("housekeeper").expect("valid literal");
+        match store::NodeLock::acquire(path, &label, Duration::ZERO) {
+            Ok(lock) => Ok(PassLock { _lock: lock }),
+            Err(kloigos_core::Error::Busy { .. }) => Err(Error::Busy(path.into())),
+            // A local file that cannot be opened: an I/O error of this host, as before.
+            Err(kloigos_core::Error::Storage { msg, .. }) => {
+                Err(Error::io(path, std::io::Error::other(msg)))
+            }
+            Err(e) => Err(e.into()),
         }
     }
 }
