@@ -168,7 +168,8 @@ pub fn run(opts: &Options) -> Result<Report> {
             inp.node
         ));
         if !opts.dry_run {
-            write_copy(&inp, &LocalCopy::new(now, policy, None));
+            let copy = LocalCopy::new(now, policy, None).with_service_uid(inp.service.map(|s| s.0));
+            write_copy(&inp, &copy);
             finish(
                 &inp,
                 &mut record,
@@ -314,10 +315,9 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     record.warned = plan.warned_next.clone();
-    write_copy(
-        &inp,
-        &LocalCopy::new(now, policy.clone(), Some(state.clone())),
-    );
+    let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
+        .with_service_uid(inp.service.map(|s| s.0));
+    write_copy(&inp, &copy);
     write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
     for b in &plan.hooks {
         for h in &hook_list {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use kloigos_core::access::Login;
 use kloigos_core::booking::{Booking, BookingId};
 use kloigos_core::gate::{
-    self, Decision, GateParams, LocalCopyFile, LocalCopyReader, Source, StoreReader,
+    self, Decision, GateParams, LocalCopyFile, LocalCopyReader, Source, StoreReader, Who,
 };
 use kloigos_core::names::NodeName;
 use kloigos_core::store::LocalCopy;
@@ -40,14 +40,17 @@ impl LocalCopyReader for NoLocalCopy {
 /// this command's store and trust.
 fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Decision {
     let shared = Arc::new(StoreReader::new(ctx.store.clone()));
-    let copy = LocalCopyFile::new(
-        &ctx.config.housekeeper.state_copy,
-        ctx.store.trust().clone(),
-    );
-    let local: &dyn LocalCopyReader = if ctx.overridden { &NoLocalCopy } else { &copy };
+    let local: Arc<dyn LocalCopyReader> = if ctx.overridden {
+        Arc::new(NoLocalCopy)
+    } else {
+        Arc::new(LocalCopyFile::new(
+            &ctx.config.housekeeper.state_copy,
+            ctx.store.trust().clone(),
+        ))
+    };
     let params = GateParams {
         config: &ctx.config,
-        user,
+        user: Who::Account(user),
         node: Some(node.clone()),
         now: ctx.now(),
         timeout: Duration::from_millis(ctx.config.pam.timeout_ms),

@@ -51,8 +51,7 @@ impl Serialize for BookingId {
 
 impl<'de> Deserialize<'de> for BookingId {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        BookingId::parse(&s).map_err(serde::de::Error::custom)
+        crate::text::from_str(d, "a booking id such as \"node1:7\"", BookingId::parse)
     }
 }
 

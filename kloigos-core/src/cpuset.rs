@@ -123,8 +123,7 @@ impl Serialize for CpuSet {
 
 impl<'de> Deserialize<'de> for CpuSet {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        CpuSet::parse(&s).map_err(serde::de::Error::custom)
+        crate::text::from_str(d, "a CPU list such as \"0-3,8\"", CpuSet::parse)
     }
 }
 

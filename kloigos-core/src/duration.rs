@@ -149,17 +149,12 @@ impl Serialize for Dur {
 impl<'de> Deserialize<'de> for Dur {
     /// Accepts the string forms and a bare number of seconds.
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::Secs(n) => Dur::from_secs(n),
-            Raw::Text(t) => Dur::parse(&t),
-        }
-        .map_err(serde::de::Error::custom)
+        crate::text::from_str_or_u64(
+            d,
+            "a duration such as \"1h30m\" or a number of seconds",
+            Dur::parse,
+            Dur::from_secs,
+        )
     }
 }
 

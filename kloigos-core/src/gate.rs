@@ -10,6 +10,9 @@
 //! 2. this node's `state.json` is read from the share on a helper thread with
 //!    a deadline (a hung NFS read must not hang sshd; the thread is left
 //!    behind on timeout) and decides: an active booking lets the user in.
+//!    The same thread, started first, has read the local copy meanwhile
+//!    (while the caller looked the user up), so a decision starts one
+//!    thread and waits on it as little as it can.
 //!    The policy for this step is the share's `cluster.json`, read on the
 //!    same thread, unless a fresh local copy gives it: then `cluster.json`
 //!    is only checked to be there (the share is mounted);
@@ -149,18 +152,23 @@ pub trait SharedReader: Send + Sync + 'static {
     /// Reads `cluster.json`; a missing file means the share is not mounted.
     fn policy(&self) -> Result<Policy>;
     /// Reads `nodes/<node>/state.json`; `Ok(None)` when the cluster (whose
-    /// `cluster.json` was read) has no such node.
+    /// `cluster.json` was read or checked to be there) has no such node.
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>>;
     /// Checks that the share is mounted (its `cluster.json` is there),
     /// without reading the policy; by default by reading it.
     fn mounted(&self) -> Result<()> {
         self.policy().map(|_| ())
     }
+    /// Told the service account's uid by a fresh local copy (the
+    /// housekeeper looked it up), so a reader that would look the account
+    /// up itself need not. Ignored by default.
+    fn service_uid_hint(&self, _uid: u32) {}
 }
 
 /// Reads the housekeeper's local copy: `Ok(None)` when there is none.
-/// Local disk: read without a helper thread.
-pub trait LocalCopyReader {
+/// Local disk, read on the decision's reader thread (see `Reader`) while
+/// the caller looks the user up.
+pub trait LocalCopyReader: Send + Sync + 'static {
     /// The copy, if one exists; an error when it exists but cannot be trusted.
     fn local_copy(&self) -> Result<Option<LocalCopy>>;
 }
@@ -356,7 +364,7 @@ pub struct GateParams<'a> {
     /// `cache_max_age_s`).
     pub config: &'a Config,
     /// The user logging in.
-    pub user: &'a Account,
+    pub user: Who<'a>,
     /// The node to decide for; `None`: from the config, else the host name.
     pub node: Option<NodeName>,
     /// The instant of the login.
@@ -394,103 +402,131 @@ fn wait_for<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
     spin_recv(rx).or_else(|| rx.recv().ok())
 }
 
-/// What the reader thread of a decision is told to do.
-struct Order {
-    /// Read `cluster.json`; else only check that it is there (the share is
-    /// mounted), the policy coming from a fresh local copy.
-    policy: bool,
-    /// The node whose state to read, when known.
-    node: Option<NodeName>,
+/// What the reader thread of a decision is told to do: first read the
+/// local copy, then (the order bringing the share's reader) the share.
+enum Order {
+    /// Read the local copy (local disk) and hand it over, first.
+    Copy(Arc<dyn LocalCopyReader>),
+    /// Read `cluster.json` and hand it over; with a node, read its state
+    /// right after (else wait for an [`Order::Node`] naming it, or end).
+    Policy(Arc<dyn SharedReader>, Option<NodeName>),
+    /// A fresh local copy's policy serves: only check that `cluster.json`
+    /// is there (the share is mounted), then read this node's state.
+    State(Arc<dyn SharedReader>, NodeName),
+    /// After [`Order::Policy`] without a node: read this node's state.
+    Node(NodeName),
 }
 
-/// What the reader thread of a decision hands over.
+/// What the reader thread of a decision hands over, in this order.
 enum Read {
-    /// `cluster.json` (or `None`: only checked to be there), first.
+    /// The local copy, read first (boxed: it is the largest answer).
+    Copy(Result<Option<Box<LocalCopy>>>),
+    /// `cluster.json` (or `None`: only checked to be there).
     Head(Result<Option<Policy>>),
     /// This node's state, read only when asked for.
     Node(Result<Option<NodeState>>),
 }
 
-/// The one helper thread of a decision, with the decision's deadline.
+/// The one helper thread of a login decision, with the decision's deadline.
 ///
-/// It is started first, so that its start overlaps the local work, and
-/// reads nothing until told: told to go (with the node, when the node
-/// state is already known to be needed), it reads `cluster.json` and hands
-/// it over; then it reads the node's state, once it knows the node, or ends
-/// when told nothing more. So the share is never touched for a user the
-/// local copy's policy decides, and the state never read for a user the
-/// share's policy decides. One thread serves both reads (a thread start is
-/// a large part of a fast decision).
-struct ShareRead {
+/// It is started before anything else (see [`Reader::start`]), so that its
+/// start, which takes tens of microseconds, overlaps the caller's reading
+/// of the configuration; then it reads the local copy while the caller
+/// looks the user up. It reads the share only when told: it reads
+/// `cluster.json` (or, with a fresh copy, only checks it is there) and the
+/// node's state when the node is named, and hands them over; or ends when
+/// told nothing. So the share is never touched for a user the local copy's
+/// policy decides. One thread serves every read of a decision.
+pub struct Reader {
     /// The thread's answers; `Err` when it could not be started.
     rx: std::result::Result<mpsc::Receiver<Read>, DeadlineError>,
-    /// Orders for the thread: the first one starts the reads (with the node,
-    /// or without to read `cluster.json` only and wait for a second order
-    /// naming it). Dropping it ends a thread that waits for an order.
-    go: Option<mpsc::SyncSender<Order>>,
+    /// Orders for the thread. Dropping it ends a thread that waits for one.
+    go: mpsc::SyncSender<Order>,
     /// Whether the node has been sent.
     node_sent: bool,
+    /// When the decision began: the deadline counts from here.
+    started: Instant,
     deadline: Instant,
     /// The whole budget, for the message on timeout.
     budget: Duration,
 }
 
-impl ShareRead {
-    /// Starts the thread; it reads nothing before [`ShareRead::head`].
-    fn start(shared: Arc<dyn SharedReader>, deadline: Instant, budget: Duration) -> ShareRead {
-        // Room for both answers: a late thread never blocks on a send, it
+impl Reader {
+    /// Starts the reader thread of a login decision (see [`check`]); it
+    /// waits for orders. The decision's deadline counts from now.
+    pub fn start() -> Reader {
+        let started = Instant::now();
+        // Room for every answer: a late thread never blocks on a send, it
         // just fails once the decision has gone. Orders are sent one at a
         // time, each only when the thread is known to wait for it.
-        let (tx, rx) = mpsc::sync_channel(2);
+        let (tx, rx) = mpsc::sync_channel(3);
         let (go, go_rx) = mpsc::sync_channel::<Order>(1);
-        let started = std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name("kloigos-read".into())
+            .stack_size(READER_STACK)
             .spawn(move || {
-                let Some(first) = wait_for(&go_rx) else {
-                    return;
-                };
-                let head = if first.policy {
-                    shared.policy().map(Some)
-                } else {
-                    shared.mounted().map(|()| None)
+                let mut order = wait_for(&go_rx);
+                if let Some(Order::Copy(local)) = order {
+                    let copy = local.local_copy().map(|c| c.map(Box::new));
+                    if tx.send(Read::Copy(copy)).is_err() {
+                        return;
+                    }
+                    order = wait_for(&go_rx);
+                }
+                let (shared, head, state) = match order {
+                    Some(Order::Policy(shared, node)) => {
+                        let head = shared.policy().map(Some);
+                        // A node already named: read its state before
+                        // handing over the policy, so the caller is woken
+                        // once for both.
+                        let state = match &node {
+                            Some(n) if head.is_ok() => Some(shared.node(n)),
+                            _ => None,
+                        };
+                        (shared, head, state)
+                    }
+                    Some(Order::State(shared, n)) => match shared.mounted() {
+                        Ok(()) => {
+                            let state = shared.node(&n);
+                            (shared, Ok(None), Some(state))
+                        }
+                        Err(e) => (shared, Err(e), None),
+                    },
+                    Some(Order::Node(_) | Order::Copy(_)) | None => return,
                 };
                 let failed = head.is_err();
-                // A node already named: read its state before handing over
-                // the policy, so the caller is woken once for both.
-                let state = match &first.node {
-                    Some(n) if !failed => Some(shared.node(n)),
-                    _ => None,
-                };
                 if tx.send(Read::Head(head)).is_err() || failed {
                     return;
                 }
                 let state = match state {
                     Some(s) => s,
                     None => match wait_for(&go_rx) {
-                        Some(Order { node: Some(n), .. }) => shared.node(&n),
+                        Some(Order::Node(n)) => shared.node(&n),
                         _ => return,
                     },
                 };
                 let _ = tx.send(Read::Node(state));
             });
-        ShareRead {
-            rx: started
+        Reader {
+            rx: spawned
                 .map(|_| rx)
                 .map_err(|e| DeadlineError::Spawn(e.to_string())),
-            go: Some(go),
+            go,
             node_sent: false,
-            deadline,
-            budget,
+            started,
+            deadline: started,
+            budget: Duration::ZERO,
         }
     }
 
     /// Sends an order; the thread waits for it (or is gone, which the
     /// answer then shows), so this never blocks.
     fn order(&mut self, order: Order) {
-        self.node_sent |= order.node.is_some();
-        if let Some(go) = &self.go {
-            let _ = go.send(order);
-        }
+        self.node_sent |= matches!(
+            order,
+            Order::Policy(_, Some(_)) | Order::State(..) | Order::Node(_)
+        );
+        let _ = self.go.send(order);
     }
 
     /// The next answer, waiting at most until the deadline.
@@ -506,53 +542,103 @@ impl ShareRead {
         })
     }
 
-    /// `cluster.json` from the share (with `policy`; else `None` once it
-    /// is known to be there); with `node`, that node's state is read right
-    /// after, for [`ShareRead::node`].
+    /// Has the thread read the local copy while the caller goes on.
+    fn order_copy(&mut self, local: &Arc<dyn LocalCopyReader>) {
+        self.order(Order::Copy(Arc::clone(local)));
+    }
+
+    /// The local copy [`Reader::order_copy`] asked for; read here when no
+    /// thread could be started.
+    fn copy(&self, local: &Arc<dyn LocalCopyReader>) -> Result<Option<LocalCopy>> {
+        if self.rx.is_err() {
+            return local.local_copy();
+        }
+        let why = match self.next() {
+            Ok(Read::Copy(r)) => return r.map(|c| c.map(|c| *c)),
+            Ok(_) => "the reader answered out of order (a bug)".to_string(),
+            Err(e) => e.to_string(),
+        };
+        Err(Error::Storage {
+            path: PathBuf::new(),
+            msg: format!("reading it: {why}"),
+        })
+    }
+
+    /// Sends the first share order, runs `meanwhile` (if still there) while
+    /// the thread reads, and waits for the answer: `cluster.json` for
+    /// [`Order::Policy`], `None` once the share is known to be mounted for
+    /// [`Order::State`].
     fn head(
         &mut self,
-        policy: bool,
-        node: Option<NodeName>,
+        order: Order,
+        meanwhile: &mut Option<&mut dyn FnMut()>,
     ) -> std::result::Result<Option<Policy>, String> {
-        self.order(Order { policy, node });
+        self.order(order);
+        if let Some(f) = meanwhile.take() {
+            f();
+        }
         match self.next() {
             Ok(Read::Head(r)) => r.map_err(|e| e.to_string()),
-            Ok(Read::Node(_)) => Err("the reader answered out of order (a bug)".into()),
+            Ok(_) => Err("the reader answered out of order (a bug)".into()),
             Err(e) => Err(e.to_string()),
         }
     }
 
-    /// `node`'s state from the share, after [`ShareRead::head`] (which
-    /// may have named the node already; it must be the same).
+    /// `node`'s state from the share, after [`Reader::head`] (which may
+    /// have named the node already; it must be the same).
     fn node(&mut self, node: NodeName) -> std::result::Result<Option<NodeState>, String> {
         if !self.node_sent {
-            self.order(Order {
-                policy: false,
-                node: Some(node),
-            });
+            self.order(Order::Node(node));
         }
         match self.next() {
             Ok(Read::Node(r)) => r.map_err(|e| e.to_string()),
-            Ok(Read::Head(_)) => Err("the reader answered out of order (a bug)".into()),
+            Ok(_) => Err("the reader answered out of order (a bug)".into()),
             Err(e) => Err(e.to_string()),
         }
     }
 }
 
+/// The reader thread's stack: its reads and JSON parsing need little, and
+/// a small stack is cheaper to hand back when the thread ends.
+const READER_STACK: usize = 128 * 1024;
+
+/// Whose login is decided.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    /// An account already looked up.
+    Account(&'a Account),
+    /// A user name, looked up while the reader thread reads the local copy.
+    Name(&'a str),
+}
+
 /// The login decision with injected readers; see the module doc for the order.
 ///
-/// The share is read on one helper thread (see `ShareRead`), started
-/// first and told to read only when the share is needed. The local copy is
-/// read on this thread before the helper is told anything, and never after,
-/// so the two readers never run at the same time.
+/// Every file is read by one helper thread (see [`Reader`]), started
+/// first: it reads the local copy while this thread looks the user up
+/// (when given a name), then reads the share only when told to. The local
+/// copy is read before the share, never at the same time.
 pub fn check_with(
     p: &GateParams<'_>,
     shared: Arc<dyn SharedReader>,
-    local: &dyn LocalCopyReader,
+    local: Arc<dyn LocalCopyReader>,
 ) -> Decision {
-    let started = Instant::now();
-    let deadline = started + p.timeout;
-    let user = p.user;
+    decide_with(p, Reader::start(), shared, local, &mut || {})
+}
+
+/// [`check_with`] with its reader thread already started (for `p.user`);
+/// `meanwhile` runs on this thread while the reader thread reads the share
+/// (not at all when the share is not read).
+fn decide_with(
+    p: &GateParams<'_>,
+    mut reader: Reader,
+    shared: Arc<dyn SharedReader>,
+    local: Arc<dyn LocalCopyReader>,
+    meanwhile: &mut dyn FnMut(),
+) -> Decision {
+    let mut meanwhile = Some(meanwhile);
+    let started = reader.started;
+    reader.deadline = started + p.timeout;
+    reader.budget = p.timeout;
     let mut problems = Vec::new();
     let mut detail = Vec::new();
     let finish = |mut d: Decision, problems: Vec<String>, mut detail: Vec<String>| {
@@ -561,12 +647,24 @@ pub fn check_with(
         d.detail.extend(detail);
         d
     };
-    // Root is let in whatever the files say: no reader thread for root.
-    let mut reader = (user.uid != 0).then(|| ShareRead::start(shared, deadline, p.timeout));
 
     // The local copy serves twice: its policy (any age) for step 1, and as
-    // the fallback (when fresh) for step 3.
-    let copy = match local.local_copy() {
+    // the fallback (when fresh) for step 3. Read by the reader thread while
+    // this one looks the user up.
+    reader.order_copy(&local);
+    let looked_up;
+    let user = match p.user {
+        Who::Account(a) => a,
+        Who::Name(name) => match users::by_name(name) {
+            Ok(Some(a)) => {
+                looked_up = a;
+                &looked_up
+            }
+            Ok(None) => return unknown_user(name),
+            Err(e) => return lookup_failed(name, p.config.pam.on_error, &e),
+        },
+    };
+    let copy = match reader.copy(&local) {
         Ok(Some(c)) => Some(c),
         Ok(None) => {
             detail.push("no local copy".into());
@@ -577,16 +675,33 @@ pub fn check_with(
             None
         }
     };
+    let max_age = p.config.pam.cache_max_age_s;
+    let fresh = copy.as_ref().filter(|c| c.is_fresh(p.now, max_age));
+    // The housekeeper looked the service account up when it made a fresh
+    // copy: the share's reader need not look it up again.
+    if let Some(uid) = fresh.and_then(|c| c.service_uid) {
+        shared.service_uid_hint(uid);
+    }
+
+    // This node's name: from the arguments, the config or the host name.
+    let node = p.node.clone().map_or_else(|| p.config.node_name(), Ok);
 
     // Step 1: the decision that needs no node state, from the copy's
     // policy, else from the share's.
     let mut share_policy = None;
-    let policy = match (&copy, &mut reader) {
-        (Some(c), _) => {
+    let policy = match &copy {
+        Some(c) => {
             detail.push(format!("policy from the local copy of {}", c.copied_at));
             Some(&c.policy)
         }
-        (None, Some(r)) => match r.head(true, None) {
+        // Root is let in whatever the files say: the share is not read for root.
+        None if user.uid == 0 => None,
+        // Without a copy the share is read anyway: the node's state comes
+        // with `cluster.json`, in one trip (the node name is local).
+        None => match reader.head(
+            Order::Policy(Arc::clone(&shared), node.as_ref().ok().cloned()),
+            &mut meanwhile,
+        ) {
             Ok(pol) => {
                 detail.push("policy from the share".into());
                 share_policy = pol;
@@ -597,7 +712,6 @@ pub fn check_with(
                 None
             }
         },
-        (None, None) => None,
     };
     match policy {
         Some(pol) => {
@@ -630,7 +744,7 @@ pub fn check_with(
     // deadline, with the share's policy; or with a fresh local copy's, when
     // there is one, as the share's `cluster.json` is then only checked to be
     // there (no `cluster.json`: the share is not mounted, as in step 3).
-    let node = match p.node.clone().map_or_else(|| p.config.node_name(), Ok) {
+    let node = match node {
         Ok(n) => n,
         Err(e) => {
             problems.push(format!("node name: {e}"));
@@ -638,15 +752,17 @@ pub fn check_with(
             return finish(d, problems, detail);
         }
     };
-    let max_age = p.config.pam.cache_max_age_s;
-    let fresh = copy.as_ref().filter(|c| c.is_fresh(p.now, max_age));
-    // Root was decided in step 1, so the reader exists here.
-    let read = match (reader, share_policy) {
-        (Some(mut r), Some(pol)) => r.node(node.clone()).map(|st| (Some(pol), st)),
-        (Some(mut r), None) => r
-            .head(fresh.is_none(), Some(node.clone()))
-            .and_then(|pol| r.node(node.clone()).map(|st| (pol, st))),
-        (None, _) => Err(DeadlineError::Died.to_string()),
+    let read = match share_policy {
+        Some(pol) => reader.node(node.clone()).map(|st| (Some(pol), st)),
+        None => {
+            let order = match fresh {
+                Some(_) => Order::State(Arc::clone(&shared), node.clone()),
+                None => Order::Policy(Arc::clone(&shared), Some(node.clone())),
+            };
+            reader
+                .head(order, &mut meanwhile)
+                .and_then(|pol| reader.node(node.clone()).map(|st| (pol, st)))
+        }
     };
     let err = match read {
         Ok((share, state)) => {
@@ -826,6 +942,12 @@ impl SharedReader for LazyStoreReader {
     fn mounted(&self) -> Result<()> {
         cluster_file_present(&self.root.join(crate::store::CLUSTER_FILE))
     }
+
+    fn service_uid_hint(&self, uid: u32) {
+        // Set before the first share read is ordered, so no lookup has
+        // started; a lookup already made wins.
+        let _ = self.trust.full.set((Trust::service(uid), None));
+    }
 }
 
 /// The local copy through [`LocalCopyFile`], with a [`LazyTrust`].
@@ -841,36 +963,41 @@ impl LocalCopyReader for LazyLocalCopy {
     }
 }
 
-/// The login decision on this host, reading the real share and local copy
+/// The login decision on this host for the user named `user`, with the
+/// reader thread started for it (see [`Reader::start`]), reading the real share and local copy
 /// named by `config`, trusting files owned by root or the service account
-/// (looked up only for a file root does not own). Used by the PAM module.
+/// (known from a fresh local copy, else looked up only for a file root does
+/// not own). `meanwhile` runs on this thread while the reader thread reads
+/// the share (not at all when the share is not read): the caller's own
+/// work that does not need the answer. Used by the PAM module.
 pub fn check(
     config: &Config,
-    user: &Account,
+    reader: Reader,
+    user: &str,
     node: Option<NodeName>,
     now: Timestamp,
     timeout: Duration,
+    meanwhile: &mut dyn FnMut(),
 ) -> Decision {
-    // One trust for both readers: the local copy is read on this thread
-    // before the reader thread is told to read, and never after (see
-    // check_with), so the two never wait on each other's account lookup.
+    // One trust for both readers: the local copy is read before the reader
+    // thread is told to read the share (see check_with).
     let trust = LazyTrust::new(&config.service_user);
     let shared = Arc::new(LazyStoreReader {
         root: config.shared.clone(),
         trust: Arc::clone(&trust),
     });
-    let local = LazyLocalCopy {
+    let local = Arc::new(LazyLocalCopy {
         path: config.housekeeper.state_copy.clone(),
         trust: Arc::clone(&trust),
-    };
+    });
     let p = GateParams {
         config,
-        user,
+        user: Who::Name(user),
         node,
         now,
         timeout,
     };
-    let mut d = check_with(&p, shared, &local);
+    let mut d = decide_with(&p, reader, shared, local, meanwhile);
     d.detail.extend(trust.note());
     d
 }
@@ -1000,7 +1127,9 @@ mod tests {
         }
     }
 
-    struct FakeCopy(Result<Option<LocalCopy>>);
+    /// A local copy, or the message of its read error.
+    #[derive(Clone)]
+    struct FakeCopy(std::result::Result<Option<LocalCopy>, String>);
 
     impl LocalCopyReader for FakeCopy {
         fn local_copy(&self) -> Result<Option<LocalCopy>> {
@@ -1008,7 +1137,7 @@ mod tests {
                 Ok(c) => Ok(c.clone()),
                 Err(e) => Err(Error::Storage {
                     path: "/var/lib/kloigos/state.json".into(),
-                    msg: e.to_string(),
+                    msg: e.clone(),
                 }),
             }
         }
@@ -1045,12 +1174,12 @@ mod tests {
         let c = config(on_error);
         let p = GateParams {
             config: &c,
-            user,
+            user: Who::Account(user),
             node: None,
             now: ts(now),
             timeout,
         };
-        check_with(&p, share, copy)
+        check_with(&p, share, Arc::new(copy.clone()))
     }
 
     #[test]
@@ -1129,7 +1258,13 @@ mod tests {
         let share = FakeShare::new(Share::Ok(Some(state())));
         let d = run(&ops, Arc::clone(&share), &no_copy(), OnError::Deny);
         assert!(matches!(d.login, Login::Allow(_)));
-        assert_eq!(share.reads.load(Ordering::SeqCst), 1, "cluster.json only");
+        // Without a copy the share is read whoever logs in: the node's
+        // state comes with cluster.json, in one trip to the reader thread.
+        assert_eq!(
+            share.reads.load(Ordering::SeqCst),
+            2,
+            "cluster.json and state"
+        );
         // Share down, no copy: admins get on_error, root still gets in.
         let d = run(
             &ops,
@@ -1236,7 +1371,7 @@ mod tests {
         );
         assert_eq!(d.source, Source::OnError);
         // An untrusted copy is reported and ignored.
-        let bad = FakeCopy(Err(Error::Refused("mode 666 lets others write it".into())));
+        let bad = FakeCopy(Err("mode 666 lets others write it".into()));
         let d = run(
             &alice(),
             FakeShare::new(Share::Corrupt),
@@ -1454,12 +1589,16 @@ mod tests {
         let go = |copy: &FakeCopy| {
             let p = GateParams {
                 config: &c,
-                user: &bob(),
+                user: Who::Account(&bob()),
                 node: None,
                 now: ts(NOW),
                 timeout: Duration::from_secs(5),
             };
-            check_with(&p, Arc::new(StoreReader::new(store.clone())), copy)
+            check_with(
+                &p,
+                Arc::new(StoreReader::new(store.clone())),
+                Arc::new(copy.clone()),
+            )
         };
         // An unparsable cluster.json: with a fresh copy the share's state
         // still decides (bob has no booking); with a stale one, it is an error.

@@ -28,4 +28,5 @@ pub mod journal;
 pub mod placement;
 pub mod privilege;
 pub mod store;
+mod text;
 pub mod users;

@@ -8,14 +8,14 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::error::{Error, Result};
 
 fn check_name(what: &'static str, text: &str, max: usize, extra: &[char]) -> Result<()> {
-    let hint = format!(
-        "use 1 to {max} characters: letters, digits{}, starting with a letter or digit",
-        extra.iter().map(|c| format!(", '{c}'")).collect::<String>()
-    );
     let mut chars = text.chars();
     let first_ok = chars.next().is_some_and(|c| c.is_ascii_alphanumeric());
     let rest_ok = chars.all(|c| c.is_ascii_alphanumeric() || extra.contains(&c));
     if !first_ok || !rest_ok || text.len() > max {
+        let hint = format!(
+            "use 1 to {max} characters: letters, digits{}, starting with a letter or digit",
+            extra.iter().map(|c| format!(", '{c}'")).collect::<String>()
+        );
         return Err(Error::invalid(what, &text.escape_debug().to_string(), hint));
     }
     Ok(())
@@ -61,8 +61,7 @@ macro_rules! name_type {
 
         impl<'de> Deserialize<'de> for $name {
             fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-                let s = String::deserialize(d)?;
-                Self::new(&s).map_err(serde::de::Error::custom)
+                crate::text::from_str(d, concat!("a ", $what), Self::new)
             }
         }
     };

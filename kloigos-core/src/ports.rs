@@ -99,8 +99,7 @@ impl Serialize for PortRange {
 
 impl<'de> Deserialize<'de> for PortRange {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        PortRange::parse(&s).map_err(serde::de::Error::custom)
+        crate::text::from_str(d, "a port range such as \"20000-20099\"", PortRange::parse)
     }
 }
 

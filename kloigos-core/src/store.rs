@@ -759,6 +759,11 @@ pub struct LocalCopy {
     pub policy: Policy,
     /// This node's state; `None` when this host is not a node of the cluster.
     pub state: Option<NodeState>,
+    /// The service account's uid on this host when the copy was made (the
+    /// housekeeper looked it up): while the copy is fresh, the login gate
+    /// trusts the share's files owned by it without a lookup of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_uid: Option<u32>,
 }
 
 impl LocalCopy {
@@ -769,7 +774,14 @@ impl LocalCopy {
             copied_at: now,
             policy,
             state,
+            service_uid: None,
         }
+    }
+
+    /// The copy, recording the service account's uid on this host.
+    pub fn with_service_uid(mut self, uid: Option<u32>) -> LocalCopy {
+        self.service_uid = uid;
+        self
     }
 
     /// Whether the copy is at most `max_age_s` old at `now`.

@@ -87,8 +87,11 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
             return code;
         }
     };
-    let d = decide(&args, &user);
-    syslog::log(priority(&d), &prefix, &d.log_line(args.debug));
+    // The log connection is opened while the share is read, when it is.
+    let mut log = None;
+    let d = decide(&args, &user, &mut || log = Some(syslog::Log::open()));
+    let log = log.unwrap_or_else(syslog::Log::open);
+    log.send(priority(&d), &prefix, &d.log_line(args.debug));
     if let Login::Deny(msg) = &d.login {
         if flags & PAM_SILENT == 0 {
             tell_user(pamh, msg);
@@ -97,24 +100,33 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
     code(&d.login)
 }
 
-/// The decision for `user` under `args`: account lookup, configuration,
-/// then `gate::check`. Reads files and the account database, never the
-/// environment or the PAM handle.
-pub fn decide(args: &Args, user: &str) -> Decision {
-    let fallback = args.on_error.unwrap_or_default();
-    let account = match users::by_name(user) {
-        Ok(Some(a)) => a,
-        Ok(None) => return gate::unknown_user(user),
-        Err(e) => return gate::lookup_failed(user, fallback, &e),
-    };
+/// The decision for `user` under `args`: configuration, then
+/// `gate::check`, which runs `meanwhile` while it waits for the share.
+/// Reads files and the account database, never the environment or the PAM
+/// handle.
+pub fn decide(args: &Args, user: &str, meanwhile: &mut dyn FnMut()) -> Decision {
+    // Started first: the thread's start overlaps reading the configuration.
+    let reader = gate::Reader::start();
     // The node-local configuration is root's: trust root-owned files only.
     let mut config = match Config::load(&args.config, &Trust::service(0)) {
         Ok(c) => c,
-        Err(e) => return gate::without_config(&account, fallback, &e),
+        Err(e) => return without_config(args, user, &e),
     };
     apply_overrides(&mut config, args);
     let timeout = Duration::from_millis(config.pam.timeout_ms);
-    gate::check(&config, &account, None, jiff::Timestamp::now(), timeout)
+    let now = jiff::Timestamp::now();
+    gate::check(&config, reader, user, None, now, timeout, meanwhile)
+}
+
+/// The decision when the configuration cannot be read: unknown users are
+/// still ignored and root let in; everyone else gets `on_error`.
+fn without_config(args: &Args, user: &str, error: &kloigos_core::Error) -> Decision {
+    let fallback = args.on_error.unwrap_or_default();
+    match users::by_name(user) {
+        Ok(Some(a)) => gate::without_config(&a, fallback, error),
+        Ok(None) => gate::unknown_user(user),
+        Err(e) => gate::lookup_failed(user, fallback, &e),
+    }
 }
 
 /// Module arguments win over the config's `pam` section.
@@ -191,10 +203,10 @@ mod tests {
     #[test]
     fn unknown_user_is_ignored_and_missing_config_denies() {
         let a = Args::parse(["config=/nonexistent/kloigos/config.json"]);
-        let d = decide(&a, "no-such-user-kloigos");
+        let d = decide(&a, "no-such-user-kloigos", &mut || {});
         assert!(matches!(d.login, Login::Ignore(_)), "{d:?}");
         // root is known everywhere: a missing config still lets root in...
-        let d = decide(&a, "root");
+        let d = decide(&a, "root", &mut || {});
         assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
         assert!(d
             .log_line(false)

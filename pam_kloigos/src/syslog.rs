@@ -1,17 +1,36 @@
-//! Security events to syslog, facility authpriv, through libc directly (no
-//! logger crate, no global state of ours).
+//! Security events to syslog, facility authpriv, with no logger crate and
+//! no global state of ours.
 //!
-//! The module calls neither `openlog` nor `closelog`: both act on the host
-//! process's one syslog connection (sshd's ident and its open socket), so,
-//! like Linux-PAM's own `pam_syslog`, each line carries its facility and a
-//! `pam_kloigos(service:account)` prefix instead. When no syslog daemon
-//! listens (`/dev/log` absent), libc drops the line: logging never fails a
-//! login.
+//! Each decision opens its own datagram connection to the syslog daemon's
+//! socket, `/dev/log` ([`Log::open`]), early: the PAM hook opens it while
+//! the reader thread reads the share, so a login pays only for the `send`.
+//! Lines are framed as libc's `syslog(3)` frames them (`<PRI>Mmm dd
+//! hh:mm:ss ident[pid]: text`, ident being the program's short name), so
+//! they read like the host's own. libc's `openlog`/`closelog` are never
+//! called: both act on the host process's one syslog connection (sshd's
+//! ident and flags), which is why, like Linux-PAM's own `pam_syslog`, each
+//! line carries its facility and a `pam_kloigos(service:account)` prefix.
+//!
+//! When no daemon listens (no `/dev/log`), lines are dropped, as libc drops
+//! them for a process that did not ask for `LOG_CONS`; when `/dev/log` is
+//! a stream socket, or a send fails, the line goes through libc's
+//! `syslog(3)`, which copes with both. Logging never fails a login, and a
+//! stuck daemon holds a login up for at most [`SEND_TIMEOUT`].
 
-use std::ffi::CString;
+use std::ffi::{c_char, CStr, CString};
+use std::fmt::Write as _;
+use std::io;
+use std::os::unix::net::UnixDatagram;
+use std::time::Duration;
 
 /// Longest message sent (bytes), like sudo-rs: a line a syslog daemon keeps whole.
 pub const MAX_LINE: usize = 960;
+
+/// The syslog daemon's socket.
+const DEV_LOG: &str = "/dev/log";
+
+/// How long a send may wait for a daemon whose queue is full.
+pub const SEND_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// Syslog severities the module uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +56,58 @@ impl Priority {
     }
 }
 
+/// Where a decision's lines go.
+#[derive(Debug)]
+pub enum Log {
+    /// A datagram connection to the daemon.
+    Daemon(UnixDatagram),
+    /// No daemon listens: lines are dropped.
+    Nobody,
+    /// Through libc's `syslog(3)` (a stream socket, or a refused connection).
+    Libc,
+}
+
+impl Log {
+    /// Connects to `/dev/log`.
+    pub fn open() -> Log {
+        Log::open_at(DEV_LOG)
+    }
+
+    /// Connects to the syslog socket at `path` (tests use their own).
+    pub fn open_at(path: &str) -> Log {
+        let connected = UnixDatagram::unbound().and_then(|s| {
+            s.connect(path)?;
+            s.set_write_timeout(Some(SEND_TIMEOUT))?;
+            Ok(s)
+        });
+        match connected {
+            Ok(s) => Log::Daemon(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Log::Nobody,
+            Err(_) => Log::Libc,
+        }
+    }
+
+    /// Sends `prefix: line` at `priority` to the authpriv facility.
+    pub fn send(&self, priority: Priority, prefix: &str, line: &str) {
+        let text = sanitize(&format!("{prefix}: {line}"), MAX_LINE);
+        match self {
+            Log::Nobody => {}
+            Log::Daemon(s) => {
+                if s.send(frame(priority, &text).as_bytes()).is_err() {
+                    libc_syslog(priority, text);
+                }
+            }
+            Log::Libc => libc_syslog(priority, text),
+        }
+    }
+}
+
+/// Sends one line on a connection of its own (for the rare lines logged
+/// outside a decision).
+pub fn log(priority: Priority, prefix: &str, line: &str) {
+    Log::open().send(priority, prefix, line);
+}
+
 /// Cuts `line` to at most `max` bytes on a character boundary and removes
 /// control characters (no log injection through a user or file name).
 pub fn sanitize(line: &str, max: usize) -> String {
@@ -51,9 +122,66 @@ pub fn sanitize(line: &str, max: usize) -> String {
     out
 }
 
-/// Sends `prefix: line` at `priority` to the authpriv facility.
-pub fn log(priority: Priority, prefix: &str, line: &str) {
-    let text = sanitize(&format!("{prefix}: {line}"), MAX_LINE);
+/// `text` framed as libc's syslog(3) frames a line: priority with the
+/// authpriv facility, local time, the program's short name and pid.
+pub fn frame(priority: Priority, text: &str) -> String {
+    let pri = libc::LOG_AUTHPRIV | priority.raw();
+    let mut out = String::with_capacity(text.len() + 64);
+    let _ = write!(
+        out,
+        "<{pri}>{} {}[{}]: {text}",
+        local_time(),
+        ident(),
+        std::process::id()
+    );
+    out
+}
+
+/// Now in local time as syslog writes it: `Nov  3 09:05:01`.
+fn local_time() -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    // SAFETY: time(NULL) only reads the clock.
+    let now = unsafe { libc::time(std::ptr::null_mut()) };
+    // SAFETY: tm is plain data that localtime_r fills in; both pointers are
+    // valid for the call. localtime_r is thread-safe (it is what libc's own
+    // syslog uses).
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&now, &mut tm).is_null() {
+            return "Jan  1 00:00:00".into();
+        }
+        tm
+    };
+    let month = MONTHS.get(tm.tm_mon as usize).copied().unwrap_or("Jan");
+    format!(
+        "{month} {:>2} {:02}:{:02}:{:02}",
+        tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec
+    )
+}
+
+unsafe extern "C" {
+    /// glibc's short program name, the ident of libc's syslog(3) when the
+    /// program has not set one.
+    static program_invocation_short_name: *const c_char;
+}
+
+/// The program's short name, as libc's syslog(3) names it.
+fn ident() -> String {
+    // SAFETY: glibc sets this pointer before any code of ours runs and
+    // points it at a NUL-terminated string that lives as long as the
+    // process; it is read, never written.
+    let p = unsafe { program_invocation_short_name };
+    if p.is_null() {
+        return "pam_kloigos".into();
+    }
+    // SAFETY: non-null, NUL-terminated, alive for the whole process (above).
+    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+}
+
+/// Sends `text` through libc's syslog(3).
+fn libc_syslog(priority: Priority, text: String) {
     // sanitize() replaced every control character, NUL included.
     let Ok(msg) = CString::new(text) else { return };
     // SAFETY: the format is a literal "%s" consuming exactly one argument,
@@ -80,11 +208,56 @@ mod tests {
     }
 
     #[test]
-    fn logging_without_a_syslog_daemon_is_harmless() {
-        log(
+    fn lines_are_framed_as_libc_frames_them() {
+        let line = frame(Priority::Notice, "pam_kloigos(sshd:account): user=bob");
+        // authpriv (10 << 3) | notice (5)
+        let rest = line.strip_prefix("<85>").expect(&line);
+        // "Mmm dd hh:mm:ss " then "ident[pid]: text"
+        let (stamp, tail) = rest.split_at(16);
+        assert!(
+            stamp.ends_with(' ') && stamp.as_bytes()[9] == b':',
+            "{line}"
+        );
+        let want = format!(
+            "[{}]: pam_kloigos(sshd:account): user=bob",
+            std::process::id()
+        );
+        assert!(tail.ends_with(&want), "{line}");
+        assert!(!tail.starts_with('['), "no ident: {line}");
+    }
+
+    #[test]
+    fn a_listening_daemon_gets_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let daemon = UnixDatagram::bind(&path).unwrap();
+        let log = Log::open_at(path.to_str().unwrap());
+        assert!(matches!(log, Log::Daemon(_)), "{log:?}");
+        log.send(
             Priority::Info,
             "pam_kloigos(test:account)",
-            "unit test line",
+            "user=alice\nresult=allow",
         );
+        let mut buf = [0u8; 2048];
+        let n = daemon.recv(&mut buf).unwrap();
+        let got = String::from_utf8_lossy(&buf[..n]);
+        assert!(got.starts_with("<86>"), "{got}");
+        assert!(
+            got.ends_with(": pam_kloigos(test:account): user=alice result=allow"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn without_a_daemon_lines_are_dropped_and_a_stream_socket_goes_to_libc() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("none");
+        let log = Log::open_at(missing.to_str().unwrap());
+        assert!(matches!(log, Log::Nobody), "{log:?}");
+        log.send(Priority::Info, "pam_kloigos(test:account)", "dropped");
+        let stream = dir.path().join("stream");
+        let _listener = std::os::unix::net::UnixListener::bind(&stream).unwrap();
+        let log = Log::open_at(stream.to_str().unwrap());
+        assert!(matches!(log, Log::Libc), "{log:?}");
     }
 }

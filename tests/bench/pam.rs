@@ -25,6 +25,11 @@
 //! the module must look the account up to trust the files. The goals are
 //! read on the slowest of the three.
 //!
+//! Every decision logs a line, as on a real node: the bench runs itself
+//! again inside a mount namespace whose `/dev/log` is a listening syslog
+//! stand-in (another process), so the module pays for connecting and for
+//! waking the daemon, and the lines are counted.
+//!
 //! The stacks live in a scratch PAM configuration directory
 //! (`pam_start_confdir`), so /etc/pam.d is never touched; the user is the
 //! ubiquitous `nobody` (uid 65534), so no account is created. Root is needed
@@ -40,6 +45,7 @@ use kloigos_core::policy::Policy;
 use kloigos_core::state::{Request, Size};
 use kloigos_core::store::{to_json, LocalCopy};
 use kloigos_tests::cluster::TempCluster;
+use kloigos_tests::pam::SyslogSink;
 
 const PAM_SUCCESS: c_int = 0;
 const PAM_CONV_ERR: c_int = 19;
@@ -192,13 +198,15 @@ fn keep_loaded(name: &str) {
 }
 
 /// The scratch cluster of one pam_kloigos stack: `nobody` booked on its
-/// node for the next hour, and the housekeeper's local copy of it.
+/// node for the next hour, and the housekeeper's local copy of it (which
+/// records the service account's uid, when the account exists, as the
+/// housekeeper's does).
 struct Setup {
     cluster: TempCluster,
     node: NodeName,
 }
 
-fn setup(nobody: &nix::unistd::User, now: Timestamp) -> Setup {
+fn setup(nobody: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> Setup {
     let cluster = TempCluster::new();
     let node = cluster.add_node("bench-node", "0-3", None, None);
     let name = UserName::new(USER).expect("name");
@@ -220,7 +228,8 @@ fn setup(nobody: &nix::unistd::User, now: Timestamp) -> Setup {
         })
         .expect("book");
     let state = cluster.store.node(&node).expect("state");
-    let lc = LocalCopy::new(now, cluster.store.policy().expect("policy"), Some(state));
+    let lc = LocalCopy::new(now, cluster.store.policy().expect("policy"), Some(state))
+        .with_service_uid(service_uid);
     std::fs::write(cluster.dir.path().join("local-copy.json"), to_json(&lc)).expect("local copy");
     Setup { cluster, node }
 }
@@ -263,6 +272,9 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
+/// Set in the bench's own re-run inside the mount namespace.
+const INSIDE: &str = "KLOIGOS_BENCH_PAM_SYSLOG";
+
 fn main() {
     if !nix::unistd::geteuid().is_root() {
         eprintln!(
@@ -270,6 +282,48 @@ fn main() {
         );
         std::process::exit(2);
     }
+    if std::env::var_os(INSIDE).is_none() {
+        std::process::exit(with_syslog());
+    }
+    bench();
+}
+
+/// Runs the bench again inside a mount namespace whose `/dev/log` is a
+/// listening syslog stand-in (this machine runs no syslog daemon), so each
+/// decision pays for its log line as on a real node: connect and send.
+/// Returns the exit code.
+fn with_syslog() -> i32 {
+    let sink = SyslogSink::new();
+    let me = std::env::current_exe().expect("own path");
+    let status = sink
+        .command(None, me.to_str().expect("utf-8 path"))
+        .args(std::env::args_os().skip(1))
+        .env(INSIDE, "1")
+        .status()
+        .expect("run the bench in a mount namespace (unshare, from util-linux)");
+    // Every decision logs a line; a few arrive after the run ends.
+    let lines = |sink: &SyslogSink| {
+        sink.lines()
+            .iter()
+            .filter(|l| l.contains("pam_kloigos("))
+            .count()
+    };
+    let mut seen = lines(&sink);
+    kloigos_tests::poll::wait_until(Duration::from_secs(2), || {
+        let now = lines(&sink);
+        let settled = now == seen;
+        seen = now;
+        settled && now > 0
+    });
+    println!("  syslog stand-in at /dev/log received {seen} pam_kloigos lines");
+    if status.success() && seen == 0 {
+        eprintln!("bench-pam: pam_kloigos logged nothing to /dev/log");
+        return 1;
+    }
+    status.code().unwrap_or(1)
+}
+
+fn bench() {
     let nobody = nix::unistd::User::from_name(USER)
         .expect("getpwnam")
         .expect("user nobody");
@@ -278,7 +332,7 @@ fn main() {
     // by root (as the bench runs), and a second one owned by the service
     // account's stand-in `daemon`, as an installed share is by `kloigos`.
     let now = Timestamp::now();
-    let root_owned = setup(&nobody, now);
+    let root_owned = setup(&nobody, now, None);
     let dir = root_owned.cluster.dir.path();
     let copy = dir.join("local-copy.json");
     // The service account named by these two does not exist here: the module
@@ -288,7 +342,7 @@ fn main() {
     let svc = nix::unistd::User::from_name("daemon")
         .expect("getpwnam")
         .expect("user daemon");
-    let svc_owned = setup(&nobody, now);
+    let svc_owned = setup(&nobody, now, Some(svc.uid.as_raw()));
     chown_tree(
         svc_owned.cluster.shared(),
         svc.uid.as_raw(),
