@@ -277,28 +277,6 @@ impl fmt::Display for DeadlineError {
     }
 }
 
-/// Runs `f` on a helper thread and waits at most `timeout` for its answer.
-/// On timeout the thread is detached: it finishes (or stays blocked) on its
-/// own and its late answer is dropped.
-pub fn with_deadline<T: Send + 'static>(
-    timeout: Duration,
-    f: impl FnOnce() -> T + Send + 'static,
-) -> std::result::Result<T, DeadlineError> {
-    // Capacity 1: a late sender never blocks, it just fails after we left.
-    let (tx, rx) = mpsc::sync_channel(1);
-    std::thread::Builder::new()
-        .name("kloigos-read".into())
-        .spawn(move || {
-            let _ = tx.send(f());
-        })
-        .map_err(|e| DeadlineError::Spawn(e.to_string()))?;
-    match rx.recv_timeout(timeout) {
-        Ok(v) => Ok(v),
-        Err(mpsc::RecvTimeoutError::Timeout) => Err(DeadlineError::TimedOut(timeout)),
-        Err(mpsc::RecvTimeoutError::Disconnected) => Err(DeadlineError::Died),
-    }
-}
-
 /// The decision for a user name that has no account: not kloigos' business.
 pub fn unknown_user(name: &str) -> Decision {
     Decision::new(
@@ -845,12 +823,8 @@ fn not_a_node(user: &Account, node: &NodeName, source: Source) -> Decision {
     d
 }
 
-/// Who the gate trusts: root and the configured service account (looked up
-/// by name; root alone when the account does not exist here).
-pub fn trust_for(config: &Config) -> (Trust, Option<String>) {
-    trust_for_user(&config.service_user)
-}
-
+/// Who the gate trusts: root and the service account `service_user` (looked
+/// up by name; root alone when the account does not exist here).
 fn trust_for_user(service_user: &str) -> (Trust, Option<String>) {
     match users::by_name(service_user) {
         Ok(Some(a)) => (Trust::service(a.uid), None),
@@ -867,11 +841,11 @@ fn trust_for_user(service_user: &str) -> (Trust, Option<String>) {
     }
 }
 
-/// The gate's trust, [`trust_for`], with the service account looked up
+/// The gate's trust, [`trust_for_user`], with the service account looked up
 /// only when a file needs it: a file is read believing root alone first,
 /// and only a refusal for its owner looks the account up (once per
 /// decision) and reads the file again believing root and the account. The
-/// outcome is the one [`trust_for`]'s trust gives (a file root alone may be
+/// outcome is the one [`trust_for_user`]'s trust gives (a file root alone may be
 /// trusted with is one root and the account may be trusted with, and every
 /// other refusal or failure comes before or regardless of the owner); a
 /// tree owned by root needs no lookup.
@@ -1447,18 +1421,6 @@ mod tests {
         );
         assert_eq!(d.source, Source::OnError);
         assert!(d.log_line(false).contains("died"), "{}", d.log_line(false));
-    }
-
-    #[test]
-    fn deadline_returns_fast_results_and_cuts_slow_ones() {
-        assert_eq!(with_deadline(Duration::from_secs(5), || 7), Ok(7));
-        let t = Instant::now();
-        let r = with_deadline(Duration::from_millis(50), || {
-            std::thread::sleep(Duration::from_secs(2));
-            1
-        });
-        assert_eq!(r, Err(DeadlineError::TimedOut(Duration::from_millis(50))));
-        assert!(t.elapsed() < Duration::from_millis(500));
     }
 
     #[test]
