@@ -11,8 +11,9 @@
 //!    a deadline (a hung NFS read must not hang sshd; the thread is left
 //!    behind on timeout) and decides: an active booking lets the user in.
 //!    The same thread, started first, has read the local copy meanwhile
-//!    (while the caller looked the user up), so a decision starts one
-//!    thread and waits on it as little as it can.
+//!    (while the caller looked the user up), and without a usable copy goes
+//!    on to the share by itself, so a decision starts one thread and waits
+//!    on it as little as it can.
 //!    The policy for this step is the share's `cluster.json`, read on the
 //!    same thread, unless a fresh local copy gives it: then `cluster.json`
 //!    is only checked to be there (the share is mounted);
@@ -149,7 +150,9 @@ pub struct SharedView {
 /// Reads the shared tree. Called on a helper thread under a deadline, so it
 /// may block (a hung NFS server) without hanging the caller.
 pub trait SharedReader: Send + Sync + 'static {
-    /// Reads `cluster.json`; a missing file means the share is not mounted.
+    /// Reads `cluster.json` as the gate needs it (see
+    /// [`Store::login_policy`]); a missing file means the share is not
+    /// mounted.
     fn policy(&self) -> Result<Policy>;
     /// Reads `nodes/<node>/state.json`; `Ok(None)` when the cluster (whose
     /// `cluster.json` was read or checked to be there) has no such node.
@@ -188,7 +191,7 @@ impl StoreReader {
 
 impl SharedReader for StoreReader {
     fn policy(&self) -> Result<Policy> {
-        self.store.policy()
+        self.store.login_policy()
     }
 
     fn mounted(&self) -> Result<()> {
@@ -380,11 +383,17 @@ fn wait_for<T>(rx: &mpsc::Receiver<T>) -> Option<T> {
     spin_recv(rx).or_else(|| rx.recv().ok())
 }
 
+/// The share's reader and the node, for an [`Order::Policy`].
+type ShareOrder = (Arc<dyn SharedReader>, Option<NodeName>);
+
 /// What the reader thread of a decision is told to do: first read the
 /// local copy, then (the order bringing the share's reader) the share.
 enum Order {
-    /// Read the local copy (local disk) and hand it over, first.
-    Copy(Arc<dyn LocalCopyReader>),
+    /// Read the local copy (local disk) and hand it over, first. With a
+    /// share order: when there is no usable copy, go on to that
+    /// [`Order::Policy`] at once, without waiting to be told (see
+    /// [`usable`]).
+    Copy(Arc<dyn LocalCopyReader>, Option<ShareOrder>),
     /// Read `cluster.json` and hand it over; with a node, read its state
     /// right after (else wait for an [`Order::Node`] naming it, or end).
     Policy(Arc<dyn SharedReader>, Option<NodeName>),
@@ -410,11 +419,13 @@ enum Read {
 /// It is started before anything else (see [`Reader::start`]), so that its
 /// start, which takes tens of microseconds, overlaps the caller's reading
 /// of the configuration; then it reads the local copy while the caller
-/// looks the user up. It reads the share only when told: it reads
+/// looks the user up. It reads the share when told: it reads
 /// `cluster.json` (or, with a fresh copy, only checks it is there) and the
 /// node's state when the node is named, and hands them over; or ends when
 /// told nothing. So the share is never touched for a user the local copy's
-/// policy decides. One thread serves every read of a decision.
+/// policy decides. Without a usable copy it goes on to the share at once,
+/// as every decision but root's then reads it. One thread serves every
+/// read of a decision.
 pub struct Reader {
     /// The thread's answers; `Err` when it could not be started.
     rx: std::result::Result<mpsc::Receiver<Read>, DeadlineError>,
@@ -422,6 +433,11 @@ pub struct Reader {
     go: mpsc::SyncSender<Order>,
     /// Whether the node has been sent.
     node_sent: bool,
+    /// Whether the copy's order carried a share order (see
+    /// [`Order::Copy`]) and, if so, whether that named the node.
+    follow_up: Option<bool>,
+    /// Whether the thread reads the share already, unasked.
+    share_started: bool,
     /// When the decision began: the deadline counts from here.
     started: Instant,
     deadline: Instant,
@@ -444,12 +460,16 @@ impl Reader {
             .stack_size(READER_STACK)
             .spawn(move || {
                 let mut order = wait_for(&go_rx);
-                if let Some(Order::Copy(local)) = order {
+                if let Some(Order::Copy(local, then)) = order {
                     let copy = local.local_copy().map(|c| c.map(Box::new));
+                    let go_on = !usable(&copy);
                     if tx.send(Read::Copy(copy)).is_err() {
                         return;
                     }
-                    order = wait_for(&go_rx);
+                    order = match then {
+                        Some((shared, node)) if go_on => Some(Order::Policy(shared, node)),
+                        _ => wait_for(&go_rx),
+                    };
                 }
                 let (shared, head, state) = match order {
                     Some(Order::Policy(shared, node)) => {
@@ -470,7 +490,7 @@ impl Reader {
                         }
                         Err(e) => (shared, Err(e), None),
                     },
-                    Some(Order::Node(_) | Order::Copy(_)) | None => return,
+                    Some(Order::Node(_) | Order::Copy(..)) | None => return,
                 };
                 let failed = head.is_err();
                 if tx.send(Read::Head(head)).is_err() || failed {
@@ -491,6 +511,8 @@ impl Reader {
                 .map_err(|e| DeadlineError::Spawn(e.to_string())),
             go,
             node_sent: false,
+            follow_up: None,
+            share_started: false,
             started,
             deadline: started,
             budget: Duration::ZERO,
@@ -520,19 +542,29 @@ impl Reader {
         })
     }
 
-    /// Has the thread read the local copy while the caller goes on.
-    fn order_copy(&mut self, local: &Arc<dyn LocalCopyReader>) {
-        self.order(Order::Copy(Arc::clone(local)));
+    /// Has the thread read the local copy while the caller goes on; with
+    /// `then`, the share's reader and the node, it goes on to read
+    /// `cluster.json` and the node's state at once when there is no usable
+    /// copy (see [`Order::Copy`]).
+    fn order_copy(&mut self, local: &Arc<dyn LocalCopyReader>, then: Option<ShareOrder>) {
+        self.follow_up = then.as_ref().map(|(_, node)| node.is_some());
+        self.order(Order::Copy(Arc::clone(local), then));
     }
 
     /// The local copy [`Reader::order_copy`] asked for; read here when no
     /// thread could be started.
-    fn copy(&self, local: &Arc<dyn LocalCopyReader>) -> Result<Option<LocalCopy>> {
+    fn copy(&mut self, local: &Arc<dyn LocalCopyReader>) -> Result<Option<LocalCopy>> {
         if self.rx.is_err() {
             return local.local_copy();
         }
         let why = match self.next() {
-            Ok(Read::Copy(r)) => return r.map(|c| c.map(|c| *c)),
+            Ok(Read::Copy(r)) => {
+                if let (Some(node_named), false) = (self.follow_up, usable(&r)) {
+                    self.share_started = true;
+                    self.node_sent |= node_named;
+                }
+                return r.map(|c| c.map(|c| *c));
+            }
             Ok(_) => "the reader answered out of order (a bug)".to_string(),
             Err(e) => e.to_string(),
         };
@@ -542,8 +574,9 @@ impl Reader {
         })
     }
 
-    /// Sends the first share order, runs `meanwhile` (if still there) while
-    /// the thread reads, and waits for the answer: `cluster.json` for
+    /// Sends the first share order (unless the thread went on to the share
+    /// by itself, see [`Order::Copy`]), runs `meanwhile` (if still there)
+    /// while the thread reads, and waits for the answer: `cluster.json` for
     /// [`Order::Policy`], `None` once the share is known to be mounted for
     /// [`Order::State`].
     fn head(
@@ -551,7 +584,9 @@ impl Reader {
         order: Order,
         meanwhile: &mut Option<&mut dyn FnMut()>,
     ) -> std::result::Result<Option<Policy>, String> {
-        self.order(order);
+        if !self.share_started {
+            self.order(order);
+        }
         if let Some(f) = meanwhile.take() {
             f();
         }
@@ -576,6 +611,13 @@ impl Reader {
     }
 }
 
+/// Whether a local copy read can serve the decision: without one, the
+/// share gives the policy too, so a reader told how (see [`Order::Copy`])
+/// goes on to read it at once.
+fn usable<T>(copy: &Result<Option<T>>) -> bool {
+    matches!(copy, Ok(Some(_)))
+}
+
 /// The reader thread's stack: its reads and JSON parsing need little, and
 /// a small stack is cheaper to hand back when the thread ends.
 const READER_STACK: usize = 128 * 1024;
@@ -593,8 +635,9 @@ pub enum Who<'a> {
 ///
 /// Every file is read by one helper thread (see [`Reader`]), started
 /// first: it reads the local copy while this thread looks the user up
-/// (when given a name), then reads the share only when told to. The local
-/// copy is read before the share, never at the same time.
+/// (when given a name), then reads the share when told to, or at once when
+/// there is no usable copy. The local copy is read before the share, never
+/// at the same time.
 pub fn check_with(
     p: &GateParams<'_>,
     shared: Arc<dyn SharedReader>,
@@ -626,10 +669,22 @@ fn decide_with(
         d
     };
 
+    // This node's name: from the arguments, the config or the host name.
+    let node = p.node.clone().map_or_else(|| p.config.node_name(), Ok);
+
     // The local copy serves twice: its policy (any age) for step 1, and as
     // the fallback (when fresh) for step 3. Read by the reader thread while
-    // this one looks the user up.
-    reader.order_copy(&local);
+    // this one looks the user up. Without a usable copy the share is read
+    // for everyone but root (its policy decides step 1, and the node's
+    // state comes with it), so the thread goes on to it by itself. Root is
+    // known here only by name; another uid-0 account without a copy costs
+    // a share read nobody waits for.
+    let root = match p.user {
+        Who::Account(a) => a.uid == 0,
+        Who::Name(name) => name == "root",
+    };
+    let then = (!root).then(|| (Arc::clone(&shared), node.as_ref().ok().cloned()));
+    reader.order_copy(&local, then);
     let looked_up;
     let user = match p.user {
         Who::Account(a) => a,
@@ -660,9 +715,6 @@ fn decide_with(
     if let Some(uid) = fresh.and_then(|c| c.service_uid) {
         shared.service_uid_hint(uid);
     }
-
-    // This node's name: from the arguments, the config or the host name.
-    let node = p.node.clone().map_or_else(|| p.config.node_name(), Ok);
 
     // Step 1: the decision that needs no node state, from the copy's
     // policy, else from the share's.
@@ -905,7 +957,7 @@ struct LazyStoreReader {
 impl SharedReader for LazyStoreReader {
     fn policy(&self) -> Result<Policy> {
         self.trust
-            .read(|t| Store::new(&self.root, t.clone()).policy())
+            .read(|t| Store::new(&self.root, t.clone()).login_policy())
     }
 
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
@@ -1264,6 +1316,46 @@ mod tests {
     }
 
     #[test]
+    fn without_a_usable_copy_the_reader_goes_on_to_the_share_unasked() {
+        let broken = FakeCopy(Err("unexpected end of JSON".into()));
+        for copy in [no_copy(), broken] {
+            let share = FakeShare::new(Share::Ok(Some(state())));
+            let local: Arc<dyn LocalCopyReader> = Arc::new(copy);
+            let mut reader = Reader::start();
+            reader.deadline = reader.started + Duration::from_secs(5);
+            reader.order_copy(&local, Some((Arc::clone(&share) as _, Some(node3()))));
+            assert!(!usable(&reader.copy(&local)));
+            // Nobody has asked for the share, yet cluster.json and the
+            // node's state are read...
+            let until = Instant::now() + Duration::from_secs(5);
+            while share.reads.load(Ordering::SeqCst) < 2 && Instant::now() < until {
+                std::thread::yield_now();
+            }
+            assert_eq!(share.reads.load(Ordering::SeqCst), 2);
+            // ... and handed over when asked, without being read again.
+            let order = Order::Policy(Arc::clone(&share) as _, Some(node3()));
+            assert_eq!(reader.head(order, &mut None), Ok(Some(policy())));
+            assert_eq!(reader.node(node3()), Ok(Some(state())));
+            assert_eq!(share.reads.load(Ordering::SeqCst), 2);
+        }
+        // Root (by name, before the lookup) never hands the share to the
+        // thread: once decided, the test holds the only reference.
+        let c = config(OnError::Deny);
+        let p = GateParams {
+            config: &c,
+            user: Who::Name("root"),
+            node: None,
+            now: ts(NOW),
+            timeout: Duration::from_secs(5),
+        };
+        let share = FakeShare::new(Share::Ok(Some(state())));
+        let d = check_with(&p, Arc::clone(&share) as _, Arc::new(no_copy()));
+        assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
+        assert_eq!(Arc::strong_count(&share), 1);
+        assert_eq!(share.reads.load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
     fn not_a_node_is_ignored_with_a_warning_but_not_mounted_is_an_error() {
         let d = run(
             &bob(),
@@ -1599,6 +1691,18 @@ mod tests {
         assert!(r.policy().unwrap_err().to_string().contains("not mounted"));
         store.init(&policy()).unwrap();
         assert_eq!(r.node(&node3()).unwrap(), None);
+        // A zone this host does not know: the CLI refuses the policy, the
+        // gate (which needs no zone) still reads it.
+        let cluster = store.cluster_path();
+        let text = std::fs::read_to_string(&cluster).unwrap();
+        let text = text.replace("\"UTC\"", "\"Mars/Olympus_Mons\"");
+        std::fs::write(&cluster, &text).unwrap();
+        assert!(store
+            .policy()
+            .unwrap_err()
+            .to_string()
+            .contains("Mars/Olympus_Mons"));
+        assert_eq!(r.policy().unwrap().timezone, "Mars/Olympus_Mons");
         let copy_path = t.path().join("copy.json");
         let lc = LocalCopyFile::new(&copy_path, trust.clone());
         assert_eq!(lc.local_copy().unwrap(), None);

@@ -478,16 +478,29 @@ impl Store {
     /// Reads and validates the cluster policy. A missing file means the
     /// share is not mounted (or not initialised) and is an error.
     pub fn policy(&self) -> Result<Policy> {
+        let p = self.login_policy()?;
+        p.validate().map_err(|msg| Error::Corrupt {
+            path: self.cluster_path(),
+            msg,
+        })?;
+        Ok(p)
+    }
+
+    /// The cluster policy as the login gate reads it: parsed and its
+    /// version checked, as [`Store::policy`], but its time zone and limits
+    /// not checked. A login decision uses neither, so a zone this host's
+    /// tzdata lacks does not lock the node's users out; and looking a zone
+    /// up first lists the whole zone database, about a millisecond in every
+    /// new sshd process.
+    pub fn login_policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
-        let p: Policy = read_json(&path, &self.trust).map_err(|e| match e {
+        read_json(&path, &self.trust).map_err(|e| match e {
             Error::Storage { msg, .. } if msg.contains("No such file") => Error::Storage {
                 path: path.clone(),
                 msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
             },
             e => e,
-        })?;
-        p.validate().map_err(|msg| Error::Corrupt { path, msg })?;
-        Ok(p)
+        })
     }
 
     /// Rewrites the cluster policy under the cluster lock.
