@@ -16,7 +16,7 @@ use kloigos_core::gate::{
     self, Decision, GateParams, LocalCopyFile, LocalCopyReader, Source, StoreReader, Who,
 };
 use kloigos_core::names::NodeName;
-use kloigos_core::store::LocalCopy;
+use kloigos_core::store::LoginCopy;
 use kloigos_core::users;
 use kloigos_core::Error;
 use serde_json::json;
@@ -31,7 +31,7 @@ use crate::output::print_json;
 struct NoLocalCopy;
 
 impl LocalCopyReader for NoLocalCopy {
-    fn local_copy(&self) -> kloigos_core::Result<Option<LocalCopy>> {
+    fn local_copy(&self) -> kloigos_core::Result<Option<LoginCopy>> {
         Ok(None)
     }
 }

@@ -40,9 +40,9 @@ use crate::access::{decide_login, login_without_state, Login};
 use crate::config::{Config, OnError};
 use crate::error::{Error, Result};
 use crate::names::NodeName;
-use crate::policy::{check_version, Policy};
+use crate::policy::Policy;
 use crate::state::NodeState;
-use crate::store::{parse_json, read_trusted, LocalCopy, Store, Trust};
+use crate::store::{read_trusted, LoginCopy, Store, Trust};
 use crate::users::{self, Account};
 
 /// Where a login decision came from.
@@ -172,8 +172,9 @@ pub trait SharedReader: Send + Sync + 'static {
 /// Local disk, read on the decision's reader thread (see `Reader`) while
 /// the caller looks the user up.
 pub trait LocalCopyReader: Send + Sync + 'static {
-    /// The copy, if one exists; an error when it exists but cannot be trusted.
-    fn local_copy(&self) -> Result<Option<LocalCopy>>;
+    /// The copy, if one exists; an error when it exists but cannot be
+    /// trusted or parsed.
+    fn local_copy(&self) -> Result<Option<LoginCopy>>;
 }
 
 /// The real shared tree, through [`Store`].
@@ -236,15 +237,9 @@ impl LocalCopyFile {
 }
 
 impl LocalCopyReader for LocalCopyFile {
-    fn local_copy(&self) -> Result<Option<LocalCopy>> {
+    fn local_copy(&self) -> Result<Option<LoginCopy>> {
         match read_trusted(&self.path, &self.trust) {
-            // One pass for a good copy; parse_json's two (the version
-            // first) only to name what is wrong with a bad one. A copy that
-            // parses and has a known version is what parse_json returns.
-            Ok(bytes) => match serde_json::from_slice::<LocalCopy>(&bytes) {
-                Ok(copy) if check_version(copy.version).is_ok() => Ok(Some(copy)),
-                _ => parse_json(&self.path, &bytes).map(Some),
-            },
+            Ok(bytes) => LoginCopy::parse(&self.path, bytes).map(Some),
             Err(Error::Storage { msg, .. }) if is_enoent(&msg) => Ok(None),
             Err(e) => Err(e),
         }
@@ -407,7 +402,7 @@ enum Order {
 /// What the reader thread of a decision hands over, in this order.
 enum Read {
     /// The local copy, read first (boxed: it is the largest answer).
-    Copy(Result<Option<Box<LocalCopy>>>),
+    Copy(Result<Option<Box<LoginCopy>>>),
     /// `cluster.json` (or `None`: only checked to be there).
     Head(Result<Option<Policy>>),
     /// This node's state, read only when asked for.
@@ -553,7 +548,7 @@ impl Reader {
 
     /// The local copy [`Reader::order_copy`] asked for; read here when no
     /// thread could be started.
-    fn copy(&mut self, local: &Arc<dyn LocalCopyReader>) -> Result<Option<LocalCopy>> {
+    fn copy(&mut self, local: &Arc<dyn LocalCopyReader>) -> Result<Option<LoginCopy>> {
         if self.rx.is_err() {
             return local.local_copy();
         }
@@ -827,18 +822,23 @@ fn decide_with(
             ));
             on_error_decision(user, p.config.pam.on_error, Some(&node))
         }
-        Some(c) => match &c.state {
-            Some(st) if st.node.name == node => {
-                decide_from(&c.policy, user, st, &node, p.now, Source::LocalCopy)
+        // The copy's state is parsed only now, when it is needed.
+        Some(c) => match c.state() {
+            Ok(Some(st)) if st.node.name == node => {
+                decide_from(&c.policy, user, &st, &node, p.now, Source::LocalCopy)
             }
-            Some(st) => {
+            Ok(Some(st)) => {
                 problems.push(format!(
                     "local copy describes node '{}', not '{node}'",
                     st.node.name
                 ));
                 on_error_decision(user, p.config.pam.on_error, Some(&node))
             }
-            None => not_a_node(user, &node, Source::LocalCopy),
+            Ok(None) => not_a_node(user, &node, Source::LocalCopy),
+            Err(e) => {
+                problems.push(format!("local copy unusable: {e}"));
+                on_error_decision(user, p.config.pam.on_error, Some(&node))
+            }
         },
         None => on_error_decision(user, p.config.pam.on_error, Some(&node)),
     };
@@ -983,7 +983,7 @@ struct LazyLocalCopy {
 }
 
 impl LocalCopyReader for LazyLocalCopy {
-    fn local_copy(&self) -> Result<Option<LocalCopy>> {
+    fn local_copy(&self) -> Result<Option<LoginCopy>> {
         self.trust
             .read(|t| LocalCopyFile::new(&self.path, t.clone()).local_copy())
     }
@@ -1040,6 +1040,7 @@ mod tests {
     use crate::names::UserName;
     use crate::node::NodeSpec;
     use crate::state::{Request, Size};
+    use crate::store::LocalCopy;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 
@@ -1158,9 +1159,9 @@ mod tests {
     struct FakeCopy(std::result::Result<Option<LocalCopy>, String>);
 
     impl LocalCopyReader for FakeCopy {
-        fn local_copy(&self) -> Result<Option<LocalCopy>> {
+        fn local_copy(&self) -> Result<Option<LoginCopy>> {
             match &self.0 {
-                Ok(c) => Ok(c.clone()),
+                Ok(c) => Ok(c.clone().map(LoginCopy::from)),
                 Err(e) => Err(Error::Storage {
                     path: "/var/lib/kloigos/state.json".into(),
                     msg: e.clone(),
@@ -1616,7 +1617,7 @@ mod tests {
             path: copy_path.clone(),
             trust: LazyTrust::new("nobody"),
         };
-        assert_eq!(local.local_copy().unwrap(), Some(c));
+        assert_eq!(read_back(local.local_copy().unwrap()), Some(c));
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&copy_path, std::fs::Permissions::from_mode(0o666)).unwrap();
         let e = local.local_copy().unwrap_err().to_string();
@@ -1708,8 +1709,54 @@ mod tests {
         assert_eq!(lc.local_copy().unwrap(), None);
         let c = LocalCopy::new(ts(NOW), policy(), Some(state()));
         std::fs::write(&copy_path, crate::store::to_json(&c)).unwrap();
-        assert_eq!(lc.local_copy().unwrap(), Some(c));
+        assert_eq!(read_back(lc.local_copy().unwrap()), Some(c));
         std::fs::write(&copy_path, b"{").unwrap();
         assert!(lc.local_copy().is_err());
+    }
+
+    /// The copy as the housekeeper wrote it, from what the gate read.
+    fn read_back(read: Option<LoginCopy>) -> Option<LocalCopy> {
+        read.map(|c| {
+            let state = c.state().unwrap();
+            LocalCopy::new(c.copied_at, c.policy, state).with_service_uid(c.service_uid)
+        })
+    }
+
+    #[test]
+    fn a_copy_whose_state_is_broken_serves_its_policy_but_not_the_fallback() {
+        // The state part is parsed only for the fallback: the policy still
+        // decides an admin, the fallback is on_error, naming the file.
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("copy.json");
+        let c = LocalCopy::new(ts("2026-11-23T10:59:00Z"), policy(), Some(state()));
+        let text = String::from_utf8(crate::store::to_json(&c)).unwrap();
+        std::fs::write(&path, text.replace("\"node3\"", "\"no such/node\"")).unwrap();
+        let me = nix::unistd::geteuid().as_raw();
+        let local = Arc::new(LocalCopyFile::new(&path, Trust::service(me)));
+        let ops = Account::new("ops", 1100, &["ops"]).unwrap();
+        let c = config(OnError::Deny);
+        let run = |user: &Account, share| {
+            let p = GateParams {
+                config: &c,
+                user: Who::Account(user),
+                node: None,
+                now: ts(NOW),
+                timeout: Duration::from_secs(5),
+            };
+            check_with(&p, share, Arc::clone(&local) as _)
+        };
+        let d = run(&ops, FakeShare::new(Share::NotMounted));
+        assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
+        assert_eq!(d.source, Source::Policy);
+        let d = run(&alice(), FakeShare::new(Share::NotMounted));
+        assert!(matches!(d.login, Login::Deny(_)), "{d:?}");
+        assert_eq!(d.source, Source::OnError);
+        let line = d.log_line(false);
+        assert!(line.contains("local copy unusable"), "{line}");
+        assert!(line.contains(&*path.to_string_lossy()), "{line}");
+        // With the share up, the broken part never matters.
+        let d = run(&alice(), FakeShare::new(Share::Ok(Some(state()))));
+        assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
+        assert_eq!(d.source, Source::Shared);
     }
 }

@@ -90,7 +90,7 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
     // The log connection is opened while the share is read, when it is.
     let mut log = None;
     let d = decide(&args, &user, &mut || log = Some(syslog::Log::open()));
-    let log = log.unwrap_or_else(syslog::Log::open);
+    let mut log = log.unwrap_or_else(syslog::Log::open);
     log.send(priority(&d), &prefix, &d.log_line(args.debug));
     if let Login::Deny(msg) = &d.login {
         if flags & PAM_SILENT == 0 {

@@ -1,9 +1,13 @@
-//! Security events to syslog, facility authpriv, with no logger crate and
-//! no global state of ours.
+//! Security events to syslog, facility authpriv, with no logger crate.
 //!
-//! Each decision opens its own datagram connection to the syslog daemon's
-//! socket, `/dev/log` ([`Log::open`]), early: the PAM hook opens it while
-//! the reader thread reads the share, so a login pays only for the `send`.
+//! A decision's lines go on a datagram connection to the syslog daemon's
+//! socket, `/dev/log` ([`Log::open`]), opened early: the PAM hook opens it
+//! while the reader thread reads the share, so a login pays only for the
+//! `send`. The connection is then kept for the next decision of the same
+//! process, as libc keeps its own, which is the one piece of state of
+//! ours: closing it cost each login a few microseconds, and a process
+//! exit closes it for free. A send that fails (the daemon restarted)
+//! drops it, and the next decision connects again.
 //! Lines are framed as libc's `syslog(3)` frames them (`<PRI>Mmm dd
 //! hh:mm:ss ident[pid]: text`, ident being the program's short name), so
 //! they read like the host's own. libc's `openlog`/`closelog` are never
@@ -21,6 +25,7 @@ use std::ffi::{c_char, CStr, CString};
 use std::fmt::Write as _;
 use std::io;
 use std::os::unix::net::UnixDatagram;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 /// Longest message sent (bytes), like sudo-rs: a line a syslog daemon keeps whole.
@@ -58,7 +63,15 @@ impl Priority {
 
 /// Where a decision's lines go.
 #[derive(Debug)]
-pub enum Log {
+pub struct Log {
+    to: To,
+    /// Where the connection goes back when the decision is done.
+    keep: Option<&'static Kept>,
+}
+
+/// Where lines go.
+#[derive(Debug)]
+enum To {
     /// A datagram connection to the daemon.
     Daemon(UnixDatagram),
     /// No daemon listens: lines are dropped.
@@ -67,37 +80,99 @@ pub enum Log {
     Libc,
 }
 
-impl Log {
-    /// Connects to `/dev/log`.
-    pub fn open() -> Log {
-        Log::open_at(DEV_LOG)
+/// A connection kept between decisions.
+#[derive(Debug)]
+pub struct Kept(Mutex<Option<UnixDatagram>>);
+
+impl Kept {
+    /// Nothing kept yet.
+    pub const fn new() -> Kept {
+        Kept(Mutex::new(None))
     }
 
-    /// Connects to the syslog socket at `path` (tests use their own).
+    fn take(&self) -> Option<UnixDatagram> {
+        // Only take and put run under the lock, and neither panics.
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).take()
+    }
+
+    fn put(&self, socket: UnixDatagram) {
+        let mut slot = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        // Two decisions at once in one process: the second connection closes.
+        slot.get_or_insert(socket);
+    }
+}
+
+impl Default for Kept {
+    fn default() -> Kept {
+        Kept::new()
+    }
+}
+
+/// The connection to `/dev/log`, kept for the life of the process.
+static DEV_LOG_KEPT: Kept = Kept::new();
+
+impl Log {
+    /// The connection to `/dev/log`: the one kept from an earlier decision,
+    /// else a new one.
+    pub fn open() -> Log {
+        Log::open_kept(DEV_LOG, &DEV_LOG_KEPT)
+    }
+
+    /// The connection to the syslog socket at `path` kept in `kept`, else
+    /// a new one, to be kept there once this decision is done.
+    pub fn open_kept(path: &str, kept: &'static Kept) -> Log {
+        match kept.take() {
+            Some(s) => Log {
+                to: To::Daemon(s),
+                keep: Some(kept),
+            },
+            None => {
+                let mut log = Log::open_at(path);
+                log.keep = Some(kept);
+                log
+            }
+        }
+    }
+
+    /// A new connection to the syslog socket at `path`, closed when done
+    /// (tests use their own socket).
     pub fn open_at(path: &str) -> Log {
         let connected = UnixDatagram::unbound().and_then(|s| {
             s.connect(path)?;
             s.set_write_timeout(Some(SEND_TIMEOUT))?;
             Ok(s)
         });
-        match connected {
-            Ok(s) => Log::Daemon(s),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Log::Nobody,
-            Err(_) => Log::Libc,
-        }
+        let to = match connected {
+            Ok(s) => To::Daemon(s),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => To::Nobody,
+            Err(_) => To::Libc,
+        };
+        Log { to, keep: None }
     }
 
     /// Sends `prefix: line` at `priority` to the authpriv facility.
-    pub fn send(&self, priority: Priority, prefix: &str, line: &str) {
+    pub fn send(&mut self, priority: Priority, prefix: &str, line: &str) {
         let text = sanitize(&format!("{prefix}: {line}"), MAX_LINE);
-        match self {
-            Log::Nobody => {}
-            Log::Daemon(s) => {
+        match &self.to {
+            To::Nobody => {}
+            To::Daemon(s) => {
                 if s.send(frame(priority, &text).as_bytes()).is_err() {
+                    // Not kept: the next decision connects again.
+                    self.keep = None;
                     libc_syslog(priority, text);
                 }
             }
-            Log::Libc => libc_syslog(priority, text),
+            To::Libc => libc_syslog(priority, text),
+        }
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let (Some(kept), To::Daemon(s)) =
+            (self.keep, std::mem::replace(&mut self.to, To::Nobody))
+        {
+            kept.put(s);
         }
     }
 }
@@ -231,8 +306,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
         let daemon = UnixDatagram::bind(&path).unwrap();
-        let log = Log::open_at(path.to_str().unwrap());
-        assert!(matches!(log, Log::Daemon(_)), "{log:?}");
+        let mut log = Log::open_at(path.to_str().unwrap());
+        assert!(matches!(log.to, To::Daemon(_)), "{log:?}");
         log.send(
             Priority::Info,
             "pam_kloigos(test:account)",
@@ -252,12 +327,65 @@ mod tests {
     fn without_a_daemon_lines_are_dropped_and_a_stream_socket_goes_to_libc() {
         let dir = tempfile::tempdir().unwrap();
         let missing = dir.path().join("none");
-        let log = Log::open_at(missing.to_str().unwrap());
-        assert!(matches!(log, Log::Nobody), "{log:?}");
+        let mut log = Log::open_at(missing.to_str().unwrap());
+        assert!(matches!(log.to, To::Nobody), "{log:?}");
         log.send(Priority::Info, "pam_kloigos(test:account)", "dropped");
         let stream = dir.path().join("stream");
         let _listener = std::os::unix::net::UnixListener::bind(&stream).unwrap();
         let log = Log::open_at(stream.to_str().unwrap());
-        assert!(matches!(log, Log::Libc), "{log:?}");
+        assert!(matches!(log.to, To::Libc), "{log:?}");
+    }
+
+    /// The fd of a log's daemon connection.
+    fn fd(log: &Log) -> i32 {
+        use std::os::fd::AsRawFd;
+        match &log.to {
+            To::Daemon(s) => s.as_raw_fd(),
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn the_connection_is_kept_for_the_next_decision_until_a_send_fails() {
+        static KEPT: Kept = Kept::new();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let path_str = path.to_str().unwrap();
+        let recv = |daemon: &UnixDatagram| {
+            let mut buf = [0u8; 2048];
+            let n = daemon.recv(&mut buf).unwrap();
+            String::from_utf8_lossy(&buf[..n]).into_owned()
+        };
+        let daemon = UnixDatagram::bind(&path).unwrap();
+        let mut first = Log::open_kept(path_str, &KEPT);
+        first.send(Priority::Info, "p", "one");
+        let fd1 = fd(&first);
+        drop(first);
+        assert!(recv(&daemon).ends_with("p: one"));
+        // The next decision gets the same connection; while it holds it,
+        // nothing is kept.
+        let mut second = Log::open_kept(path_str, &KEPT);
+        assert_eq!(fd(&second), fd1);
+        assert!(KEPT.take().is_none());
+        second.send(Priority::Info, "p", "two");
+        drop(second);
+        assert!(recv(&daemon).ends_with("p: two"));
+        // The daemon restarts: the kept connection's send fails (the line
+        // goes to libc) and it is not kept; the next decision connects to
+        // the new daemon.
+        drop(daemon);
+        std::fs::remove_file(&path).unwrap();
+        let daemon = UnixDatagram::bind(&path).unwrap();
+        let mut third = Log::open_kept(path_str, &KEPT);
+        assert_eq!(fd(&third), fd1);
+        third.send(Priority::Info, "p", "to libc");
+        assert!(third.keep.is_none());
+        drop(third);
+        assert!(KEPT.take().is_none());
+        let mut fourth = Log::open_kept(path_str, &KEPT);
+        fourth.send(Priority::Info, "p", "four");
+        drop(fourth);
+        assert!(recv(&daemon).ends_with("p: four"));
+        assert!(KEPT.take().is_some());
     }
 }
