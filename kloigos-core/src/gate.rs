@@ -27,7 +27,7 @@
 //! The reading is injected ([`SharedReader`], [`LocalCopyReader`]) so the
 //! whole decision is tested here without disks, NFS or clocks.
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -115,25 +115,42 @@ impl Decision {
             Login::Allow(_) => "allow",
             Login::Deny(_) => "deny",
         };
-        let mut line = format!("user={}", self.user);
+        // One buffer: this runs once per login, between the answer and
+        // the PAM code.
+        let mut line = String::with_capacity(192);
+        let _ = write!(line, "user={}", self.user);
         if let Some(uid) = self.uid {
-            line.push_str(&format!(" uid={uid}"));
+            let _ = write!(line, " uid={uid}");
         }
         if let Some(n) = &self.node {
-            line.push_str(&format!(" node={n}"));
+            let _ = write!(line, " node={n}");
         }
-        line.push_str(&format!(
+        let _ = write!(
+            line,
             " result={verdict} source={} reason=\"{}\"",
             self.source,
             self.login.reason()
-        ));
+        );
+        let mut list = |name: &str, items: &[String]| {
+            let _ = write!(line, " {name}=\"");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    line.push_str("; ");
+                }
+                line.push_str(item);
+            }
+            line.push('"');
+        };
         if !self.problems.is_empty() {
-            line.push_str(&format!(" problems=\"{}\"", self.problems.join("; ")));
+            list("problems", &self.problems);
         }
         if debug && !self.detail.is_empty() {
-            line.push_str(&format!(" detail=\"{}\"", self.detail.join("; ")));
+            list("detail", &self.detail);
         }
-        line.replace(['\n', '\r'], " ")
+        if line.contains(['\n', '\r']) {
+            line = line.replace(['\n', '\r'], " ");
+        }
+        line
     }
 }
 

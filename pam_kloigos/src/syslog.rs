@@ -21,6 +21,7 @@
 //! `syslog(3)`, which copes with both. Logging never fails a login, and a
 //! stuck daemon holds a login up for at most [`SEND_TIMEOUT`].
 
+use std::borrow::Cow;
 use std::ffi::{c_char, CStr, CString};
 use std::fmt::Write as _;
 use std::io;
@@ -152,17 +153,22 @@ impl Log {
 
     /// Sends `prefix: line` at `priority` to the authpriv facility.
     pub fn send(&mut self, priority: Priority, prefix: &str, line: &str) {
-        let text = sanitize(&format!("{prefix}: {line}"), MAX_LINE);
+        let parts = [prefix, ": ", line];
         match &self.to {
             To::Nobody => {}
             To::Daemon(s) => {
-                if s.send(frame(priority, &text).as_bytes()).is_err() {
+                let framed = frame(priority, &parts);
+                if s.send(framed.line.as_bytes()).is_err() {
                     // Not kept: the next decision connects again.
                     self.keep = None;
-                    libc_syslog(priority, text);
+                    libc_syslog(priority, framed.text());
                 }
             }
-            To::Libc => libc_syslog(priority, text),
+            To::Libc => {
+                let mut text = String::new();
+                sanitize_into(&mut text, &parts, MAX_LINE);
+                libc_syslog(priority, &text);
+            }
         }
     }
 }
@@ -186,34 +192,55 @@ pub fn log(priority: Priority, prefix: &str, line: &str) {
 /// Cuts `line` to at most `max` bytes on a character boundary and removes
 /// control characters (no log injection through a user or file name).
 pub fn sanitize(line: &str, max: usize) -> String {
-    let mut out = String::with_capacity(line.len().min(max));
-    for c in line.chars() {
+    let mut out = String::new();
+    sanitize_into(&mut out, &[line], max);
+    out
+}
+
+/// Appends the concatenation of `parts` to `out` as [`sanitize`] cleans a
+/// line, at most `max` bytes of it.
+fn sanitize_into(out: &mut String, parts: &[&str], max: usize) {
+    let start = out.len();
+    out.reserve(parts.iter().map(|p| p.len()).sum::<usize>().min(max));
+    for c in parts.iter().flat_map(|p| p.chars()) {
         let c = if c.is_control() { ' ' } else { c };
-        if out.len() + c.len_utf8() > max {
+        if out.len() - start + c.len_utf8() > max {
             break;
         }
         out.push(c);
     }
-    out
 }
 
-/// `text` framed as libc's syslog(3) frames a line: priority with the
-/// authpriv facility, local time, the program's short name and pid.
-pub fn frame(priority: Priority, text: &str) -> String {
+/// A line framed for the daemon, and where its text starts.
+pub struct Framed {
+    /// The whole datagram.
+    pub line: String,
+    text_at: usize,
+}
+
+impl Framed {
+    /// The cleaned text, without the frame (for libc's syslog, which frames it).
+    pub fn text(&self) -> &str {
+        &self.line[self.text_at..]
+    }
+}
+
+/// The concatenation of `parts`, cleaned as [`sanitize`] cleans a line and
+/// framed as libc's syslog(3) frames one: priority with the authpriv
+/// facility, local time, the program's short name and pid. One buffer.
+pub fn frame(priority: Priority, parts: &[&str]) -> Framed {
     let pri = libc::LOG_AUTHPRIV | priority.raw();
-    let mut out = String::with_capacity(text.len() + 64);
-    let _ = write!(
-        out,
-        "<{pri}>{} {}[{}]: {text}",
-        local_time(),
-        ident(),
-        std::process::id()
-    );
-    out
+    let mut line = String::with_capacity(MAX_LINE + 64);
+    let _ = write!(line, "<{pri}>");
+    local_time(&mut line);
+    let _ = write!(line, " {}[{}]: ", ident(), std::process::id());
+    let text_at = line.len();
+    sanitize_into(&mut line, parts, MAX_LINE);
+    Framed { line, text_at }
 }
 
-/// Now in local time as syslog writes it: `Nov  3 09:05:01`.
-fn local_time() -> String {
+/// Appends now in local time as syslog writes it: `Nov  3 09:05:01`.
+fn local_time(out: &mut String) {
     const MONTHS: [&str; 12] = [
         "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
     ];
@@ -225,15 +252,17 @@ fn local_time() -> String {
     let tm = unsafe {
         let mut tm: libc::tm = std::mem::zeroed();
         if libc::localtime_r(&now, &mut tm).is_null() {
-            return "Jan  1 00:00:00".into();
+            out.push_str("Jan  1 00:00:00");
+            return;
         }
         tm
     };
     let month = MONTHS.get(tm.tm_mon as usize).copied().unwrap_or("Jan");
-    format!(
+    let _ = write!(
+        out,
         "{month} {:>2} {:02}:{:02}:{:02}",
         tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec
-    )
+    );
 }
 
 unsafe extern "C" {
@@ -243,20 +272,20 @@ unsafe extern "C" {
 }
 
 /// The program's short name, as libc's syslog(3) names it.
-fn ident() -> String {
+fn ident() -> Cow<'static, str> {
     // SAFETY: glibc sets this pointer before any code of ours runs and
     // points it at a NUL-terminated string that lives as long as the
     // process; it is read, never written.
     let p = unsafe { program_invocation_short_name };
     if p.is_null() {
-        return "pam_kloigos".into();
+        return Cow::Borrowed("pam_kloigos");
     }
     // SAFETY: non-null, NUL-terminated, alive for the whole process (above).
-    unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    unsafe { CStr::from_ptr(p) }.to_string_lossy()
 }
 
 /// Sends `text` through libc's syslog(3).
-fn libc_syslog(priority: Priority, text: String) {
+fn libc_syslog(priority: Priority, text: &str) {
     // sanitize() replaced every control character, NUL included.
     let Ok(msg) = CString::new(text) else { return };
     // SAFETY: the format is a literal "%s" consuming exactly one argument,
@@ -284,7 +313,12 @@ mod tests {
 
     #[test]
     fn lines_are_framed_as_libc_frames_them() {
-        let line = frame(Priority::Notice, "pam_kloigos(sshd:account): user=bob");
+        let framed = frame(
+            Priority::Notice,
+            &["pam_kloigos(sshd:account)", ": user=bob\n"],
+        );
+        assert_eq!(framed.text(), "pam_kloigos(sshd:account): user=bob ");
+        let line = framed.line;
         // authpriv (10 << 3) | notice (5)
         let rest = line.strip_prefix("<85>").expect(&line);
         // "Mmm dd hh:mm:ss " then "ident[pid]: text"
@@ -297,7 +331,7 @@ mod tests {
             "[{}]: pam_kloigos(sshd:account): user=bob",
             std::process::id()
         );
-        assert!(tail.ends_with(&want), "{line}");
+        assert!(tail.ends_with(&format!("{want} ")), "{line}");
         assert!(!tail.starts_with('['), "no ident: {line}");
     }
 
