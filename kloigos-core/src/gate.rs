@@ -28,7 +28,6 @@
 //! whole decision is tested here without disks, NFS or clocks.
 
 use std::fmt::{self, Write as _};
-use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, OnceLock};
@@ -42,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::names::NodeName;
 use crate::policy::Policy;
 use crate::state::NodeState;
-use crate::store::{read_trusted, LoginCopy, Store, Trust};
+use crate::store::{read_trusted_if_any, LoginCopy, Store, Trust};
 use crate::users::{self, Account};
 
 /// Where a login decision came from.
@@ -255,16 +254,11 @@ impl LocalCopyFile {
 
 impl LocalCopyReader for LocalCopyFile {
     fn local_copy(&self) -> Result<Option<LoginCopy>> {
-        match read_trusted(&self.path, &self.trust) {
-            Ok(bytes) => LoginCopy::parse(&self.path, bytes).map(Some),
-            Err(Error::Storage { msg, .. }) if is_enoent(&msg) => Ok(None),
-            Err(e) => Err(e),
+        match read_trusted_if_any(&self.path, &self.trust)? {
+            Some(bytes) => LoginCopy::parse(&self.path, bytes).map(Some),
+            None => Ok(None),
         }
     }
-}
-
-fn is_enoent(msg: &str) -> bool {
-    *msg == io::Error::from_raw_os_error(nix::libc::ENOENT).to_string()
 }
 
 /// Why a read under a deadline gave no answer.
@@ -1057,7 +1051,7 @@ mod tests {
     use crate::names::UserName;
     use crate::node::NodeSpec;
     use crate::state::{Request, Size};
-    use crate::store::LocalCopy;
+    use crate::store::{read_trusted, LocalCopy};
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Mutex;
 

@@ -90,31 +90,66 @@ impl Trust {
 /// mode, whose directory is trusted too. Never follows a symlink and never
 /// blocks on a FIFO.
 pub fn read_trusted(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        let meta = fs::metadata(dir).map_err(|e| Error::io(dir, &e))?;
-        trust.check(dir, &meta)?;
-    }
+    check_parent(path, trust, false)?;
     read_trusted_file(path, trust)
+}
+
+/// [`read_trusted`], but `Ok(None)` when the file or its directory does
+/// not exist (an optional file: no error is built for its absence).
+pub fn read_trusted_if_any(path: &Path, trust: &Trust) -> Result<Option<Vec<u8>>> {
+    if !check_parent(path, trust, true)? {
+        return Ok(None);
+    }
+    match open_no_follow(path) {
+        Ok(f) => read_opened(f, path, trust).map(Some),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(open_error(path, &e)),
+    }
+}
+
+/// Checks the directory `path` is in; `Ok(false)` when it does not exist
+/// and `missing_ok`.
+fn check_parent(path: &Path, trust: &Trust, missing_ok: bool) -> Result<bool> {
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(true);
+    };
+    match fs::metadata(dir) {
+        Ok(meta) => trust.check(dir, &meta).map(|()| true),
+        Err(e) if missing_ok && e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(Error::io(dir, &e)),
+    }
 }
 
 /// [`read_trusted`] once the caller has checked the directory: opens the
 /// file (no symlink, no blocking, close-on-exec), checks the opened file
 /// with one `fstat`, and reads it in as few `read`s as its size allows.
 fn read_trusted_file(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
-    let mut f = OpenOptions::new()
+    let f = open_no_follow(path).map_err(|e| open_error(path, &e))?;
+    read_opened(f, path, trust)
+}
+
+/// Opens `path` to read: no symlink, no blocking, close-on-exec.
+fn open_no_follow(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
         .read(true)
         .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
         .open(path)
-        .map_err(|e| {
-            if e.raw_os_error() == Some(nix::libc::ELOOP) {
-                Error::Storage {
-                    path: path.into(),
-                    msg: "is a symbolic link; refusing to follow it".into(),
-                }
-            } else {
-                Error::io(path, &e)
-            }
-        })?;
+}
+
+/// The error for a failed [`open_no_follow`] of `path`.
+fn open_error(path: &Path, e: &io::Error) -> Error {
+    if e.raw_os_error() == Some(nix::libc::ELOOP) {
+        Error::Storage {
+            path: path.into(),
+            msg: "is a symbolic link; refusing to follow it".into(),
+        }
+    } else {
+        Error::io(path, e)
+    }
+}
+
+/// Checks the opened file `f` (at `path`) with one `fstat` and reads it.
+fn read_opened(mut f: File, path: &Path, trust: &Trust) -> Result<Vec<u8>> {
     let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
     if !meta.file_type().is_file() {
         return Err(Error::Storage {
@@ -998,6 +1033,32 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a regular file"));
+    }
+
+    #[test]
+    fn an_optional_file_may_be_missing_but_not_untrusted() {
+        let t = tempfile::tempdir().unwrap();
+        let trust = Trust::service(me());
+        let path = t.path().join("copy.json");
+        assert_eq!(read_trusted_if_any(&path, &trust).unwrap(), None);
+        let in_missing_dir = t.path().join("absent").join("copy.json");
+        assert_eq!(read_trusted_if_any(&in_missing_dir, &trust).unwrap(), None);
+        fs::write(&path, b"{}").unwrap();
+        assert_eq!(
+            read_trusted_if_any(&path, &trust).unwrap(),
+            Some(b"{}".to_vec())
+        );
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
+        let e = read_trusted_if_any(&path, &trust).unwrap_err();
+        assert!(e.to_string().contains("lets others write it"), "{e}");
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
+        let e = read_trusted_if_any(&path, &trust).unwrap_err();
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+        // A dangling link is there too: refused, not taken for no file.
+        fs::remove_file(&path).unwrap();
+        std::os::unix::fs::symlink(t.path().join("nowhere"), &path).unwrap();
+        assert!(read_trusted_if_any(&path, &trust).is_err());
     }
 
     #[test]
