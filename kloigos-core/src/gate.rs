@@ -408,7 +408,12 @@ enum Order {
     State(Arc<dyn SharedReader>, NodeName),
     /// After [`Order::Policy`] without a node: read this node's state.
     Node(NodeName),
+    /// Every read answered: run this job (see [`Reader::run_after`]).
+    Run(Job),
 }
+
+/// Work the reader thread does for the caller once its reads are done.
+pub type Job = Box<dyn FnOnce() + Send>;
 
 /// What the reader thread of a decision hands over, in this order.
 enum Read {
@@ -431,12 +436,17 @@ enum Read {
 /// told nothing. So the share is never touched for a user the local copy's
 /// policy decides. Without a usable copy it goes on to the share at once,
 /// as every decision but root's then reads it. One thread serves every
-/// read of a decision.
+/// read of a decision, then may run a last job for the caller while the
+/// caller goes on ([`Reader::run_after`]: the PAM module's log line).
 pub struct Reader {
     /// The thread's answers; `Err` when it could not be started.
     rx: std::result::Result<mpsc::Receiver<Read>, DeadlineError>,
     /// Orders for the thread. Dropping it ends a thread that waits for one.
     go: mpsc::SyncSender<Order>,
+    /// How many answers the thread still owes.
+    owed: u32,
+    /// Whether an answer came too late (or never): the thread may be stuck.
+    late: bool,
     /// Whether the node has been sent.
     node_sent: bool,
     /// Whether the copy's order carried a share order (see
@@ -465,57 +475,22 @@ impl Reader {
             .name("kloigos-read".into())
             .stack_size(READER_STACK)
             .spawn(move || {
-                let mut order = wait_for(&go_rx);
-                if let Some(Order::Copy(local, then)) = order {
-                    let copy = local.local_copy().map(|c| c.map(Box::new));
-                    let go_on = !usable(&copy);
-                    if tx.send(Read::Copy(copy)).is_err() {
-                        return;
+                // Every order is served until the decision drops its end,
+                // so a job handed over after the reads runs here.
+                let mut next = serve(&go_rx, &tx);
+                while let Some(order) = next.take().or_else(|| wait_for(&go_rx)) {
+                    if let Order::Run(job) = order {
+                        job();
                     }
-                    order = match then {
-                        Some((shared, node)) if go_on => Some(Order::Policy(shared, node)),
-                        _ => wait_for(&go_rx),
-                    };
                 }
-                let (shared, head, state) = match order {
-                    Some(Order::Policy(shared, node)) => {
-                        let head = shared.policy().map(Some);
-                        // A node already named: read its state before
-                        // handing over the policy, so the caller is woken
-                        // once for both.
-                        let state = match &node {
-                            Some(n) if head.is_ok() => Some(shared.node(n)),
-                            _ => None,
-                        };
-                        (shared, head, state)
-                    }
-                    Some(Order::State(shared, n)) => match shared.mounted() {
-                        Ok(()) => {
-                            let state = shared.node(&n);
-                            (shared, Ok(None), Some(state))
-                        }
-                        Err(e) => (shared, Err(e), None),
-                    },
-                    Some(Order::Node(_) | Order::Copy(..)) | None => return,
-                };
-                let failed = head.is_err();
-                if tx.send(Read::Head(head)).is_err() || failed {
-                    return;
-                }
-                let state = match state {
-                    Some(s) => s,
-                    None => match wait_for(&go_rx) {
-                        Some(Order::Node(n)) => shared.node(&n),
-                        _ => return,
-                    },
-                };
-                let _ = tx.send(Read::Node(state));
             });
         Reader {
             rx: spawned
                 .map(|_| rx)
                 .map_err(|e| DeadlineError::Spawn(e.to_string())),
             go,
+            owed: 0,
+            late: false,
             node_sent: false,
             follow_up: None,
             share_started: false,
@@ -532,20 +507,61 @@ impl Reader {
             order,
             Order::Policy(_, Some(_)) | Order::State(..) | Order::Node(_)
         );
+        self.owed += match &order {
+            Order::Copy(..) | Order::Policy(_, None) | Order::Node(_) => 1,
+            Order::Policy(_, Some(_)) | Order::State(..) => 2,
+            Order::Run(_) => 0,
+        };
         let _ = self.go.send(order);
     }
 
     /// The next answer, waiting at most until the deadline.
-    fn next(&self) -> std::result::Result<Read, DeadlineError> {
+    fn next(&mut self) -> std::result::Result<Read, DeadlineError> {
         let rx = self.rx.as_ref().map_err(Clone::clone)?;
-        if let Some(r) = spin_recv(rx) {
-            return Ok(r);
+        let read = match spin_recv(rx) {
+            Some(r) => Ok(r),
+            None => {
+                let left = self.deadline.saturating_duration_since(Instant::now());
+                rx.recv_timeout(left).map_err(|e| match e {
+                    mpsc::RecvTimeoutError::Timeout => DeadlineError::TimedOut(self.budget),
+                    mpsc::RecvTimeoutError::Disconnected => DeadlineError::Died,
+                })
+            }
+        };
+        match &read {
+            // A failed cluster.json ends the thread's reads.
+            Ok(Read::Head(Err(_))) => self.owed = 0,
+            Ok(_) => self.owed = self.owed.saturating_sub(1),
+            Err(_) => self.late = true,
         }
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        rx.recv_timeout(left).map_err(|e| match e {
-            mpsc::RecvTimeoutError::Timeout => DeadlineError::TimedOut(self.budget),
-            mpsc::RecvTimeoutError::Disconnected => DeadlineError::Died,
-        })
+        read
+    }
+
+    /// Has the thread run `job` once it has answered every order, so the
+    /// caller can go on meanwhile; [`Done`] tells when it has. When the
+    /// thread cannot take it (never started, still reading, late or gone),
+    /// `job` runs here, now, and `None` is returned.
+    pub fn run_after(&mut self, job: Job) -> Option<Done> {
+        let (done_tx, done) = mpsc::sync_channel(1);
+        let run: Job = Box::new(move || {
+            job();
+            let _ = done_tx.send(());
+        });
+        if self.rx.is_err() || self.late || self.owed != 0 {
+            run();
+            return None;
+        }
+        // Every order has been answered, so the thread waits for the next
+        // one and the channel has room.
+        match self.go.try_send(Order::Run(run)) {
+            Ok(()) => Some(Done(done)),
+            Err(mpsc::TrySendError::Full(order) | mpsc::TrySendError::Disconnected(order)) => {
+                if let Order::Run(run) = order {
+                    run();
+                }
+                None
+            }
+        }
     }
 
     /// Has the thread read the local copy while the caller goes on; with
@@ -568,6 +584,7 @@ impl Reader {
                 if let (Some(node_named), false) = (self.follow_up, usable(&r)) {
                     self.share_started = true;
                     self.node_sent |= node_named;
+                    self.owed += if node_named { 2 } else { 1 };
                 }
                 return r.map(|c| c.map(|c| *c));
             }
@@ -617,6 +634,72 @@ impl Reader {
     }
 }
 
+/// The reader thread's reads, as [`Reader`] orders them: the local copy,
+/// then the share. Returns an order it was given but does not serve (a
+/// [`Order::Run`]), or `None` when the orders ended or the decision has
+/// gone.
+fn serve(go_rx: &mpsc::Receiver<Order>, tx: &mpsc::SyncSender<Read>) -> Option<Order> {
+    let mut order = wait_for(go_rx);
+    if let Some(Order::Copy(local, then)) = order {
+        let copy = local.local_copy().map(|c| c.map(Box::new));
+        let go_on = !usable(&copy);
+        tx.send(Read::Copy(copy)).ok()?;
+        order = match then {
+            Some((shared, node)) if go_on => Some(Order::Policy(shared, node)),
+            _ => wait_for(go_rx),
+        };
+    }
+    let (shared, head, state) = match order {
+        Some(Order::Policy(shared, node)) => {
+            let head = shared.policy().map(Some);
+            // A node already named: read its state before handing over the
+            // policy, so the caller is woken once for both.
+            let state = match &node {
+                Some(n) if head.is_ok() => Some(shared.node(n)),
+                _ => None,
+            };
+            (shared, head, state)
+        }
+        Some(Order::State(shared, n)) => match shared.mounted() {
+            Ok(()) => {
+                let state = shared.node(&n);
+                (shared, Ok(None), Some(state))
+            }
+            Err(e) => (shared, Err(e), None),
+        },
+        other => return other,
+    };
+    let failed = head.is_err();
+    tx.send(Read::Head(head)).ok()?;
+    if failed {
+        return None;
+    }
+    let state = match state {
+        Some(s) => s,
+        None => match wait_for(go_rx) {
+            Some(Order::Node(n)) => shared.node(&n),
+            other => return other,
+        },
+    };
+    tx.send(Read::Node(state)).ok()?;
+    None
+}
+
+/// Tells when a job handed to the reader thread ([`Reader::run_after`]) has run.
+#[derive(Debug)]
+pub struct Done(mpsc::Receiver<()>);
+
+impl Done {
+    /// Waits at most `limit` for the job to have run; whether it has.
+    pub fn wait(&self, limit: Duration) -> bool {
+        match self.0.try_recv() {
+            Ok(()) => true,
+            Err(mpsc::TryRecvError::Disconnected) => false,
+            Err(mpsc::TryRecvError::Empty) => self.0.recv_timeout(limit).is_ok(),
+        }
+    }
+}
+
 /// Whether a local copy read can serve the decision: without one, the
 /// share gives the policy too, so a reader told how (see [`Order::Copy`])
 /// goes on to read it at once.
@@ -649,7 +732,7 @@ pub fn check_with(
     shared: Arc<dyn SharedReader>,
     local: Arc<dyn LocalCopyReader>,
 ) -> Decision {
-    decide_with(p, Reader::start(), shared, local, &mut || {})
+    decide_with(p, &mut Reader::start(), shared, local, &mut || {})
 }
 
 /// [`check_with`] with its reader thread already started (for `p.user`);
@@ -657,7 +740,7 @@ pub fn check_with(
 /// (not at all when the share is not read).
 fn decide_with(
     p: &GateParams<'_>,
-    mut reader: Reader,
+    reader: &mut Reader,
     shared: Arc<dyn SharedReader>,
     local: Arc<dyn LocalCopyReader>,
     meanwhile: &mut dyn FnMut(),
@@ -1001,15 +1084,17 @@ impl LocalCopyReader for LazyLocalCopy {
 }
 
 /// The login decision on this host for the user named `user`, with the
-/// reader thread started for it (see [`Reader::start`]), reading the real share and local copy
-/// named by `config`, trusting files owned by root or the service account
-/// (known from a fresh local copy, else looked up only for a file root does
-/// not own). `meanwhile` runs on this thread while the reader thread reads
-/// the share (not at all when the share is not read): the caller's own
-/// work that does not need the answer. Used by the PAM module.
+/// reader thread started for it (see [`Reader::start`]), reading the real
+/// share and local copy named by `config`, trusting files owned by root or
+/// the service account (known from a fresh local copy, else looked up only
+/// for a file root does not own). `meanwhile` runs on this thread while the
+/// reader thread reads the share (not at all when the share is not read):
+/// the caller's own work that does not need the answer. The reader stays
+/// the caller's, to hand the thread a last job ([`Reader::run_after`]).
+/// Used by the PAM module.
 pub fn check(
     config: &Config,
-    reader: Reader,
+    reader: &mut Reader,
     user: &str,
     node: Option<NodeName>,
     now: Timestamp,
@@ -1365,6 +1450,75 @@ mod tests {
         assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
         assert_eq!(Arc::strong_count(&share), 1);
         assert_eq!(share.reads.load(Ordering::SeqCst), 0);
+    }
+
+    /// Runs the decision for `user` with `share` and `copy` on `reader`,
+    /// then hands it a job; whether the job ran on the reader thread, and
+    /// whether it had run once the returned `Done` (if any) said so.
+    fn last_job(
+        user: Who<'_>,
+        share: Arc<FakeShare>,
+        copy: FakeCopy,
+        timeout: Duration,
+    ) -> (bool, bool) {
+        let c = config(OnError::Deny);
+        let p = GateParams {
+            config: &c,
+            user,
+            node: None,
+            now: ts(NOW),
+            timeout,
+        };
+        let mut reader = Reader::start();
+        let _ = decide_with(&p, &mut reader, share, Arc::new(copy), &mut || {});
+        let on_thread = Arc::new(Mutex::new(None));
+        let seen = Arc::clone(&on_thread);
+        let done = reader.run_after(Box::new(move || {
+            let name = std::thread::current().name().map(str::to_string);
+            *seen.lock().unwrap() = Some(name.as_deref() == Some("kloigos-read"));
+        }));
+        drop(reader);
+        let waited = done.is_none_or(|d| d.wait(Duration::from_secs(5)));
+        let ran = *on_thread.lock().unwrap();
+        (ran == Some(true), waited && ran.is_some())
+    }
+
+    #[test]
+    fn the_reader_thread_runs_a_last_job_only_when_its_reads_are_done() {
+        let fresh = copy_at("2026-11-23T10:55:00Z", Some(state()));
+        let five = Duration::from_secs(5);
+        // Reads done (share read, or a privileged user decided by the
+        // copy): the thread runs it, and Done says when it has.
+        let share = FakeShare::new(Share::Ok(Some(state())));
+        assert_eq!(
+            last_job(Who::Account(&alice()), share, fresh.clone(), five),
+            (true, true)
+        );
+        let ops = Account::new("ops", 1100, &["ops"]).unwrap();
+        let share = FakeShare::new(Share::Ok(Some(state())));
+        assert_eq!(
+            last_job(Who::Account(&ops), share, fresh.clone(), five),
+            (true, true)
+        );
+        let share = FakeShare::new(Share::NotMounted);
+        assert_eq!(
+            last_job(Who::Account(&bob()), share, no_copy(), five),
+            (true, true)
+        );
+        // The thread still reads (its answer came too late, or was never
+        // waited for): the job runs here, at once.
+        let share = FakeShare::new(Share::Hang);
+        let guard = share.hang.lock().unwrap();
+        let hung = Arc::clone(&share);
+        let short = Duration::from_millis(50);
+        assert_eq!(
+            last_job(Who::Account(&alice()), hung, fresh, short),
+            (false, true)
+        );
+        let unknown = Who::Name("no-such-kloigos-user");
+        let hung = Arc::clone(&share);
+        assert_eq!(last_job(unknown, hung, no_copy(), five), (false, true));
+        drop(guard);
     }
 
     #[test]

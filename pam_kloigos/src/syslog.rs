@@ -2,12 +2,16 @@
 //!
 //! A decision's lines go on a datagram connection to the syslog daemon's
 //! socket, `/dev/log` ([`Log::open`]), opened early: the PAM hook opens it
-//! while the reader thread reads the share, so a login pays only for the
-//! `send`. The connection is then kept for the next decision of the same
-//! process, as libc keeps its own, which is the one piece of state of
-//! ours: closing it cost each login a few microseconds, and a process
-//! exit closes it for free. A send that fails (the daemon restarted)
-//! drops it, and the next decision connects again.
+//! while the reader thread reads the share. The decision's line is then
+//! sent by that reader thread, its reads done, while the PAM call returns,
+//! and pam_end waits until it is sent (see the crate's `LogSent`), so a
+//! login does not wait for the daemon to wake up, and no line is lost to a
+//! program that exits after pam_end. The connection is kept for the next
+//! decision of the same process, as libc keeps its own, which is the one
+//! piece of state of ours: closing it cost each login a few microseconds,
+//! and a process exit closes it for free. A send that fails (the daemon
+//! restarted) drops it, and the next decision connects again.
+//!
 //! Lines are framed as libc's `syslog(3)` frames them (`<PRI>Mmm dd
 //! hh:mm:ss ident[pid]: text`, ident being the program's short name), so
 //! they read like the host's own. libc's `openlog`/`closelog` are never
@@ -19,7 +23,8 @@
 //! them for a process that did not ask for `LOG_CONS`; when `/dev/log` is
 //! a stream socket, or a send fails, the line goes through libc's
 //! `syslog(3)`, which copes with both. Logging never fails a login, and a
-//! stuck daemon holds a login up for at most [`SEND_TIMEOUT`].
+//! stuck daemon holds a login (or its pam_end) up for at most
+//! [`SEND_TIMEOUT`].
 
 use std::borrow::Cow;
 use std::ffi::{c_char, CStr, CString};
