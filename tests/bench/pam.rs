@@ -465,8 +465,11 @@ fn bench() {
         "  (every module stays loaded across cycles: pam_kloigos is linked -z nodelete, the bench holds pam_permit and pam_exec open;"
     );
     println!(
-        "   pam_permit reloaded at every cycle, libpam's default, costs {:.4} ms)",
+        "   pam_permit reloaded at every cycle, libpam's default, costs {:.4} ms;",
         ms(permit_reloaded)
+    );
+    println!(
+        "   pam_kloigos's log line, sent by its reader thread, is waited for by pam_end, inside each cycle)"
     );
     let row = |name: &str, d: Duration, n: usize| {
         println!("  {name:<52} {:>9.4} ms  ({n} cycles)", ms(d));
