@@ -41,7 +41,7 @@ use crate::error::{Error, Result};
 use crate::names::NodeName;
 use crate::policy::Policy;
 use crate::state::NodeState;
-use crate::store::{read_trusted_if_any, LoginCopy, Store, Trust};
+use crate::store::{check_mounted, read_trusted_if_any, LoginCopy, Store, Trust};
 use crate::users::{self, Account};
 
 /// Where a login decision came from.
@@ -212,26 +212,11 @@ impl SharedReader for StoreReader {
     }
 
     fn mounted(&self) -> Result<()> {
-        cluster_file_present(&self.store.cluster_path())
+        check_mounted(self.store.root())
     }
 
     fn node(&self, node: &NodeName) -> Result<Option<NodeState>> {
         self.store.node_if_any(node)
-    }
-}
-
-/// Whether `cluster.json` at `path` is there (not followed if a link), with
-/// [`Store::policy`]'s error when it is not: the share is not mounted.
-fn cluster_file_present(path: &Path) -> Result<()> {
-    match std::fs::symlink_metadata(path) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(match Error::io(path, &e) {
-            Error::Storage { msg, .. } if msg.contains("No such file") => Error::Storage {
-                path: path.into(),
-                msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
-            },
-            other => other,
-        }),
     }
 }
 
@@ -1060,7 +1045,7 @@ impl SharedReader for LazyStoreReader {
     }
 
     fn mounted(&self) -> Result<()> {
-        cluster_file_present(&self.root.join(crate::store::CLUSTER_FILE))
+        check_mounted(&self.root)
     }
 
     fn service_uid_hint(&self, uid: u32) {

@@ -530,10 +530,7 @@ impl Store {
     pub fn login_policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
         read_json(&path, &self.trust).map_err(|e| match e {
-            Error::Storage { msg, .. } if msg.contains("No such file") => Error::Storage {
-                path: path.clone(),
-                msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
-            },
+            Error::Storage { msg, .. } if msg.contains("No such file") => not_mounted(&path, &msg),
             e => e,
         })
     }
@@ -765,13 +762,31 @@ impl Store {
 
     /// Reads a journal file by path (a missing journal is empty).
     pub fn journal_at(&self, path: &Path) -> Result<(Vec<Event>, Vec<usize>)> {
-        match read_trusted(path, &self.trust) {
-            Ok(bytes) => Ok(journal::parse(&String::from_utf8_lossy(&bytes))),
-            Err(Error::Storage { msg, .. }) if msg.contains("No such file") => {
-                Ok((Vec::new(), Vec::new()))
-            }
-            Err(e) => Err(e),
-        }
+        Ok(match read_trusted_if_any(path, &self.trust)? {
+            Some(bytes) => journal::parse(&String::from_utf8_lossy(&bytes)),
+            None => (Vec::new(), Vec::new()),
+        })
+    }
+}
+
+/// Checks that the share at `root` is mounted, its `cluster.json` there
+/// (a link not followed), without reading it; [`Store::policy`]'s error
+/// when it is not.
+pub fn check_mounted(root: &Path) -> Result<()> {
+    let path = root.join(CLUSTER_FILE);
+    match fs::symlink_metadata(&path) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_mounted(&path, &e.to_string())),
+        Err(e) => Err(Error::io(&path, &e)),
+    }
+}
+
+/// The error for a `cluster.json` at `path` that is not there (`msg`
+/// says why): the share is not mounted, or not initialised.
+fn not_mounted(path: &Path, msg: &str) -> Error {
+    Error::Storage {
+        path: path.into(),
+        msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
     }
 }
 
