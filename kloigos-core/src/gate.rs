@@ -428,17 +428,15 @@ pub struct Reader {
     rx: std::result::Result<mpsc::Receiver<Read>, DeadlineError>,
     /// Orders for the thread. Dropping it ends a thread that waits for one.
     go: mpsc::SyncSender<Order>,
-    /// How many answers the thread still owes.
+    /// How many answers the thread still owes. An order whose answer is
+    /// already owed (the thread went on to the share by itself, or was
+    /// given the node with the policy) is not sent again.
     owed: u32,
     /// Whether an answer came too late (or never): the thread may be stuck.
     late: bool,
-    /// Whether the node has been sent.
-    node_sent: bool,
     /// Whether the copy's order carried a share order (see
     /// [`Order::Copy`]) and, if so, whether that named the node.
     follow_up: Option<bool>,
-    /// Whether the thread reads the share already, unasked.
-    share_started: bool,
     /// When the decision began: the deadline counts from here.
     started: Instant,
     deadline: Instant,
@@ -476,9 +474,7 @@ impl Reader {
             go,
             owed: 0,
             late: false,
-            node_sent: false,
             follow_up: None,
-            share_started: false,
             started,
             deadline: started,
             budget: Duration::ZERO,
@@ -488,10 +484,6 @@ impl Reader {
     /// Sends an order; the thread waits for it (or is gone, which the
     /// answer then shows), so this never blocks.
     fn order(&mut self, order: Order) {
-        self.node_sent |= matches!(
-            order,
-            Order::Policy(_, Some(_)) | Order::State(..) | Order::Node(_)
-        );
         self.owed += match &order {
             Order::Copy(..) | Order::Policy(_, None) | Order::Node(_) => 1,
             Order::Policy(_, Some(_)) | Order::State(..) => 2,
@@ -567,8 +559,6 @@ impl Reader {
         let why = match self.next() {
             Ok(Read::Copy(r)) => {
                 if let (Some(node_named), false) = (self.follow_up, usable(&r)) {
-                    self.share_started = true;
-                    self.node_sent |= node_named;
                     self.owed += if node_named { 2 } else { 1 };
                 }
                 return r.map(|c| c.map(|c| *c));
@@ -592,7 +582,7 @@ impl Reader {
         order: Order,
         meanwhile: &mut Option<&mut dyn FnMut()>,
     ) -> std::result::Result<Option<Policy>, String> {
-        if !self.share_started {
+        if self.owed == 0 {
             self.order(order);
         }
         if let Some(f) = meanwhile.take() {
@@ -608,7 +598,7 @@ impl Reader {
     /// `node`'s state from the share, after [`Reader::head`] (which may
     /// have named the node already; it must be the same).
     fn node(&mut self, node: NodeName) -> std::result::Result<Option<NodeState>, String> {
-        if !self.node_sent {
+        if self.owed == 0 {
             self.order(Order::Node(node));
         }
         match self.next() {
