@@ -846,17 +846,6 @@ impl LocalCopy {
         self.service_uid = uid;
         self
     }
-
-    /// Whether the copy is at most `max_age_s` old at `now`.
-    pub fn is_fresh(&self, now: Timestamp, max_age_s: u64) -> bool {
-        fresh(self.copied_at, now, max_age_s)
-    }
-}
-
-/// Whether a copy made at `copied_at` is at most `max_age_s` old at `now`.
-fn fresh(copied_at: Timestamp, now: Timestamp, max_age_s: u64) -> bool {
-    let age = now.as_second() - copied_at.as_second();
-    age >= 0 && (age as u64) <= max_age_s
 }
 
 /// The local copy as the login gate reads it: what every login needs (the
@@ -918,7 +907,8 @@ impl LoginCopy {
 
     /// Whether the copy is at most `max_age_s` old at `now`.
     pub fn is_fresh(&self, now: Timestamp, max_age_s: u64) -> bool {
-        fresh(self.copied_at, now, max_age_s)
+        let age = now.as_second() - self.copied_at.as_second();
+        age >= 0 && (age as u64) <= max_age_s
     }
 
     /// This node's state in the copy; `None` when this host was not a

@@ -194,16 +194,9 @@ pub fn log(priority: Priority, prefix: &str, line: &str) {
     Log::open().send(priority, prefix, line);
 }
 
-/// Cuts `line` to at most `max` bytes on a character boundary and removes
-/// control characters (no log injection through a user or file name).
-pub fn sanitize(line: &str, max: usize) -> String {
-    let mut out = String::new();
-    sanitize_into(&mut out, &[line], max);
-    out
-}
-
-/// Appends the concatenation of `parts` to `out` as [`sanitize`] cleans a
-/// line, at most `max` bytes of it.
+/// Appends the concatenation of `parts` to `out`, cut to at most `max`
+/// bytes on a character boundary, control characters made spaces (no log
+/// injection through a user or file name).
 fn sanitize_into(out: &mut String, parts: &[&str], max: usize) {
     let start = out.len();
     out.reserve(parts.iter().map(|p| p.len()).sum::<usize>().min(max));
@@ -230,7 +223,7 @@ impl Framed {
     }
 }
 
-/// The concatenation of `parts`, cleaned as [`sanitize`] cleans a line and
+/// The concatenation of `parts`, cleaned as [`sanitize_into`] cleans it and
 /// framed as libc's syslog(3) frames one: priority with the authpriv
 /// facility, local time, the program's short name and pid. One buffer.
 pub fn frame(priority: Priority, parts: &[&str]) -> Framed {
@@ -291,7 +284,7 @@ fn ident() -> Cow<'static, str> {
 
 /// Sends `text` through libc's syslog(3).
 fn libc_syslog(priority: Priority, text: &str) {
-    // sanitize() replaced every control character, NUL included.
+    // sanitize_into() replaced every control character, NUL included.
     let Ok(msg) = CString::new(text) else { return };
     // SAFETY: the format is a literal "%s" consuming exactly one argument,
     // a valid NUL-terminated string that outlives the call; syslog(3) is
@@ -311,9 +304,14 @@ mod tests {
 
     #[test]
     fn lines_are_capped_and_cleaned() {
-        assert_eq!(sanitize("a\nb\0c", 100), "a b c");
-        assert_eq!(sanitize("ééé", 5), "éé");
-        assert_eq!(sanitize(&"x".repeat(5000), MAX_LINE).len(), MAX_LINE);
+        let sanitize = |parts: &[&str], max| {
+            let mut out = String::from("kept ");
+            sanitize_into(&mut out, parts, max);
+            out
+        };
+        assert_eq!(sanitize(&["a\nb", "\0c"], 100), "kept a b c");
+        assert_eq!(sanitize(&["ééé"], 5), "kept éé");
+        assert_eq!(sanitize(&[&"x".repeat(5000)], MAX_LINE).len(), 5 + MAX_LINE);
     }
 
     #[test]
