@@ -132,19 +132,20 @@ fn e2e_three_nodes_book_login_expire_kill_uninstall() {
 
     // install.sh on each node, as an admin would: no DESTDIR, node name from the hostname.
     let bin_dir = kloigos_tests::bin_dir();
+    let install = [
+        install_script().display().to_string(),
+        "--uid".into(),
+        svc_uid.to_string(),
+        "--service-user".into(),
+        SVC.into(),
+        "--shared".into(),
+        shared.display().to_string(),
+        "--bin-dir".into(),
+        bin_dir.display().to_string(),
+        "--enable-pam".into(),
+    ];
     for n in &nodes {
-        let r = n.run(&[
-            install_script().display().to_string(),
-            "--uid".into(),
-            svc_uid.to_string(),
-            "--service-user".into(),
-            SVC.into(),
-            "--shared".into(),
-            shared.display().to_string(),
-            "--bin-dir".into(),
-            bin_dir.display().to_string(),
-            "--enable-pam".into(),
-        ]);
+        let r = n.run(&install);
         r.ok()
             .out_has(&format!("installing kloigos for node {}", n.name))
             .out_has("checked with pamtester: root still passes");
@@ -154,18 +155,7 @@ fn e2e_three_nodes_book_login_expire_kill_uninstall() {
             .join("cron.d/kloigos-housekeeper")
             .is_file());
         // Re-running is harmless.
-        let again = n.run(&[
-            install_script().display().to_string(),
-            "--uid".into(),
-            svc_uid.to_string(),
-            "--service-user".into(),
-            SVC.into(),
-            "--shared".into(),
-            shared.display().to_string(),
-            "--bin-dir".into(),
-            bin_dir.display().to_string(),
-            "--enable-pam".into(),
-        ]);
+        let again = n.run(&install);
         again.ok().out_has("already has pam_kloigos.so");
         // The test's housekeeper settings: no grace, no slices on this host,
         // nft on (each node has its own network namespace).
