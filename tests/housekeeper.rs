@@ -117,7 +117,8 @@ fn kill_ends_every_process_of_unbooked_users_in_one_pass_and_spares_the_rest() {
         r.stderr
     );
     assert!(
-        took < Duration::from_secs(1),
+        // One pass, not a pass per generation of forks: wide for a loaded machine.
+        took < Duration::from_secs(10),
         "the pass took {took:?}:\n{}",
         r.stderr
     );
@@ -576,16 +577,17 @@ fn cgroup_backend_confines_a_booked_user_to_their_cpus() {
     // This host: cgroup v1 cpuset (v2 is mounted without controllers).
     let v1 = Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus");
     let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
-    if !v1.exists() && !v2.contains("cpuset") {
-        eprintln!("SKIPPED: no cpuset controller on this host");
-        return;
-    }
+    kloigos_tests::require!(
+        v1.exists() || v2.contains("cpuset"),
+        "no cpuset controller on this host (mount the cgroup v1 cpuset controller, \
+         or enable cpuset in cgroup v2's subtree_control)"
+    );
     let all =
         std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus").unwrap_or_default();
-    if all.trim() == "0" {
-        eprintln!("SKIPPED: one CPU only; confinement cannot be observed");
-        return;
-    }
+    kloigos_tests::require!(
+        all.trim() != "0",
+        "the host has one CPU: confinement to a CPU subset cannot be observed (use a machine with 2 or more)"
+    );
     let _serial = host_cpuset();
     let user = user_with_uid("khk-cg", 59941);
     let p = Policy {
@@ -828,15 +830,7 @@ fn cpus_allowed_in(c: &kloigos_tests::nspawn::Container, pid: &str) -> String {
 #[test]
 fn systemd_backend_against_a_real_systemd_in_a_container() {
     kloigos_tests::require_root!();
-    let rootfs = match kloigos_tests::nspawn::rootfs() {
-        Ok(r) => r,
-        Err(why) => {
-            eprintln!(
-                "SKIPPED: no systemd container: {why}; the stand-in test covers the commands"
-            );
-            return;
-        }
-    };
+    let rootfs = kloigos_tests::require_ok!(kloigos_tests::nspawn::rootfs());
     let p = Policy {
         tasks_max_per_unit: Some(64),
         ..policy(59935)
