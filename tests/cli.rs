@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kloigos_core::duration::Dur;
 use kloigos_core::names::NodeName;
+use kloigos_core::policy::Policy;
 use kloigos_core::state::NodeState;
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::cmd::Run;
@@ -13,7 +15,19 @@ use kloigos_tests::poll::wait_until;
 use serde_json::Value;
 
 fn cluster_with_nodes() -> TempCluster {
-    let c = TempCluster::new();
+    cluster_with_nodes_and(Policy::default())
+}
+
+/// A policy that takes bookings of a second (the default minimum is a minute).
+fn short_bookings() -> Policy {
+    Policy {
+        min_duration: Dur::from_secs(1).unwrap(),
+        ..Policy::default()
+    }
+}
+
+fn cluster_with_nodes_and(policy: Policy) -> TempCluster {
+    let c = TempCluster::with_policy(policy);
     c.add_node("node1", "0-63", Some(16), Some("20000-23999"));
     c.add_node("node2", "0-7", None, None);
     c
@@ -135,7 +149,7 @@ fn capacity_refusal_gives_the_earliest_time_and_at_books_it() {
 
 #[test]
 fn wait_polls_until_a_slot_frees() {
-    let c = cluster_with_nodes();
+    let c = cluster_with_nodes_and(short_bookings());
     c.run(&["alloc", "-w", "node2", "-t", "2s"]).ok();
     let b = c
         .run(&["--json", "alloc", "-w", "node2", "-t", "1m", "--wait=30s"])
@@ -578,7 +592,11 @@ fn demo_runs_start_to_finish() {
 /// agrees with the state.
 #[test]
 fn concurrent_allocs_grant_exactly_the_capacity() {
-    let c = TempCluster::new();
+    // One user takes every unit: no per-node cap for this test.
+    let c = TempCluster::with_policy(Policy {
+        max_bookings_per_user_node: 0,
+        ..Policy::default()
+    });
     c.add_node("hot", "0-63", Some(1), None);
     let procs = 8;
     let attempts = 40;
@@ -635,7 +653,10 @@ fn concurrent_allocs_grant_exactly_the_capacity() {
 /// is never left held, the next writer proceeds.
 #[test]
 fn killed_writers_leave_a_valid_state() {
-    let c = TempCluster::new();
+    let c = TempCluster::with_policy(Policy {
+        max_bookings_per_user_node: 0,
+        ..Policy::default()
+    });
     c.add_node("n", "0-63", Some(1), None);
     let bin = kloigos_tests::bin("kloigos");
     let node = NodeName::new("n").unwrap();

@@ -100,7 +100,7 @@ impl Gate {
             size: Size::Whole,
             start: at(from),
             end: at(to),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         // Booked "at" one minute before its start, so past spans are accepted.

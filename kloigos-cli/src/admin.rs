@@ -20,7 +20,7 @@ use kloigos_core::Error;
 use crate::args::{AdminCmd, InitArgs, NodeFlags};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
-use crate::output::print_json;
+use crate::output::{escape, print_json};
 
 /// Dispatches `admin` subcommands.
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Result<u8> {
@@ -483,8 +483,8 @@ fn fsck(ctx: &Ctx, repair: bool) -> Result<u8> {
             println!(
                 "{}{}: {}",
                 if x.repaired { "repaired " } else { "" },
-                x.path,
-                x.problem
+                escape(&x.path),
+                escape(&x.problem)
             );
         }
         println!(

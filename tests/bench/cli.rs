@@ -46,7 +46,7 @@ fn info_over_many_nodes() {
                 size: Size::Units(1),
                 start: now,
                 end: now + jiff::SignedDuration::from_hours(1 + k),
-                note: String::new(),
+                note: Default::default(),
                 held_elsewhere: 0,
             };
             st.book(&req, &policy, now, &[]).expect("book");
