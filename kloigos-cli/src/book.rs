@@ -180,7 +180,8 @@ fn alloc_waiting(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpe
                 return Ok(0);
             }
             Some(code) if code == i32::from(WAIT_FULL) && !last => {
-                if !told && !ctx.json {
+                // On stderr even with --json: stdout carries only the booking.
+                if !told {
                     eprintln!(
                         "kloigos: nothing fits that yet; waiting for a free slot (--wait, at most {wait})..."
                     );
