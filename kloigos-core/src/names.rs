@@ -51,15 +51,11 @@ fn check_account(what: &'static str, text: &str) -> Result<()> {
     Ok(())
 }
 
-fn check_account_name(what: &'static str, text: &str, _max: usize, _extra: &[char]) -> Result<()> {
-    check_account(what, text)
-}
-
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr) => {
-        name_type!($(#[$doc])* $name, $what, $max, $extra, check_name);
+        name_type!($(#[$doc])* $name, $what, |what, text| check_name(what, text, $max, $extra));
     };
-    ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr, $check:ident) => {
+    ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -67,7 +63,8 @@ macro_rules! name_type {
         impl $name {
             /// Validates `text` and wraps it.
             pub fn new(text: &str) -> Result<Self> {
-                $check($what, text, $max, $extra)?;
+                let check: fn(&'static str, &str) -> Result<()> = $check;
+                check($what, text)?;
                 Ok(Self(text.to_string()))
             }
 
@@ -111,7 +108,7 @@ name_type!(
 name_type!(
     /// A user or group name as found in the passwd/group databases (see
     /// `check_account` for the rule).
-    UserName, "user name", 256, &[], check_account_name
+    UserName, "user name", check_account
 );
 name_type!(
     /// A node label (`gpu`, `bigmem`) or partition name.
