@@ -1045,6 +1045,18 @@ fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, text: &str) -> Vec<Stri
     panic!("no line with {text:?} within 60 s; saw {seen:?}");
 }
 
+/// Waits for `child` to exit, at most a minute (then kills it and fails).
+fn finish(mut child: std::process::Child) -> std::process::Output {
+    let exited = wait_until(Duration::from_secs(60), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("the waiter did not exit within a minute");
+    }
+    child.wait_with_output().unwrap()
+}
+
 const TERM: &str = r#"
 import os, signal, sys
 os.kill(int(sys.argv[1]), signal.SIGTERM); print("OK")
@@ -1090,7 +1102,7 @@ fn alloc_wait_waits_as_the_caller_and_books_through_setuid_children() {
     i.python(As::User(&i.bob), TERM, &[&pid.to_string()])
         .ok()
         .out_has("OK");
-    let status = child.wait().unwrap();
+    let status = finish(child).status;
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
         Some(nix::sys::signal::Signal::SIGTERM as i32),
@@ -1108,7 +1120,7 @@ fn alloc_wait_waits_as_the_caller_and_books_through_setuid_children() {
     child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
     wait_for_line(&lines, "waiting for a free slot");
     i.kloigos(As::User(&i.alice), &["release", &id]).ok();
-    let out = child.wait_with_output().unwrap();
+    let out = finish(child);
     assert_eq!(out.status.code(), Some(0));
     let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(b["user"], i.bob.name.as_str());
