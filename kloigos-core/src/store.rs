@@ -1333,6 +1333,50 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_state_write_takes_its_events_back_and_no_change_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let dir = s.node_dir(&n);
+        let journal = dir.join(JOURNAL_FILE);
+        let before = fs::read(&journal).unwrap();
+        // A directory where the tmp file goes: the state write fails (and
+        // the sweep of stray tmp files cannot remove it).
+        let blocker = dir.join(tmp_name(STATE_FILE));
+        fs::create_dir(&blocker).unwrap();
+        let by = UserName::new("root").unwrap();
+        let e = s
+            .update_node(&n, Timestamp::now(), |st| {
+                st.seq += 1;
+                Ok((
+                    (),
+                    vec![Event::node(
+                        Timestamp::now(),
+                        &by,
+                        journal::Action::Drain,
+                        &n,
+                        "x",
+                    )],
+                ))
+            })
+            .unwrap_err();
+        assert!(matches!(e, Error::Storage { .. }), "{e}");
+        assert_eq!(fs::read(&journal).unwrap(), before);
+        assert_eq!(s.node(&n).unwrap().seq, 0);
+        fs::remove_dir(&blocker).unwrap();
+        // Nothing changed, nothing to journal: the files stay as they are.
+        let stamp = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.ino(), m.mtime(), m.mtime_nsec())
+        };
+        let (st0, j0) = (stamp(&s.state_path(&n)), stamp(&journal));
+        s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
+            .unwrap();
+        assert_eq!((stamp(&s.state_path(&n)), stamp(&journal)), (st0, j0));
+    }
+
+    #[test]
     fn missing_cluster_file_says_not_mounted() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path(), Trust::service(1).also(me()));
