@@ -826,6 +826,19 @@ fn a_state_file_past_the_size_bound_is_refused_by_name() {
         .code(3)
         .err_has("node1/state.json: is 16777217 bytes, more than the 16 MiB kloigos reads");
     c.run(&["alloc", "-w", "node1"]).code(3).err_has("16 MiB");
+    // A journal past the bound is named and skipped; the others still count.
+    c.run(&["alloc", "-w", "node2"]).ok();
+    let journal = node_dir(&c, "node1").join("journal.jsonl");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    f.set_len(kloigos_core::store::MAX_FILE + 1).unwrap();
+    drop(f);
+    c.run(&["history"])
+        .code(3)
+        .err_has("node1/journal.jsonl: is 16777217 bytes")
+        .out_has("node2:1");
     // nobody (uid 65534) is gated: the decision cannot use the state.
     let r = c.run(&["check-login", "nobody", "node1"]);
     assert!(

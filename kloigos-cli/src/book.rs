@@ -596,10 +596,21 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
         })
         .collect();
     paths.extend(ctx.store.deleted_journals());
+    // A journal that cannot be read (too large, untrusted) is named and
+    // skipped: the others still make a history, and the exit status says
+    // it is incomplete.
+    let mut unreadable = 0;
     for p in paths {
-        let (ev, bad) = ctx.store.journal_at(&p)?;
-        torn += bad.len();
-        events.extend(ev);
+        match ctx.store.journal_at(&p) {
+            Ok((ev, bad)) => {
+                torn += bad.len();
+                events.extend(ev);
+            }
+            Err(e) => {
+                eprintln!("kloigos: warning: skipping {}", escape(&e.to_string()));
+                unreadable += 1;
+            }
+        }
     }
     if torn > 0 {
         eprintln!(
@@ -635,5 +646,5 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
     } else {
         print!("{}", bookings_table(&bookings, now, &tz).render(ctx.color));
     }
-    Ok(0)
+    Ok(if unreadable == 0 { 0 } else { 3 })
 }
