@@ -906,6 +906,16 @@ fn escape_sequences_in_notes_are_refused_and_never_printed_raw() {
         }
     }
     c.run(&["list"]).ok().out_has("\\u{1b}]0;pwned");
+    // A user name given to check-login is text from outside too.
+    for json in [false, true] {
+        let mut args = vec!["check-login", ATTACK, "node1"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let r = c.run(&args);
+        assert_inert("check-login", &r.stdout);
+        assert_inert("check-login", &r.stderr);
+    }
 }
 
 /// Issue 15 item 3: under a finite RLIMIT_FSIZE just above the journal's
