@@ -105,7 +105,7 @@ impl Gate {
             size: Size::Whole,
             start: at(from),
             end: at(to),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         // Booked "at" one minute before its start, so past spans are accepted.
@@ -670,4 +670,21 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
         "{}",
         sshd.log()
     );
+}
+
+/// Issue 15 item 6: an account named like an AD user (`kuser@ad.test`) is
+/// gated like any other: booked it gets in, a stranger of the same kind
+/// is denied, neither is "cannot look up this account".
+#[test]
+fn domain_account_names_are_gated_like_any_other() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("ad", Policy::default());
+    let booked = kloigos_tests::setuid::domain_user(&format!("k{}@ad.test", tag("a")));
+    let stranger = kloigos_tests::setuid::domain_user(&format!("k{}@ad.test", tag("b")));
+    g.book(&booked, -60, 3600);
+    let (_, line) = g.expect(&booked.name, Verdict::Allow);
+    assert!(line.contains("result=allow"), "{line}");
+    let (r, line) = g.expect(&stranger.name, Verdict::Deny);
+    assert!(r.run.stderr.contains("no booking for"), "{}", r.run.stderr);
+    assert!(!line.contains("cannot look up"), "{line}");
 }
