@@ -67,7 +67,12 @@ impl Ctx {
             .or_else(|| privs.caller_var("KLOIGOS_CONFIG").map(PathBuf::from));
         let overridden = cli.shared.is_some() || config_override.is_some();
         // `run` and `ssh` exec programs as the caller; their writes go through child kloigos processes.
-        let execs = matches!(cli.cmd, Cmd::Run(_) | Cmd::Ssh(_));
+        // The views only read the shared tree (world-readable) and write
+        // only the caller's own files (`dashboard --out`), so they run as the caller.
+        let execs = matches!(
+            cli.cmd,
+            Cmd::Run(_) | Cmd::Ssh(_) | Cmd::Timeline(_) | Cmd::Dashboard(_)
+        );
         let doctor = matches!(cli.cmd, Cmd::Doctor);
         if overridden || execs {
             privs.drop_to_caller()?;

@@ -7,6 +7,7 @@
 
 pub mod booking;
 pub mod cpuset;
+pub mod dashboard;
 pub mod duration;
 pub mod enforce;
 pub mod error;
@@ -29,4 +30,5 @@ pub mod placement;
 pub mod privilege;
 pub mod store;
 mod text;
+pub mod timeline;
 pub mod users;
