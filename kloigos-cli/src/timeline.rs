@@ -70,7 +70,7 @@ pub fn timeline(ctx: &Ctx, a: &TimelineArgs) -> Result<u8> {
         Some(t) => kloigos_core::when::parse_time(t, now, &tz)?,
         None => default_from(now, span, &tz),
     };
-    let to = timeline::span_end(from, span)?;
+    let to = timeline::span_end(from, span, &tz)?;
     let labels = a
         .labels
         .iter()

@@ -24,7 +24,7 @@ use crate::node::Drain;
 use crate::policy::{Policy, FORMAT_VERSION};
 use crate::ports::PortRange;
 use crate::state::NodeState;
-use crate::store::{to_json, write_atomic};
+use crate::store::write_atomic;
 use crate::timeline::{self, Filter, UnitRow};
 use crate::window::Window;
 
@@ -116,7 +116,8 @@ pub struct NodeView {
     pub idle: Vec<UserName>,
     /// Users with processes and no booking now.
     pub strays: Vec<UserName>,
-    /// One row per unit over the snapshot's span.
+    /// One row per unit over the snapshot's span: its booked, closed and
+    /// drained stretches (the rest is free).
     pub timeline: Vec<UnitRow>,
 }
 
@@ -263,7 +264,11 @@ pub fn snapshot(
                         .collect()
                 })
                 .unwrap_or_default();
-            let rows = timeline::node_rows(&st, &tz, from, to, &Filter::default());
+            let mut rows = timeline::node_rows(&st, &tz, from, to, &Filter::default());
+            // The page draws free time as the empty track: no need to ship it.
+            for u in &mut rows.units {
+                u.intervals.retain(|i| i.kind != timeline::Kind::Free);
+            }
             NodeView {
                 stale: facts.as_ref().is_none_or(|f| f.is_stale(now)),
                 name: st.node.name.clone(),
@@ -352,7 +357,12 @@ pub fn write_site(dir: &Path, snap: &Snapshot) -> Result<()> {
         }
         Err(e) => return Err(Error::io(dir, &e)),
     }
-    write_atomic(dir, SNAPSHOT_FILE, &to_json(snap))?;
+    // Compact: the browser fetches it every minute, and nobody edits it.
+    let json = serde_json::to_vec(snap).map_err(|e| Error::Storage {
+        path: dir.join(SNAPSHOT_FILE),
+        msg: format!("cannot serialize the snapshot: {e}"),
+    })?;
+    write_atomic(dir, SNAPSHOT_FILE, &json)?;
     write_atomic(dir, PAGE_FILE, page().as_bytes())
 }
 

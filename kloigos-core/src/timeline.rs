@@ -278,18 +278,23 @@ pub fn earliest_slot(
     })
 }
 
-/// The end of a span of `span` from `from`, refusing spans the views cannot draw.
-pub fn span_end(from: Timestamp, span: Dur) -> Result<Timestamp> {
+/// The end of a span of `span` from `from`: several whole days are
+/// calendar days in `tz` (a week across a DST change is 7 local days, 167 or 169 hours),
+/// anything else is elapsed time. Refuses spans the views cannot draw.
+pub fn span_end(from: Timestamp, span: Dur, tz: &TimeZone) -> Result<Timestamp> {
     const MAX_SPAN_SECS: u64 = 31 * 86_400;
+    let bad = |why: &str| Error::invalid("--span", &span.to_string(), why.to_string());
     if span.secs() < 3600 || span.secs() > MAX_SPAN_SECS {
-        return Err(Error::invalid(
-            "--span",
-            &span.to_string(),
-            "give a span from 1h to 31d, e.g. 24h or 7d",
-        ));
+        return Err(bad("give a span from 1h to 31d, e.g. 24h or 7d"));
     }
-    from.checked_add(SignedDuration::from_secs(span.secs() as i64))
-        .map_err(|_| Error::invalid("--span", &span.to_string(), "the span ends too far away"))
+    let end = if span.secs() > 86_400 && span.secs().is_multiple_of(86_400) {
+        from.to_zoned(tz.clone())
+            .checked_add(jiff::Span::new().days((span.secs() / 86_400) as i64))
+            .map(|z| z.timestamp())
+    } else {
+        from.checked_add(SignedDuration::from_secs(span.secs() as i64))
+    };
+    end.map_err(|_| bad("the span ends too far away"))
 }
 
 /// Text from a user (a note, a name) made safe to print on a terminal or
@@ -530,6 +535,23 @@ mod tests {
             slot.alloc,
             "kloigos alloc -w a --units 2 -t 4h --at 2026-11-23T14:00:00+00:00"
         );
+    }
+
+    #[test]
+    fn a_week_is_seven_local_days_across_dst() {
+        let paris = TimeZone::get("Europe/Paris").unwrap();
+        let from = ts("2026-10-23T22:00:00Z"); // Sat 24 Oct 00:00 CEST
+        let end = span_end(from, Dur::parse("7d").unwrap(), &paris).unwrap();
+        assert_eq!(end, ts("2026-10-30T23:00:00Z")); // Sat 31 Oct 00:00 CET
+        let end = span_end(from, Dur::parse("36h").unwrap(), &paris).unwrap();
+        assert_eq!(end, ts("2026-10-25T10:00:00Z"));
+        // "24h" is 24 hours, even on the 25-hour day.
+        let end = span_end(from, Dur::parse("24h").unwrap(), &paris).unwrap();
+        assert_eq!(end, ts("2026-10-24T22:00:00Z"));
+        for bad in ["30m", "32d"] {
+            let e = span_end(from, Dur::parse(bad).unwrap(), &paris).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::Usage);
+        }
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod pam;
 pub mod poll;
 pub mod setuid;
 pub mod sys;
+pub mod views;
 
 use std::path::PathBuf;
 
