@@ -57,7 +57,7 @@ fn timeline_lines_fit_the_width_and_colour_follows_the_flag() {
     // The caller's own booking (dora, the uid running the tests) stands out.
     assert!(colour.stdout.contains("\u{1b}[1;4m"));
     let plain = timeline(&c, &["--width", "160"]);
-    assert!(plain.stdout.contains("[dora alpha:4#"), "{}", plain.stdout);
+    assert!(plain.stdout.contains("{dora alpha:4#"), "{}", plain.stdout);
     assert!(plain.stdout.contains("[alice alpha:1="), "{}", plain.stdout);
 }
 
@@ -467,4 +467,53 @@ fn housekeeper_regenerates_the_dashboard_when_configured() {
     );
     other.pass(&[]).ok();
     assert!(!other.cluster.dir.path().join("dash").exists());
+}
+
+#[test]
+fn the_setuid_views_run_as_the_caller() {
+    require_root!();
+    use kloigos_tests::setuid::{As, Install};
+    use std::os::unix::fs::MetadataExt;
+    let i = Install::new(&format!("vw{}", std::process::id() % 100_000), &[]);
+    i.kloigos(As::User(&i.alice), &["alloc", "-w", &i.node, "-t", "1h"])
+        .ok();
+    // alice's own booking stands out in her timeline, not in bob's.
+    let args = ["timeline", "--width", "120", "--span", "3h"];
+    let mine = i.kloigos(As::User(&i.alice), &args);
+    let bar = format!("{{{} {}:1#", i.alice.name, i.node);
+    assert!(mine.ok().stdout.contains(&bar), "{bar}:\n{}", mine.stdout);
+    let theirs = i.kloigos(As::User(&i.bob), &args);
+    let bar = format!("[{} {}:1=", i.alice.name, i.node);
+    assert!(
+        theirs.ok().stdout.contains(&bar),
+        "{bar}:\n{}",
+        theirs.stdout
+    );
+    // The site is written as alice, where alice may write.
+    let www = i.dir.path().join("alice-www");
+    std::fs::create_dir(&www).unwrap();
+    i.give(&www, &i.alice);
+    i.kloigos(
+        As::User(&i.alice),
+        &["dashboard", "--out", www.to_str().unwrap()],
+    )
+    .ok();
+    for f in ["index.html", "cluster.json"] {
+        assert_eq!(
+            std::fs::metadata(www.join(f)).unwrap().uid(),
+            i.alice.uid,
+            "{f}"
+        );
+    }
+    // Never as the service account: the shared tree is not alice's to write.
+    let before = i.snapshot();
+    let into_share = i.shared().join("www");
+    i.kloigos(
+        As::User(&i.alice),
+        &["dashboard", "--out", into_share.to_str().unwrap()],
+    )
+    .code(3)
+    .err_has("www");
+    assert!(!into_share.exists());
+    assert_eq!(before, i.snapshot());
 }

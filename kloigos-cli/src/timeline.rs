@@ -377,7 +377,7 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
         if v.color {
             "[user id] booked (a colour per user; yours bold)".to_string()
         } else {
-            "[user id==] booked, [##] yours".to_string()
+            "[user id==] booked, {you##} yours".to_string()
         },
         format!("{CLOSED} closed (outside the node's windows)"),
         format!("{DRAINED} drained"),
@@ -517,12 +517,17 @@ fn ceil_col(t: Timestamp, from: Timestamp, cols: usize, span: i64) -> usize {
 }
 
 /// The characters of a bar `len` cells long: `[alice n1:3===]`, the label
-/// shortened to what fits; `#` instead of `=` for the caller's own; no
-/// bracket where the booking runs past the edge of the view.
+/// shortened to what fits; `{me n1:4###}` for the caller's own; no bracket
+/// where the booking runs past the edge of the view.
 fn bar_text(b: &Booking, len: usize, own: bool, cut_left: bool, cut_right: bool) -> String {
-    let fill = if own { '#' } else { '=' };
-    let open = if cut_left { fill } else { '[' };
-    let close = if cut_right { fill } else { ']' };
+    // Your own bookings read differently without colour too: braces and `#`.
+    let (fill, left, right) = if own {
+        ('#', '{', '}')
+    } else {
+        ('=', '[', ']')
+    };
+    let open = if cut_left { fill } else { left };
+    let close = if cut_right { fill } else { right };
     match len {
         0 => String::new(),
         1 => fill.to_string(),
