@@ -331,6 +331,46 @@ fn dashboard_server_is_read_only_and_refuses_traversal_and_long_heads() {
     // Still serving after all that.
     assert!(s.alive());
     assert!(s.raw(b"GET / HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 200"));
+    // Connections are bounded: 32 idle clients hold every slot, the next is turned away...
+    let idle: Vec<std::net::TcpStream> = (0..32)
+        .map(|_| std::net::TcpStream::connect(&s.addr).unwrap())
+        .collect();
+    let r = s.raw(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 503"), "{r}");
+    // ...and served again once they leave.
+    drop(idle);
+    assert!(kloigos_tests::poll::wait_until(
+        Duration::from_secs(30),
+        || s.raw(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200")
+    ));
+}
+
+#[test]
+fn dashboard_serve_writes_then_execs_the_server() {
+    let c = fixture();
+    let out = c.dir.path().join("served");
+    let s = Server::spawn(c.kloigos().args([
+        "dashboard",
+        "--now",
+        NOW,
+        "--out",
+        out.to_str().unwrap(),
+        "--serve",
+        "127.0.0.1:0",
+    ]));
+    let json = s.raw(b"GET /cluster.json HTTP/1.1\r\n\r\n");
+    assert!(json.starts_with("HTTP/1.1 200"), "{json}");
+    assert!(json.contains(&format!("\"generated\":\"{NOW}\"")));
+    // A bad address: the server says so, and the site stays written.
+    let r = c.run(&[
+        "dashboard",
+        "--out",
+        out.to_str().unwrap(),
+        "--serve",
+        "not-an-address",
+    ]);
+    r.code(3).err_has("cannot listen on not-an-address");
+    assert!(out.join("index.html").exists());
 }
 
 #[test]

@@ -297,11 +297,13 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
         labels.insert(0, (0, first));
     }
     let mut next_free = 0;
+    let mut taken: Vec<std::ops::Range<usize>> = Vec::new();
     for (at, text) in labels {
         let len = text.chars().count();
         if at >= next_free && at + len <= cols {
             put(&mut date_line, at, &text);
             next_free = at + len + 1;
+            taken.push(at..at + len);
         }
     }
     let mut hour_line: Vec<char> = vec![' '; cols];
@@ -314,7 +316,7 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
     }
     // The now marker goes where it hides no date (hour labels repeat).
     if let Some(c) = now_col {
-        if date_line[c] == ' ' {
+        if !taken.iter().any(|r| r.contains(&c)) {
             date_line[c] = '▼';
         } else {
             hour_line[c] = '▼';
@@ -643,4 +645,39 @@ fn wrap(text: &str, width: usize) -> String {
         out.push('\n');
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn booking() -> Booking {
+        serde_json::from_value(serde_json::json!({
+            "id": "n1:7", "node": "n1", "user": "alice", "uid": 1001, "units": [0, 0],
+            "cpus": "0-1", "ports": null, "start": "2026-11-23T09:00:00Z",
+            "end": "2026-11-23T11:00:00Z", "note": "", "created_by": "alice",
+            "created_at": "2026-11-23T09:00:00Z"
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn bars_shorten_their_label_to_fit() {
+        let b = booking();
+        assert_eq!(bar_text(&b, 16, false, false, false), "[alice n1:7====]");
+        assert_eq!(bar_text(&b, 8, false, false, false), "[alice=]");
+        assert_eq!(bar_text(&b, 5, false, false, false), "[ali]");
+        assert_eq!(bar_text(&b, 2, false, false, false), "[]");
+        assert_eq!(bar_text(&b, 1, false, false, false), "=");
+        assert_eq!(bar_text(&b, 10, true, false, false), "{alice###}");
+        // Cut by the edges of the view: no bracket there.
+        assert_eq!(bar_text(&b, 8, false, true, true), "=alice==");
+    }
+
+    #[test]
+    fn text_is_cut_and_wrapped_to_the_width() {
+        assert_eq!(fit("abcdef", 4), "abc…");
+        assert_eq!(fit("abc", 4), "abc");
+        assert_eq!(wrap("aaaa   bbbb   cc", 11), "aaaa   bbbb\ncc\n");
+    }
 }

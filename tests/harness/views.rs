@@ -307,24 +307,36 @@ pub struct Server {
 impl Server {
     /// Starts the server and waits for the address it prints.
     pub fn start(dir: &Path) -> Server {
-        let mut child = Command::new(crate::bin("kloigos-dashboard"))
-            .arg("--dir")
-            .arg(dir)
-            .args(["--listen", "127.0.0.1:0"])
+        Server::spawn(
+            Command::new(crate::bin("kloigos-dashboard"))
+                .arg("--dir")
+                .arg(dir)
+                .args(["--listen", "127.0.0.1:0"]),
+        )
+    }
+
+    /// Starts `cmd`, which ends up serving (e.g. `kloigos dashboard --serve`),
+    /// and waits for the line saying where.
+    pub fn spawn(cmd: &mut Command) -> Server {
+        let mut child = cmd
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("start kloigos-dashboard");
+            .expect("start the server");
         let out = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let mut line = String::new();
-            let _ = BufReader::new(out).read_line(&mut line);
-            let _ = tx.send(line);
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("http://") {
+                    let _ = tx.send(line);
+                    break;
+                }
+            }
         });
         let line = rx
             .recv_timeout(Duration::from_secs(30))
-            .expect("kloigos-dashboard printed where it listens");
+            .expect("the server printed where it listens");
         let addr = line
             .trim()
             .rsplit_once("http://")
