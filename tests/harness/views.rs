@@ -375,35 +375,66 @@ impl Drop for Server {
     }
 }
 
-/// Debian's chromium, headless, with a fresh profile: `extra` then `url`.
+/// Runs the rest of argv and prints the CPU seconds (user + system) it and
+/// every process it waited for used: a load-independent measure, unlike
+/// wall-clock time on a shared machine.
+const CPU_WRAPPER: &str = "import resource, subprocess, sys
+code = subprocess.call(sys.argv[1:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+sys.stderr.write('\\nkloigos-cpu-seconds %.3f\\n' % (r.ru_utime + r.ru_stime))
+sys.exit(code)
+";
+
+/// The CPU seconds a command run by [`chromium`] used, from its stderr.
+pub fn cpu_seconds(r: &Run) -> f64 {
+    r.stderr
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("kloigos-cpu-seconds "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no CPU figure in:\n{}", r.stderr))
+}
+
+/// Debian's chromium, headless, with a fresh profile: `extra` then `url`;
+/// its CPU time is in the output (see [`cpu_seconds`]).
 pub fn chromium(url: &str, extra: &[&str]) -> Run {
     let bin = need_program("/usr/bin/chromium", "chromium");
+    let python = need_program("/usr/bin/python3", "python3");
     let profile = tempfile::Builder::new()
         .prefix("kloigos-chromium-")
         .tempdir()
         .expect("profile dir");
-    let mut cmd = Command::new(bin);
-    cmd.args([
-        "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-    ])
-    .arg(format!("--user-data-dir={}", profile.path().display()))
-    .args(extra)
-    .arg(url);
+    let mut cmd = Command::new(python);
+    cmd.args(["-c", CPU_WRAPPER])
+        .arg(bin)
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+        ])
+        .arg(format!("--user-data-dir={}", profile.path().display()))
+        .args(extra)
+        .arg(url);
     run_bounded(&mut cmd, Duration::from_secs(180))
 }
 
-/// The DOM after the page's script ran: virtual time lets the fetch of
-/// `cluster.json` and the rendering finish before the dump.
-pub fn dump_dom(url: &str) -> String {
+/// The DOM after the page's script ran (virtual time lets the fetch of
+/// `cluster.json` and the rendering finish before the dump), and the CPU
+/// seconds chromium used.
+pub fn dump_dom_cpu(url: &str) -> (String, f64) {
     let r = chromium(url, &["--virtual-time-budget=10000", "--dump-dom"]);
     assert_eq!(r.code, 0, "chromium failed:\n{}", r.stderr);
-    r.stdout
+    let cpu = cpu_seconds(&r);
+    (r.stdout, cpu)
+}
+
+/// The DOM after the page's script ran.
+pub fn dump_dom(url: &str) -> String {
+    dump_dom_cpu(url).0
 }
 
 /// `target/test-artifacts/NAME`, its directory created.
