@@ -13,6 +13,13 @@ use crate::log;
 
 /// Reads every node and writes the site into `dir`.
 pub fn regenerate(dir: &Path, store: &Store, service: Option<(u32, u32)>, now: Timestamp) {
+    if !dir.is_absolute() {
+        log::error(&format!(
+            "housekeeper.dashboard_dir '{}' must be an absolute path; dashboard not regenerated",
+            dir.display()
+        ));
+        return;
+    }
     let written = crate::sys::as_service(service, || -> kloigos_core::Result<()> {
         let policy = store.policy()?;
         let mut nodes = Vec::new();

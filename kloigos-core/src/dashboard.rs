@@ -507,6 +507,70 @@ mod tests {
     }
 
     #[test]
+    fn snapshot_flags_stale_idle_and_strays_and_ships_no_free_time() {
+        use crate::names::UserName;
+        use crate::state::{Request, Size};
+        let now: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        let mut spec =
+            crate::node::NodeSpec::new(NodeName::new("n1").unwrap(), CpuSet::parse("0-3").unwrap());
+        spec.unit_cpus = Some(2);
+        let mut st = NodeState::new(spec);
+        for (user, units) in [("alice", 1), ("bob", 1)] {
+            let u = UserName::new(user).unwrap();
+            let req = Request {
+                user: u.clone(),
+                uid: 1000,
+                created_by: u,
+                size: Size::Units(units),
+                start: now,
+                end: "2026-11-23T12:00:00Z".parse().unwrap(),
+                note: String::new(),
+                held_elsewhere: 0,
+            };
+            st.book(&req, &Policy::default(), now, &[]).unwrap();
+        }
+        let facts = |age: i64| -> Facts {
+            serde_json::from_value(serde_json::json!({
+                "version": 1, "node": "n1",
+                "heartbeat": Timestamp::from_second(now.as_second() - age).unwrap(),
+                "users": [
+                    {"user": "alice", "uid": 1000, "processes": 3, "cpu_load": 0.9},
+                    {"user": "carol", "uid": 1002, "processes": 1, "cpu_load": 0.0}
+                ]
+            }))
+            .unwrap()
+        };
+        let snap = snapshot(
+            &Policy::default(),
+            vec![(st.clone(), Some(facts(30)))],
+            vec![],
+            now,
+        );
+        let n = &snap.nodes[0];
+        assert!(!n.stale);
+        assert_eq!((n.state, n.units_free), ("full", 0));
+        assert_eq!(n.idle, [UserName::new("bob").unwrap()]);
+        assert_eq!(n.strays, [UserName::new("carol").unwrap()]);
+        assert!(n
+            .timeline
+            .iter()
+            .all(|u| u.intervals.iter().all(|i| i.kind == timeline::Kind::Booked)));
+        assert_eq!(snap.days.len(), 7);
+        assert_eq!(snap.colours["alice"], USER_COLOURS[user_colour("alice")].1);
+        // A stale heartbeat: flagged, and its per-user data no longer judged.
+        let snap = snapshot(
+            &Policy::default(),
+            vec![(st.clone(), Some(facts(600)))],
+            vec![],
+            now,
+        );
+        assert!(snap.nodes[0].stale && snap.nodes[0].idle.is_empty());
+        assert_eq!(snap.nodes[0].state, "stale");
+        let snap = snapshot(&Policy::default(), vec![(st, None)], vec![], now);
+        assert!(snap.nodes[0].stale);
+    }
+
+    #[test]
     fn colours_are_stable() {
         assert_eq!(user_colour("alice"), user_colour("alice"));
         let all: std::collections::BTreeSet<usize> =
