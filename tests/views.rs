@@ -435,7 +435,10 @@ fn dashboard_of_100_nodes_with_a_week_of_bookings_renders_quickly() {
             .ok();
         out
     };
-    let (big_site, small_site) = (site(&big), site(&small));
+    let t = Instant::now();
+    let big_site = site(&big);
+    let out_s = t.elapsed().as_secs_f64();
+    let small_site = site(&small);
     let bookings: usize = serde_json::from_slice::<serde_json::Value>(
         &std::fs::read(big_site.join("cluster.json")).unwrap(),
     )
@@ -446,6 +449,23 @@ fn dashboard_of_100_nodes_with_a_week_of_bookings_renders_quickly() {
         .map(|n| n["bookings"].as_array().unwrap().len())
         .sum();
     assert!(bookings > 8000, "{bookings} bookings");
+    // The terminal view of the same cluster, against info (same run, same machine).
+    let t = Instant::now();
+    big.run(&["info"]).ok();
+    let info_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let week = big.run(&["timeline", "--now", NOW, "--span", "7d", "--width", "160"]);
+    let cal_s = t.elapsed().as_secs_f64();
+    week.ok().out_has("bookings in view; name nodes");
+    assert_eq!(
+        week.stdout.lines().filter(|l| l.contains(" u7 ")).count(),
+        100
+    );
+    eprintln!(
+        "100 nodes: timeline --span 7d {cal_s:.2} s, dashboard --out {out_s:.2} s, against info {info_s:.2} s (ratios {:.2}, {:.2})",
+        cal_s / info_s,
+        out_s / info_s
+    );
     let big_srv = Server::start(&big_site);
     let small_srv = Server::start(&small_site);
     // Same browser, same flags: the difference is fetching and rendering

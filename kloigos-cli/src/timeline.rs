@@ -26,6 +26,8 @@ use crate::output::print_json;
 const MIN_WIDTH: usize = 40;
 /// Widest drawing, whatever the terminal says.
 const MAX_WIDTH: usize = 400;
+/// Most bookings listed under the chart.
+const MAX_LISTED: usize = 40;
 
 /// Everything a drawing needs, read and decided before drawing.
 pub struct View<'a> {
@@ -328,7 +330,12 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
     let tick_cols: Vec<usize> = ticks.iter().map(|(c, _)| *c).collect();
 
     // Rows.
-    let index = |id: &kloigos_core::booking::BookingId| bookings.iter().position(|b| &b.id == id);
+    let by_id: std::collections::HashMap<&kloigos_core::booking::BookingId, usize> = bookings
+        .iter()
+        .enumerate()
+        .map(|(i, b)| (&b.id, i))
+        .collect();
+    let index = |id: &kloigos_core::booking::BookingId| by_id.get(id).copied();
     for r in rows {
         for (i, unit) in r.units.iter().enumerate() {
             let mut cells = vec![Cell::Free; cols];
@@ -412,8 +419,17 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
         }
     }
 
-    // The bookings in view, notes escaped.
-    if !bookings.is_empty() {
+    // The bookings in view, notes escaped; too many to read is a count.
+    if bookings.len() > MAX_LISTED {
+        out.push('\n');
+        out.push_str(&wrap(
+            &format!(
+                "{} bookings in view; name nodes, -l LABEL or --user USER to list them (or --json)",
+                bookings.len()
+            ),
+            width,
+        ));
+    } else if !bookings.is_empty() {
         out.push('\n');
         for b in bookings {
             let mark = if b.uid == v.caller_uid { "*" } else { " " };
