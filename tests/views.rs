@@ -142,10 +142,11 @@ fn timeline_what_if_clock_reads_only() {
         .iter()
         .map(|n| c.state_bytes(n))
         .collect();
-    timeline(&c, &["--span", "7d"]).ok();
-    c.run(&["dashboard", "--now", NOW, "--out"])
-        .code(2)
-        .err_has("--out");
+    timeline(&c, &["--span", "7d", "--fits", "whole"]).ok();
+    let site = c.dir.path().join("site");
+    c.run(&["dashboard", "--now", NOW, "--out", site.to_str().unwrap()])
+        .ok();
+    c.run(&["dashboard", "--now", NOW]).code(2).err_has("--out");
     let after: Vec<Vec<u8>> = ["alpha", "beta", "gamma"]
         .iter()
         .map(|n| c.state_bytes(n))
