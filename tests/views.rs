@@ -136,6 +136,31 @@ fn timeline_json_gives_every_interval_and_the_slot() {
 }
 
 #[test]
+fn the_alloc_line_under_the_chart_books_the_slot_it_shows() {
+    let c = kloigos_tests::cluster::TempCluster::new();
+    c.add_node("n1", "0-3", Some(1), None);
+    c.add_node("n2", "0-1", Some(1), None);
+    c.run(&["alloc", "-w", "n1", "--units", "3", "-t", "2h"])
+        .ok();
+    c.run(&["alloc", "-w", "n2", "--units", "1", "-t", "3h"])
+        .ok();
+    let j = c
+        .run(&["--json", "timeline", "--fits", "units=2,t=1h"])
+        .ok()
+        .json();
+    let slot = &j["fits"];
+    assert_eq!(slot["node"], "n1", "{slot}");
+    let alloc = slot["alloc"].as_str().unwrap();
+    let args: Vec<&str> = alloc.split(' ').skip(1).collect();
+    let b = c.run(&[&["--json"], args.as_slice()].concat()).ok().json();
+    assert_eq!(
+        (&b["node"], &b["start"], &b["end"]),
+        (&slot["node"], &slot["start"], &slot["end"])
+    );
+    assert_eq!(b["units"], slot["units"]);
+}
+
+#[test]
 fn timeline_what_if_clock_reads_only() {
     let c = fixture();
     let before: Vec<Vec<u8>> = ["alpha", "beta", "gamma"]

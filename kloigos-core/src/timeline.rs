@@ -260,10 +260,8 @@ pub fn earliest_slot(
         Size::Cpus(c) => format!("--cpus {c}"),
         Size::Whole => "--whole".to_string(),
     };
+    // -w pins the node, so the labels that chose it need not be repeated.
     let mut alloc = format!("kloigos alloc -w {node} {size} -t {}", fit.len);
-    for l in labels {
-        alloc.push_str(&format!(" -l {l}"));
-    }
     if start > now {
         // RFC 3339 with the cluster's offset: unambiguous even in a DST fold.
         let at = start.to_zoned(policy.tz_or_utc());
