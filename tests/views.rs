@@ -350,6 +350,19 @@ fn dashboard_server_is_read_only_and_refuses_traversal_and_long_heads() {
         r.starts_with("HTTP/1.1 404") && !r.contains("not served"),
         "{r}"
     );
+    // A symlink planted in place of the page is not followed.
+    let page_bytes = std::fs::read(out.join("index.html")).unwrap();
+    std::fs::remove_file(out.join("index.html")).unwrap();
+    std::os::unix::fs::symlink("/etc/passwd", out.join("index.html")).unwrap();
+    let r = s.raw(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 500") && !r.contains("root:"), "{r}");
+    std::fs::remove_file(out.join("index.html")).unwrap();
+    let r = s.raw(b"GET / HTTP/1.1\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 404") && r.contains("kloigos dashboard --out"),
+        "{r}"
+    );
+    std::fs::write(out.join("index.html"), page_bytes).unwrap();
     let mut long = b"GET / HTTP/1.1\r\nX-Filler: ".to_vec();
     long.extend(std::iter::repeat_n(b'a', 64 * 1024));
     long.extend_from_slice(b"\r\n\r\n");

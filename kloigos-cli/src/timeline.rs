@@ -626,12 +626,44 @@ fn local(t: Timestamp, tz: &TimeZone, fmt: &str) -> String {
     t.to_zoned(tz.clone()).strftime(fmt).to_string()
 }
 
-/// `text` cut to `width` characters, with `…` where it was cut.
+/// Terminal columns a character takes: two for East Asian wide and
+/// emoji ranges, none for combining marks, one otherwise (a close
+/// approximation of wcwidth, enough to keep notes inside the width).
+fn columns(c: char) -> usize {
+    match u32::from(c) {
+        0x0300..=0x036F | 0x200B..=0x200F | 0xFE00..=0xFE0F => 0,
+        0x1100..=0x115F
+        | 0x2E80..=0xA4CF
+        | 0xAC00..=0xD7A3
+        | 0xF900..=0xFAFF
+        | 0xFE30..=0xFE4F
+        | 0xFF00..=0xFF60
+        | 0xFFE0..=0xFFE6
+        | 0x1F300..=0x1F64F
+        | 0x1F900..=0x1F9FF
+        | 0x20000..=0x3FFFD => 2,
+        _ => 1,
+    }
+}
+
+fn text_columns(text: &str) -> usize {
+    text.chars().map(columns).sum()
+}
+
+/// `text` cut to `width` columns, with `…` where it was cut.
 fn fit(text: &str, width: usize) -> String {
-    if text.chars().count() <= width {
+    if text_columns(text) <= width {
         return text.to_string();
     }
-    let mut s: String = text.chars().take(width.saturating_sub(1)).collect();
+    let mut s = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        if used + columns(c) + 1 > width {
+            break;
+        }
+        used += columns(c);
+        s.push(c);
+    }
     s.push('…');
     s
 }
@@ -642,9 +674,9 @@ fn wrap(text: &str, width: usize) -> String {
     let mut cur = String::new();
     for item in text.split("   ") {
         let add = if cur.is_empty() {
-            item.chars().count()
+            text_columns(item)
         } else {
-            cur.chars().count() + 3 + item.chars().count()
+            text_columns(&cur) + 3 + text_columns(item)
         };
         if add > width && !cur.is_empty() {
             out.push_str(&fit(&cur, width));
@@ -694,6 +726,9 @@ mod tests {
     fn text_is_cut_and_wrapped_to_the_width() {
         assert_eq!(fit("abcdef", 4), "abc…");
         assert_eq!(fit("abc", 4), "abc");
+        // Wide characters take two columns.
+        assert_eq!(fit("日本語のノート", 7), "日本語…");
+        assert_eq!(text_columns("e\u{301}"), 1);
         assert_eq!(wrap("aaaa   bbbb   cc", 11), "aaaa   bbbb\ncc\n");
     }
 }
