@@ -448,6 +448,15 @@ fn dashboard_in_headless_chromium() {
     // The snapshot's age is shown.
     assert!(dom.contains("snapshot of Sat 24 Oct, 22:30,"));
 
+    // Filters from the link: bob's bookings only, the other bars dimmed.
+    let dom = dump_dom(&format!("{}#user=bob", s.url()));
+    assert!(dom.contains("<span id=\"shown\">1 shown</span>"), "{dom}");
+    assert!(dom.contains("class=\"seg bar hit\" data-booking=\"alpha:2\""));
+    assert!(dom.contains("class=\"seg bar dim\" data-booking=\"alpha:1\""));
+    let dom = dump_dom(&format!("{}#node=gamma", s.url()));
+    assert!(dom.contains("<span id=\"shown\">1 shown</span>"), "{dom}");
+    assert!(dom.contains("data-booking=\"gamma:1\" data-user=\"erin\" data-node=\"gamma\""));
+
     let png = artifact("dashboard.png");
     let _ = std::fs::remove_file(&png);
     let r = chromium(
