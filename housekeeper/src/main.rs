@@ -7,6 +7,7 @@
 //! Run every minute by cron or a systemd timer (`--once`, the default), or
 //! `--watch INTERVAL`. `--dry-run` prints the plan and changes nothing.
 
+mod dashboard;
 mod error;
 mod facts;
 mod hooks;

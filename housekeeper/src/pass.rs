@@ -334,6 +334,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     record.hooks_done = Some(plan.hooks_done_next.clone());
     let m = node_metrics(&state, now, &record);
     finish(&inp, &mut record, m, now, started);
+    if let Some(dir) = &inp.cfg.housekeeper.dashboard_dir {
+        crate::dashboard::regenerate(dir, &inp.store, inp.service, now);
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }

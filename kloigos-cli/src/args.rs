@@ -50,6 +50,11 @@ pub enum Cmd {
     CheckLogin(CheckLoginArgs),
     /// Check the installation: config, shared tree, modes, PAM stanza, heartbeat.
     Doctor,
+    /// Bookings over time: one row per unit, a bar per booking, free time empty.
+    #[command(alias = "cal")]
+    Timeline(TimelineArgs),
+    /// Write the dashboard (index.html + cluster.json) into a directory, or serve it.
+    Dashboard(DashboardArgs),
     /// Build a throwaway cluster in DIR and take a narrated tour (no root needed).
     Demo(DemoArgs),
     /// Administer the cluster.
@@ -65,6 +70,62 @@ pub struct InfoArgs {
     /// Only nodes with a free unit now.
     #[arg(long)]
     pub free: bool,
+}
+
+/// When to colour the timeline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ColorWhen {
+    /// On a terminal, unless NO_COLOR is set.
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// `timeline`.
+#[derive(Debug, Args)]
+pub struct TimelineArgs {
+    /// Only these nodes.
+    pub nodes: Vec<String>,
+    /// Start of the view: now, +2h, HH:MM, YYYY-MM-DD HH:MM, RFC 3339 (default: this hour; today for spans over 2d).
+    #[arg(long, value_name = "TIME")]
+    pub from: Option<String>,
+    /// Length of the view, 1h to 31d: 24h, 7d.
+    #[arg(long, value_name = "DUR", default_value = "24h")]
+    pub span: String,
+    /// Only nodes with this label (repeatable).
+    #[arg(short = 'l', long = "label", value_name = "LABEL")]
+    pub labels: Vec<String>,
+    /// Only this user's bookings.
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+    /// Also find the earliest slot for a request, as alloc reads it: 'units=2,t=4h' (or cpus=N, whole).
+    #[arg(long, value_name = "REQUEST")]
+    pub fits: Option<String>,
+    /// Columns to draw in (default: the terminal's width, else $COLUMNS, else 80).
+    #[arg(long, value_name = "N")]
+    pub width: Option<u16>,
+    /// Colours: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, value_name = "WHEN", value_enum, default_value_t = ColorWhen::Auto)]
+    pub color: ColorWhen,
+    /// Draw as if it were TIME (a what-if for scripts and tests; reads only).
+    #[arg(long, value_name = "TIME", hide = true)]
+    pub now: Option<String>,
+}
+
+/// `dashboard`.
+#[derive(Debug, Args)]
+pub struct DashboardArgs {
+    /// Write index.html and cluster.json into DIR (created if missing), as yourself.
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Then serve DIR read-only on ADDR (e.g. 127.0.0.1:8080) with kloigos-dashboard.
+    #[arg(long, value_name = "ADDR")]
+    pub serve: Option<String>,
+    /// Take the snapshot as if it were TIME (a what-if for tests; reads only).
+    #[arg(long, value_name = "TIME", hide = true)]
+    pub now: Option<String>,
 }
 
 /// What to book; shared by `alloc` and `run`.

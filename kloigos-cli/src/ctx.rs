@@ -68,8 +68,12 @@ impl Ctx {
         let overridden = cli.shared.is_some() || config_override.is_some();
         // `run` and `ssh` exec programs as the caller; their writes go through child kloigos processes.
         // `alloc --wait` waits as the caller and books through child kloigos processes too.
-        let execs = matches!(&cli.cmd, Cmd::Run(_) | Cmd::Ssh(_))
-            || matches!(&cli.cmd, Cmd::Alloc(a) if a.spec.wait.is_some());
+        // The views only read the shared tree (world-readable) and write
+        // only the caller's own files (`dashboard --out`), so they run as the caller.
+        let execs = matches!(
+            &cli.cmd,
+            Cmd::Run(_) | Cmd::Ssh(_) | Cmd::Timeline(_) | Cmd::Dashboard(_)
+        ) || matches!(&cli.cmd, Cmd::Alloc(a) if a.spec.wait.is_some());
         let doctor = matches!(cli.cmd, Cmd::Doctor);
         if overridden || execs {
             privs.drop_to_caller()?;

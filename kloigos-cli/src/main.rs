@@ -4,12 +4,14 @@
 mod admin;
 mod book;
 mod ctx;
+mod dashboard;
 mod demo;
 mod doctor;
 mod error;
 mod info;
 mod output;
 mod session;
+mod timeline;
 
 use std::process::ExitCode;
 
@@ -68,6 +70,8 @@ fn run(cli: Cli, privs: Privileges) -> Result<u8, CliError> {
         Cmd::History(a) => book::history(&ctx, &a),
         Cmd::CheckLogin(a) => session::check_login(&ctx, &a),
         Cmd::Doctor => doctor::doctor(&ctx),
+        Cmd::Timeline(a) => timeline::timeline(&ctx, &a),
+        Cmd::Dashboard(a) => dashboard::dashboard(&ctx, &a),
         Cmd::Admin(a) => admin::admin(&ctx, a),
         Cmd::Demo(_) => unreachable!("handled above"),
     }

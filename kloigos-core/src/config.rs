@@ -78,6 +78,9 @@ pub struct HousekeeperConfig {
     pub metrics_dir: Option<PathBuf>,
     /// Directory holding `release.d/` hooks.
     pub hooks_dir: Option<PathBuf>,
+    /// Where this node regenerates the dashboard site on every pass (give
+    /// one node this job); none: no dashboard.
+    pub dashboard_dir: Option<PathBuf>,
 }
 
 impl Default for HousekeeperConfig {
@@ -91,6 +94,7 @@ impl Default for HousekeeperConfig {
             state_copy: PathBuf::from("/var/lib/kloigos/state.json"),
             metrics_dir: None,
             hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
+            dashboard_dir: None,
         }
     }
 }

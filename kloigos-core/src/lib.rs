@@ -7,6 +7,7 @@
 
 pub mod booking;
 pub mod cpuset;
+pub mod dashboard;
 pub mod duration;
 pub mod enforce;
 pub mod error;
@@ -30,4 +31,5 @@ pub mod printable;
 pub mod privilege;
 pub mod store;
 mod text;
+pub mod timeline;
 pub mod users;

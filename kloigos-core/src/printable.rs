@@ -67,6 +67,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn escape_defuses_terminal_escapes_and_keeps_markup_as_text() {
+        assert_eq!(
+            escape("a\x1b]8;;http://x\x07b\u{202e}c"),
+            "a\\u{1b}]8;;http://x\\u{7}b\\u{202e}c"
+        );
+        assert_eq!(escape("<script>é"), "<script>é");
+    }
+
+    #[test]
     fn controls_are_escaped_and_plain_text_is_borrowed() {
         assert!(matches!(escape("héllo wörld ✓"), Cow::Borrowed(_)));
         let attack = "x\u{1b}]0;title\u{7}\u{1b}[2J\r\nvm:99 secalice\u{9b}\u{202e}";

@@ -16,6 +16,7 @@ pub mod poll;
 pub mod setuid;
 pub mod skip;
 pub mod sys;
+pub mod views;
 
 use std::path::PathBuf;
 
