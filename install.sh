@@ -481,9 +481,9 @@ if [ -z "$BIN_DIR" ]; then
         TARGET_DIR="${CARGO_TARGET_DIR:-$SRC_DIR/target}"
     fi
     BIN_DIR="$TARGET_DIR/release"
-    say "build in release: cargo build --release -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen, then kloigos-gen $BIN_DIR (completions)"
+    say "build in release: cargo build --release -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen -p kloigos-dashboard, then kloigos-gen $BIN_DIR (completions)"
     if [ "$DRY_RUN" = 0 ]; then
-        (cd "$SRC_DIR" && cargo build --release --quiet -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen) ||
+        (cd "$SRC_DIR" && cargo build --release --quiet -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen -p kloigos-dashboard) ||
             die "the release build failed (see above)"
         # Completions (and man pages) from the clap definitions, where step 7 looks for them.
         "$BIN_DIR/kloigos-gen" "$BIN_DIR" >/dev/null ||
@@ -493,7 +493,7 @@ fi
 PAM_SO="$BIN_DIR/libpam_kloigos.so"
 [ -f "$PAM_SO" ] || PAM_SO="$BIN_DIR/pam_kloigos.so"
 if [ "$DRY_RUN" = 0 ] || [ -d "$BIN_DIR" ]; then
-    for f in "$BIN_DIR/kloigos" "$BIN_DIR/kloigos-housekeeper" "$PAM_SO"; do
+    for f in "$BIN_DIR/kloigos" "$BIN_DIR/kloigos-housekeeper" "$BIN_DIR/kloigos-dashboard" "$PAM_SO"; do
         [ -f "$f" ] || die "$f is missing: build with cargo build --release --workspace, or pass --bin-dir DIR"
     done
 fi
@@ -539,6 +539,8 @@ make_dir "$STATE_DIR"
 
 # 4. Programs and the PAM module.
 put_file "$BIN_DIR/kloigos" "$ROOT$PREFIX/bin/kloigos" 4755 "$SVC_UID" "$SVC_GID"
+# The dashboard's read-only server, beside kloigos, which execs it (never setuid).
+put_file "$BIN_DIR/kloigos-dashboard" "$ROOT$PREFIX/bin/kloigos-dashboard" 755 0 0
 put_file "$BIN_DIR/kloigos-housekeeper" "$ROOT$PREFIX/sbin/kloigos-housekeeper" 755 0 0
 record housekeeper "$ROOT$PREFIX/sbin/kloigos-housekeeper"
 put_file "$PAM_SO" "$ROOT$MOD_DIR/pam_kloigos.so" 644 0 0

@@ -360,6 +360,7 @@ fn debian_package_installs_works_removes_and_purges_cleanly() {
         "kloigos kloigos 4755 /usr/bin/kloigos"
     );
     assert_eq!(owner_mode("/usr/sbin/kloigos-housekeeper"), (0, 0, 0o755));
+    assert_eq!(owner_mode("/usr/bin/kloigos-dashboard"), (0, 0, 0o755));
     assert_eq!(owner_mode("/usr/sbin/kloigos-pam"), (0, 0, 0o755));
     let module = format!("{}/pam_kloigos.so", pam_module_dir());
     assert_eq!(owner_mode(&module), (0, 0, 0o644));

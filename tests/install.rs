@@ -111,6 +111,10 @@ fn install_destdir_files_modes_rerun_dry_run_and_uninstall() {
         "kloigos must be setuid to the service uid"
     );
     assert_eq!(
+        mode_owner(&root.join("usr/local/bin/kloigos-dashboard")),
+        (0o755, 0, 0)
+    );
+    assert_eq!(
         mode_owner(&root.join("usr/local/sbin/kloigos-housekeeper")),
         (0o755, 0, 0)
     );

@@ -50,11 +50,11 @@ command -v dpkg-deb >/dev/null || die "dpkg-deb is missing (apt-get install dpkg
 if [ "$BUILD" = 1 ]; then
     flag=()
     [ "$PROFILE" = debug ] || flag=(--release)
-    (cd "$ROOT_DIR" && cargo build --quiet "${flag[@]}" -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen) ||
+    (cd "$ROOT_DIR" && cargo build --quiet "${flag[@]}" -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen -p kloigos-dashboard) ||
         die "cargo build failed"
 fi
-for f in kloigos kloigos-housekeeper libpam_kloigos.so kloigos-gen; do
-    [ -f "$BIN_DIR/$f" ] || die "$BIN_DIR/$f is missing: build first (cargo build -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen) or give --bin-dir"
+for f in kloigos kloigos-housekeeper kloigos-dashboard libpam_kloigos.so kloigos-gen; do
+    [ -f "$BIN_DIR/$f" ] || die "$BIN_DIR/$f is missing: build first (cargo build -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen -p kloigos-dashboard) or give --bin-dir"
 done
 
 VERSION="$(sed -n '/^\[workspace.package\]/,/^\[/s/^version *= *"\([^"]*\)".*/\1/p' "$ROOT_DIR/Cargo.toml")"
@@ -91,6 +91,7 @@ strip_if() {
 # service account (dpkg-statoverride), which exists only once postinst made it.
 put 0755 "$BIN_DIR/kloigos" usr/bin/kloigos && strip_if usr/bin/kloigos
 put 0755 "$BIN_DIR/kloigos-housekeeper" usr/sbin/kloigos-housekeeper && strip_if usr/sbin/kloigos-housekeeper
+put 0755 "$BIN_DIR/kloigos-dashboard" usr/bin/kloigos-dashboard && strip_if usr/bin/kloigos-dashboard
 put 0644 "$BIN_DIR/libpam_kloigos.so" "${PAM_MOD_DIR#/}/pam_kloigos.so" && strip_if "${PAM_MOD_DIR#/}/pam_kloigos.so"
 put 0755 "$PKG_DIR/deb/kloigos-pam" usr/sbin/kloigos-pam
 
