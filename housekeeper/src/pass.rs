@@ -64,9 +64,7 @@ impl PassLock {
             Ok(lock) => Ok(PassLock { _lock: lock }),
             Err(kloigos_core::Error::Busy { .. }) => Err(Error::Busy(path.into())),
             // A local file that cannot be opened: an I/O error of this host, as before.
-            Err(kloigos_core::Error::Storage { msg, .. }) => {
-                Err(Error::io(path, std::io::Error::other(msg)))
-            }
+            Err(kloigos_core::Error::Io { source, .. }) => Err(Error::io(path, source)),
             Err(e) => Err(e.into()),
         }
     }
@@ -137,14 +135,13 @@ pub fn run(opts: &Options) -> Result<Report> {
         .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
         .collect();
 
-    // 1. Policy and this node's state, lock-free. Failing that: nothing destructive.
-    let read = inp.store.policy().and_then(|p| {
-        if inp.store.has_node(&inp.node) {
-            inp.store.node(&inp.node).map(|s| (p, Some(s)))
-        } else {
-            Ok((p, None))
-        }
-    });
+    // 1. Policy and this node's state, lock-free. Failing that: nothing
+    // destructive. Only ENOENT for nodes/<node> is "not a node" (see
+    // Store::node_if_any); any other failure is a degraded pass.
+    let read = inp
+        .store
+        .policy()
+        .and_then(|p| inp.store.node_if_any(&inp.node).map(|s| (p, s)));
     let (policy, state) = match read {
         Ok(v) => v,
         Err(e) => {

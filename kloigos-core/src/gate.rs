@@ -1014,7 +1014,13 @@ impl LazyTrust {
 /// Whether `e` is [`Trust::check`]'s refusal of a file's (or its
 /// directory's) owner.
 fn refused_owner(e: &Error) -> bool {
-    matches!(e, Error::Storage { msg, .. } if msg.contains("not by a trusted owner"))
+    matches!(
+        e,
+        Error::Untrusted {
+            why: crate::error::Untrust::Owner { .. },
+            ..
+        }
+    )
 }
 
 /// The share through [`Store`], with a [`LazyTrust`].

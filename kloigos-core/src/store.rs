@@ -18,7 +18,7 @@ use nix::fcntl::OFlag;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Untrust};
 use crate::facts::Facts;
 use crate::journal::{self, Event};
 use crate::names::NodeName;
@@ -63,26 +63,22 @@ impl Trust {
 
     /// Checks owner and mode of an opened file or directory.
     pub fn check(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
-        if !self.owners.contains(&meta.uid()) {
-            return Err(Error::Storage {
-                path: path.into(),
-                msg: format!(
-                    "owned by uid {}, not by a trusted owner (uids {:?}); refusing to trust it — `chown` it to the service account",
-                    meta.uid(),
-                    self.owners
-                ),
-            });
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(Error::Storage {
-                path: path.into(),
-                msg: format!(
-                    "mode {:o} lets others write it; refusing to trust it — `chmod go-w` it",
-                    meta.mode() & 0o7777
-                ),
-            });
-        }
-        Ok(())
+        let why = if !self.owners.contains(&meta.uid()) {
+            Untrust::Owner {
+                uid: meta.uid(),
+                trusted: self.owners.clone(),
+            }
+        } else if meta.mode() & 0o022 != 0 {
+            Untrust::Mode {
+                mode: meta.mode() & 0o7777,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(Error::Untrusted {
+            path: path.into(),
+            why,
+        })
     }
 }
 
@@ -139,9 +135,9 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
 /// The error for a failed [`open_no_follow`] of `path`.
 fn open_error(path: &Path, e: &io::Error) -> Error {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
-        Error::Storage {
+        Error::Untrusted {
             path: path.into(),
-            msg: "is a symbolic link; refusing to follow it".into(),
+            why: Untrust::Symlink,
         }
     } else {
         Error::io(path, e)
@@ -152,9 +148,9 @@ fn open_error(path: &Path, e: &io::Error) -> Error {
 fn read_opened(mut f: File, path: &Path, trust: &Trust) -> Result<Vec<u8>> {
     let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
     if !meta.file_type().is_file() {
-        return Err(Error::Storage {
+        return Err(Error::Untrusted {
             path: path.into(),
-            msg: "is not a regular file; refusing to read it".into(),
+            why: Untrust::NotRegular,
         });
     }
     trust.check(path, &meta)?;
@@ -304,11 +300,10 @@ pub fn parse_json_unversioned<T: DeserializeOwned>(path: &Path, bytes: &[u8]) ->
 fn transient(e: &Error) -> bool {
     match e {
         Error::Corrupt { .. } => true,
-        Error::Storage { msg, .. } => {
-            let enoent = io::Error::from_raw_os_error(nix::libc::ENOENT).to_string();
-            let estale = io::Error::from_raw_os_error(nix::libc::ESTALE).to_string();
-            msg == &enoent || msg == &estale
-        }
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(nix::libc::ENOENT | nix::libc::ESTALE)
+        ),
         _ => false,
     }
 }
@@ -530,7 +525,10 @@ impl Store {
     pub fn login_policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
         read_json(&path, &self.trust).map_err(|e| match e {
-            Error::Storage { msg, .. } if msg.contains("No such file") => not_mounted(&path, &msg),
+            // The share's root or its cluster.json is not there.
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                Error::NotMounted { path }
+            }
             e => e,
         })
     }
@@ -571,18 +569,24 @@ impl Store {
             .ok_or_else(|| self.no_such_node(node))
     }
 
-    /// Reads a node's state lock-free; `Ok(None)` when there is no such node
-    /// (as [`Store::has_node`] says). The node's directory is looked at once:
-    /// that one `stat` answers whether the node exists and is the one whose
-    /// owner and mode [`read_trusted`] checks.
+    /// Reads a node's state lock-free; `Ok(None)` when there is no such
+    /// node. Only ENOENT for `nodes/<node>`, in a tree whose root and
+    /// `nodes/` are trusted directories, means "no such node": any other
+    /// failure (`nodes` not a directory, `nodes/<node>` a file or a link,
+    /// EACCES, EIO, ELOOP, ENOTDIR) is an error, so that a login gate or
+    /// a housekeeper never takes a broken tree for "not a node".
     pub fn node_if_any(&self, node: &NodeName) -> Result<Option<NodeState>> {
+        // The root as configured may be a link (a site's mount point);
+        // below it, nothing is followed.
+        let meta = fs::metadata(&self.root).map_err(|e| Error::io(&self.root, &e))?;
+        self.check_dir(&self.root, &meta)?;
+        self.trusted_dir(&self.nodes_dir())?;
         let dir = self.node_dir(node);
-        // As `has_node` (`Path::is_dir`): any failure to stat it, or not a directory, is no node.
-        let meta = match fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => m,
-            _ => return Ok(None),
-        };
-        self.trust.check(&dir, &meta)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) => self.check_dir(&dir, &meta)?,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::io(&dir, &e)),
+        }
         let path = dir.join(STATE_FILE);
         let st: NodeState = read_json_in(&path, &self.trust, true)?;
         if st.node.name != *node {
@@ -595,6 +599,27 @@ impl Store {
             });
         }
         Ok(Some(st))
+    }
+
+    /// Checks that `dir` is a trusted directory (a symbolic link is not one).
+    fn trusted_dir(&self, dir: &Path) -> Result<()> {
+        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io(dir, &e))?;
+        self.check_dir(dir, &meta)
+    }
+
+    /// [`Store::trusted_dir`] with `dir`'s metadata (not followed) in hand.
+    fn check_dir(&self, dir: &Path, meta: &fs::Metadata) -> Result<()> {
+        let why = if meta.file_type().is_symlink() {
+            Untrust::Symlink
+        } else if !meta.is_dir() {
+            Untrust::NotDirectory
+        } else {
+            return self.trust.check(dir, meta);
+        };
+        Err(Error::Untrusted {
+            path: dir.into(),
+            why,
+        })
     }
 
     fn no_such_node(&self, node: &NodeName) -> Error {
@@ -776,17 +801,8 @@ pub fn check_mounted(root: &Path) -> Result<()> {
     let path = root.join(CLUSTER_FILE);
     match fs::symlink_metadata(&path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_mounted(&path, &e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotMounted { path }),
         Err(e) => Err(Error::io(&path, &e)),
-    }
-}
-
-/// The error for a `cluster.json` at `path` that is not there (`msg`
-/// says why): the share is not mounted, or not initialised.
-fn not_mounted(path: &Path, msg: &str) -> Error {
-    Error::Storage {
-        path: path.into(),
-        msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
     }
 }
 
@@ -1064,6 +1080,82 @@ mod tests {
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(t.path().join("nowhere"), &path).unwrap();
         assert!(read_trusted_if_any(&path, &trust).is_err());
+    }
+
+    #[test]
+    fn only_enoent_means_no_such_node() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let absent = NodeName::new("n2").unwrap();
+        assert_eq!(s.node_if_any(&absent).unwrap(), None);
+        let dir = s.node_dir(&n);
+        let moved = t.path().join("n1-moved");
+        fs::rename(&dir, &moved).unwrap();
+        // nodes/<node> a regular file, a symlink loop, a link to a real
+        // node directory: errors, never "no such node".
+        fs::write(&dir, b"").unwrap();
+        let e = s.node_if_any(&n).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::NotDirectory, path } if *path == dir),
+            "{e:?}"
+        );
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&dir, &dir).unwrap();
+        let e = s.node_if_any(&n).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Untrusted {
+                    why: Untrust::Symlink,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(s.node_if_any(&n).is_err());
+        fs::remove_file(&dir).unwrap();
+        fs::rename(&moved, &dir).unwrap();
+        assert!(s.node_if_any(&n).unwrap().is_some());
+        // `nodes` itself a regular file: an error for every node, absent or not.
+        let nodes = s.nodes_dir();
+        fs::rename(&nodes, t.path().join("nodes-moved")).unwrap();
+        fs::write(&nodes, b"").unwrap();
+        for node in [&n, &absent] {
+            let e = s.node_if_any(node).unwrap_err();
+            assert!(
+                matches!(&e, Error::Untrusted { why: Untrust::NotDirectory, path } if *path == nodes),
+                "{e:?}"
+            );
+        }
+        // No `nodes` at all: the tree is not whole, an error too.
+        fs::remove_file(&nodes).unwrap();
+        let e = s.node_if_any(&absent).unwrap_err();
+        assert_eq!(e.errno(), Some(nix::libc::ENOENT), "{e:?}");
+    }
+
+    #[test]
+    fn errors_keep_their_errno_and_retries_follow_it() {
+        let missing = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::ENOENT));
+        let stale = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::ESTALE));
+        let eio = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::EIO));
+        assert_eq!(eio.errno(), Some(nix::libc::EIO));
+        assert!(transient(&missing) && transient(&stale) && !transient(&eio));
+        // A message that merely reads like ENOENT is not one.
+        let worded = Error::Storage {
+            path: "/x".into(),
+            msg: io::Error::from_raw_os_error(nix::libc::ENOENT).to_string(),
+        };
+        assert!(!transient(&worded));
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path().join("absent"), Trust::service(me()));
+        assert!(matches!(s.login_policy(), Err(Error::NotMounted { .. })));
+        assert!(matches!(
+            check_mounted(s.root()),
+            Err(Error::NotMounted { .. })
+        ));
     }
 
     #[test]
