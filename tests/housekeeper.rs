@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use kloigos_core::facts::Facts;
 use kloigos_core::names::UserName;
 use kloigos_core::policy::Policy;
-use kloigos_core::store::{LocalCopy, LoginCopy};
+use kloigos_core::store::LocalCopy;
 use kloigos_tests::cmd::{must, run, Run};
 use kloigos_tests::housekeeper::{live_processes, spawn_as, user_with_uid, HkNode, Reaped};
 use kloigos_tests::poll::wait_until;
@@ -1192,7 +1192,7 @@ fn facts_local_copy_metrics_hooks_and_dry_run() {
         Some(&n.cluster.store.node(&n.node).unwrap())
     );
     assert_eq!(copy.policy.min_uid, 59960);
-    assert!(LoginCopy::from(copy).is_fresh(now(), 60));
+    assert!(kloigos_core::gate::is_fresh(copy.copied_at, now(), 60));
     let meta = std::fs::metadata(&copy_path).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
     // Metrics.

@@ -154,7 +154,7 @@ impl Gate {
             .sink
             .wait_for(
                 before,
-                &["pam_kloigos(", &format!("user={user} ")],
+                &["pam_kloigos(", &format!("user=\"{user}\"")],
                 LOG_WAIT,
             )
             .unwrap_or_default();
@@ -552,7 +552,7 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
         0,
         &[
             "pam_kloigos(sshd:account)",
-            &format!("user={} ", booked.name),
+            &format!("user=\"{}\"", booked.name),
         ],
         LOG_WAIT,
     );
@@ -579,7 +579,7 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
     );
     let line = g.sink.wait_for(
         before,
-        &[&format!("user={} ", stranger.name), "result=deny"],
+        &[&format!("user=\"{}\"", stranger.name), "result=deny"],
         LOG_WAIT,
     );
     assert!(

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use kloigos_core::access::{SubUids, SUBUID_FILE};
 use kloigos_core::config::Config;
 use kloigos_core::enforce::{self, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction};
 use kloigos_core::facts::Facts;
@@ -190,12 +191,16 @@ pub fn run(opts: &Options) -> Result<Report> {
         mem_total: procfs::meminfo().0,
         numa: procfs::numa(),
     };
-    let rules = Rules::new(
+    let mut rules = Rules::new(
         &policy,
         inp.service.map(|s| s.0),
         hk.grace_s,
         hk.warn_before_s.as_deref(),
     );
+    rules.subuids = SubUids::read(Path::new(SUBUID_FILE));
+    if let Some(why) = &rules.subuids.problem {
+        log::error(why);
+    }
     let mut desired = enforce::desired(&policy, &state, now, &host, rules);
     let backend = match Backend::select(hk.slices) {
         Ok(b) => Some(b),
@@ -441,8 +446,9 @@ fn write_facts(
     if !inp.store.has_node(&inp.node) {
         return;
     }
-    let mut facts: Facts =
-        crate::facts::gather(&inp.node, by_uid, names, policy.min_uid, record, now);
+    let rules = Rules::new(policy, None, 0, None);
+    let managed = |uid| rules.unmanaged(uid).is_none();
+    let mut facts: Facts = crate::facts::gather(&inp.node, by_uid, names, &managed, record, now);
     facts.enforcing = error.is_none();
     facts.error = error.map(String::from);
     match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {

@@ -839,8 +839,8 @@ pub struct LocalCopy {
     /// This node's state; `None` when this host is not a node of the cluster.
     pub state: Option<NodeState>,
     /// The service account's uid on this host when the copy was made (the
-    /// housekeeper looked it up): while the copy is fresh, the login gate
-    /// trusts the share's files owned by it without a lookup of its own.
+    /// housekeeper looked it up), for admins reading the copy; the login
+    /// gate looks the account up itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_uid: Option<u32>,
 }
@@ -861,91 +861,6 @@ impl LocalCopy {
     pub fn with_service_uid(mut self, uid: Option<u32>) -> LocalCopy {
         self.service_uid = uid;
         self
-    }
-}
-
-/// The local copy as the login gate reads it: what every login needs (the
-/// policy, the copy's age, the service account's uid) parsed at once, the
-/// node's state only when [`LoginCopy::state`] asks for it, which the gate
-/// does only when the share cannot be used. A login the share decides
-/// never builds the state it would throw away.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoginCopy {
-    /// When the housekeeper read the share.
-    pub copied_at: Timestamp,
-    /// The cluster policy.
-    pub policy: Policy,
-    /// The service account's uid, as in [`LocalCopy::service_uid`].
-    pub service_uid: Option<u32>,
-    state: CopiedState,
-}
-
-/// The node's state in a [`LoginCopy`].
-#[derive(Debug, Clone, PartialEq)]
-enum CopiedState {
-    /// Already built (a copy made in memory).
-    Built(Option<NodeState>),
-    /// The copy's file, whose `state` is parsed when asked for.
-    File(PathBuf, Vec<u8>),
-}
-
-/// The head of a local copy file: [`LocalCopy`] with its state skipped
-/// (but still checked to be well-formed JSON).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CopyHead {
-    version: u32,
-    copied_at: Timestamp,
-    policy: Policy,
-    #[serde(default)]
-    #[allow(dead_code)] // Read to skip it; the state is parsed on demand.
-    state: serde::de::IgnoredAny,
-    #[serde(default)]
-    service_uid: Option<u32>,
-}
-
-impl LoginCopy {
-    /// Parses the copy file `path` holding `bytes`, naming the file on
-    /// failure as [`parse_json`] does.
-    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<LoginCopy> {
-        match serde_json::from_slice::<CopyHead>(&bytes) {
-            Ok(head) if check_version(head.version).is_ok() => Ok(LoginCopy {
-                copied_at: head.copied_at,
-                policy: head.policy,
-                service_uid: head.service_uid,
-                state: CopiedState::File(path.to_path_buf(), bytes),
-            }),
-            // The slow path names what is wrong (and serves a copy the
-            // head cannot describe, should there be one).
-            _ => parse_json::<LocalCopy>(path, &bytes).map(LoginCopy::from),
-        }
-    }
-
-    /// Whether the copy is at most `max_age_s` old at `now`.
-    pub fn is_fresh(&self, now: Timestamp, max_age_s: u64) -> bool {
-        let age = now.as_second() - self.copied_at.as_second();
-        age >= 0 && (age as u64) <= max_age_s
-    }
-
-    /// This node's state in the copy; `None` when this host was not a
-    /// node of the cluster. An error when the state part of the file is
-    /// not what kloigos writes.
-    pub fn state(&self) -> Result<Option<NodeState>> {
-        match &self.state {
-            CopiedState::Built(st) => Ok(st.clone()),
-            CopiedState::File(path, bytes) => parse_json::<LocalCopy>(path, bytes).map(|c| c.state),
-        }
-    }
-}
-
-impl From<LocalCopy> for LoginCopy {
-    fn from(c: LocalCopy) -> LoginCopy {
-        LoginCopy {
-            copied_at: c.copied_at,
-            policy: c.policy,
-            service_uid: c.service_uid,
-            state: CopiedState::Built(c.state),
-        }
     }
 }
 
@@ -1239,41 +1154,5 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path(), Trust::service(1).also(me()));
         assert!(s.policy().unwrap_err().to_string().contains("not mounted"));
-    }
-
-    #[test]
-    fn login_copy_reads_the_head_and_leaves_the_state_for_later() {
-        let n = NodeName::new("n1").unwrap();
-        let st = NodeState::new(NodeSpec::new(n.clone(), CpuSet::parse("0-3").unwrap()));
-        let now: Timestamp = "2026-11-23T11:00:00Z".parse().unwrap();
-        let c =
-            LocalCopy::new(now, Policy::default(), Some(st.clone())).with_service_uid(Some(999));
-        let path = Path::new("/var/lib/kloigos/state.json");
-        let read = LoginCopy::parse(path, to_json(&c)).unwrap();
-        assert_eq!(
-            (read.copied_at, &read.policy, read.service_uid),
-            (now, &c.policy, Some(999))
-        );
-        assert_eq!(read.state().unwrap(), Some(st));
-        assert_eq!(LoginCopy::from(c.clone()).state().unwrap(), c.state);
-        assert!(
-            read.is_fresh(now, 0) && !read.is_fresh(now + jiff::SignedDuration::from_secs(61), 60)
-        );
-        // A bad head fails at once, as parse_json words it; a bad state
-        // only when asked for.
-        let text = String::from_utf8(to_json(&c)).unwrap();
-        let newer = text.replacen("\"version\": 1", "\"version\": 2", 1);
-        let e = LoginCopy::parse(path, newer.into_bytes()).unwrap_err();
-        assert!(e.to_string().contains("upgrade kloigos"), "{e}");
-        let e = LoginCopy::parse(path, b"{\"version\": 1".to_vec()).unwrap_err();
-        assert!(
-            e.to_string().contains("state.json: is not valid JSON"),
-            "{e}"
-        );
-        let broken = text.replace("\"0-3\"", "\"3-0\"");
-        let read = LoginCopy::parse(path, broken.into_bytes()).unwrap();
-        let e = read.state().unwrap_err();
-        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
-        assert!(e.to_string().contains("state.json"), "{e}");
     }
 }
