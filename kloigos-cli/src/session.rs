@@ -30,7 +30,10 @@ fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Decision {
     if ctx.overridden {
         from.copy = None;
     }
-    gate::check(&from, &ctx.config.pam, user, node, ctx.now())
+    // The instant as PAM takes it (not cut to whole seconds as for display),
+    // so both decide alike at a booking's edge.
+    let now = jiff::Timestamp::now();
+    gate::check(&from, &ctx.config.pam, user, node, now)
 }
 
 /// `check-login USER [NODE]`: exit 0 when allowed or not gated, 1 when refused.

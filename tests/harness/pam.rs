@@ -200,6 +200,17 @@ impl PamService {
             module().display()
         )
     }
+
+    /// A stack in which a later module succeeds, as `pam_unix` does in a
+    /// real sshd stack: the module is `required` and `pam_permit` follows,
+    /// so a PAM_IGNORE where a denial was due shows up as a login.
+    pub fn permissive_stack(module_args: &str) -> String {
+        format!(
+            "account required {} {module_args}\n\
+             account required pam_permit.so\n",
+            module().display()
+        )
+    }
 }
 
 impl Drop for PamService {
