@@ -458,15 +458,31 @@ fi
 { [ -d "$SRC_DIR/packaging" ] && [ -f "$SRC_DIR/config.example.json" ]; } ||
     die "$SRC_DIR/packaging or $SRC_DIR/config.example.json is missing: run install.sh from the kloigos source tree"
 
+# Where cargo builds: CARGO_TARGET_DIR, build.target-dir in a cargo config,
+# or ./target; cargo itself knows.
+cargo_target_dir() {
+    local dir
+    dir=$(cd "$SRC_DIR" && cargo metadata --format-version 1 --no-deps |
+        sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || return 1
+    [ -n "$dir" ] || return 1
+    printf '%s\n' "$dir"
+}
+
 # The programs: built here, or prebuilt.
 if [ -z "$BIN_DIR" ]; then
-    BIN_DIR="$SRC_DIR/target/release"
+    if ! command -v cargo >/dev/null && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if command -v cargo >/dev/null; then
+        TARGET_DIR=$(cargo_target_dir) || die "cargo metadata failed in $SRC_DIR: is it the kloigos source tree? (or pass --bin-dir DIR)"
+    elif [ "$DRY_RUN" = 0 ]; then
+        die "cargo is not installed: build elsewhere (cargo build --release --workspace) and pass --bin-dir DIR"
+    else
+        TARGET_DIR="${CARGO_TARGET_DIR:-$SRC_DIR/target}"
+    fi
+    BIN_DIR="$TARGET_DIR/release"
     say "build in release: cargo build --release -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen, then kloigos-gen $BIN_DIR (completions)"
     if [ "$DRY_RUN" = 0 ]; then
-        if ! command -v cargo >/dev/null; then
-            [ -x "$HOME/.cargo/bin/cargo" ] || die "cargo is not installed: build elsewhere (cargo build --release --workspace) and pass --bin-dir DIR"
-            PATH="$HOME/.cargo/bin:$PATH"
-        fi
         (cd "$SRC_DIR" && cargo build --release --quiet -p kloigos-cli -p housekeeper -p pam_kloigos -p kloigos-gen) ||
             die "the release build failed (see above)"
         # Completions (and man pages) from the clap definitions, where step 7 looks for them.

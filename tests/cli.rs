@@ -563,9 +563,7 @@ fn demo_runs_start_to_finish() {
             .arg(&target),
     )
     .ok();
-    let Ok(_) = std::fs::write(dir.path().join("other.txt"), b"x") else {
-        return;
-    };
+    std::fs::write(dir.path().join("other.txt"), b"x").expect("write other.txt");
     Run::of(
         Command::new(kloigos_tests::bin("kloigos"))
             .arg("demo")

@@ -195,6 +195,17 @@ fn install_prefix_systemd_and_build_dry_run() {
         .out_has("cargo build --release")
         .out_has("dry run: nothing was changed");
     assert_eq!(s.snap(), before);
+    // Cargo builds where CARGO_TARGET_DIR says, and install.sh looks there.
+    let elsewhere = tempfile::tempdir().expect("temp dir");
+    let want = format!("kloigos-gen {}/release ", elsewhere.path().display());
+    Run::of(
+        Command::new(kloigos_tests::node::install_script())
+            .args(&a)
+            .env("CARGO_TARGET_DIR", elsewhere.path()),
+    )
+    .ok()
+    .out_has(&want);
+    assert_eq!(s.snap(), before);
 
     s.install(&["--prefix", "/opt/kloigos", "--scheduler", "systemd"])
         .ok()
@@ -413,10 +424,7 @@ fn install_enable_pam_rolls_back_when_root_would_be_locked_out() {
 #[test]
 fn install_sh_is_shellcheck_clean() {
     // shellcheck is in tests/apt-packages.txt; ./tests/run.sh installs it as root.
-    if run("sh", &["-c", "command -v shellcheck"]).code != 0 {
-        eprintln!("SKIPPED (no shellcheck): install_sh_is_shellcheck_clean");
-        return;
-    }
+    kloigos_tests::require_ok!(kloigos_tests::skip::need("shellcheck", "shellcheck"));
     let script = kloigos_tests::node::install_script();
     let r = run("shellcheck", &[script.to_str().expect("utf-8")]);
     assert_eq!(
@@ -481,13 +489,7 @@ fn install_completions_when_generated_files_exist() {
 #[test]
 fn install_in_a_systemd_container_enables_the_timer() {
     require_root!();
-    let rootfs = match kloigos_tests::nspawn::rootfs() {
-        Ok(r) => r,
-        Err(why) => {
-            eprintln!("SKIPPED: no systemd container: {why}");
-            return;
-        }
-    };
+    let rootfs = kloigos_tests::require_ok!(kloigos_tests::nspawn::rootfs());
     let s = Scratch::new("systemd-container");
     let repo = kloigos_tests::node::install_script()
         .parent()
@@ -495,19 +497,20 @@ fn install_in_a_systemd_container_enables_the_timer() {
         .to_path_buf();
     let shared = s.path("shared");
     let name = format!("kinst{}", std::process::id());
+    // The binaries are wherever cargo built them (CARGO_TARGET_DIR may
+    // point outside the repository).
+    let built = kloigos_tests::bin_dir();
+    let bin_dir = "/kloigos-bin";
     let c = kloigos_tests::nspawn::Container::boot(
         &rootfs,
         &name,
-        &[(&repo, "/src", true), (&shared, "/srv/kloigos", false)],
+        &[
+            (&repo, "/src", true),
+            (&built, bin_dir, true),
+            (&shared, "/srv/kloigos", false),
+        ],
     )
     .unwrap_or_else(|why| panic!("the container did not boot: {why}"));
-    let bin_dir = format!(
-        "/src/{}",
-        kloigos_tests::bin_dir()
-            .strip_prefix(&repo)
-            .expect("binaries built inside the repository")
-            .display()
-    );
     let uid = s.uid.to_string();
     let before = c.exec(&[
         "sh",
@@ -521,7 +524,7 @@ fn install_in_a_systemd_container_enables_the_timer() {
         "--shared",
         "/srv/kloigos",
         "--bin-dir",
-        &bin_dir,
+        bin_dir,
     ];
     let r = c.exec(&args);
     assert_eq!(

@@ -38,7 +38,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 case "$PROFILE" in debug | release) ;; *) die "--profile must be debug or release, not '$PROFILE'" ;; esac
-TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT_DIR/target}"
+# Where cargo builds: CARGO_TARGET_DIR, build.target-dir in a cargo config,
+# or ./target; cargo itself knows.
+TARGET_DIR=$(cd "$ROOT_DIR" && cargo metadata --format-version 1 --no-deps 2>/dev/null |
+    sed -n 's/.*"target_directory":"\([^"]*\)".*/\1/p') || TARGET_DIR=
+[ -n "$TARGET_DIR" ] || TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT_DIR/target}"
 [ -n "$BIN_DIR" ] || BIN_DIR="$TARGET_DIR/$PROFILE"
 
 command -v dpkg-deb >/dev/null || die "dpkg-deb is missing (apt-get install dpkg)"

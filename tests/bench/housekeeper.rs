@@ -1,10 +1,10 @@
 //! Benchmark of kloigos-housekeeper, as root:
 //! - an idle pass (a booked user, the table loaded, the slice set, nothing to
-//!   change): goal ≤ 20 ms and no external program run, beside `cat` of the
-//!   files the pass reads, started the same way (inside the same network
-//!   namespace, via nsenter --net);
+//!   change): goal at most 8x `cat` of the files the pass reads, started
+//!   the same way (inside the same network namespace, via nsenter --net),
+//!   and no external program run;
 //! - ending a user who forks in a loop (300 sleepers + a forking shell):
-//!   goal < 1 s, beside `pkill -KILL -u` repeated until /proc shows none.
+//!   goal at most 3x `pkill -KILL -u` repeated until /proc shows none.
 //!
 //! uid band 59980-59989 (see tests/harness/housekeeper.rs).
 
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kloigos_core::policy::Policy;
-use kloigos_tests::bench::{median_ms, report};
+use kloigos_tests::bench::{median_ms, report, Goal};
 use kloigos_tests::cmd::{must, run};
 use kloigos_tests::housekeeper::{live_processes, spawn_as, user_with_uid, HkNode, Reaped};
 use kloigos_tests::poll::wait_until;
@@ -45,10 +45,7 @@ fn forking_user(u: &TempUser) -> (Reaped, Reaped) {
 }
 
 fn main() {
-    if !kloigos_tests::is_root() {
-        eprintln!("SKIPPED (needs root): bench-housekeeper");
-        return;
-    }
+    kloigos_tests::require_root!();
     let booked = user_with_uid("khkb-booked", 59981);
     let victim = user_with_uid("khkb-victim", 59982);
     let ns = Netns::create(&format!("khkb{}", std::process::id() % 100_000));
@@ -158,8 +155,7 @@ fn main() {
         "cat of the state files (same way)",
         cat_ms,
         "ms",
-        "<= 20 ms",
-        idle_ms <= 20.0,
+        Goal::AtMost(8.0),
     );
     report(
         "housekeeper idle pass (inside, from its metrics)",
@@ -167,8 +163,7 @@ fn main() {
         "cat of the state files",
         cat_ms,
         "ms",
-        "<= 20 ms",
-        inner_ms <= 20.0,
+        Goal::AtMost(8.0),
     );
     println!(
         "bench housekeeper idle pass: external programs run in 21 idle passes: {external} | goal 0: {}",
@@ -210,8 +205,7 @@ fn main() {
         "pkill -KILL -u until none left",
         pkill_ms[1],
         "ms",
-        "< 1000 ms",
-        pass_ms[1] < 1000.0,
+        Goal::AtMost(3.0),
     );
 
     // Clean up: the booking ends, the slice and the table go.

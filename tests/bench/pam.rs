@@ -284,12 +284,8 @@ fn ms(d: Duration) -> f64 {
 const INSIDE: &str = "KLOIGOS_BENCH_PAM_SYSLOG";
 
 fn main() {
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!(
-            "bench-pam needs root: pam_kloigos believes only root-owned configuration and state files"
-        );
-        std::process::exit(2);
-    }
+    // pam_kloigos believes only root-owned configuration and state files.
+    kloigos_tests::require_root!();
     if std::env::var_os(INSIDE).is_none() {
         std::process::exit(with_syslog());
     }

@@ -17,9 +17,16 @@ pub struct Run {
 impl Run {
     /// Runs `cmd` to completion.
     pub fn of(cmd: &mut Command) -> Run {
-        let out: Output = cmd
-            .output()
-            .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+        let out: Output = cmd.output().unwrap_or_else(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                panic!(
+                    "{} is not installed: ./tests/run.sh installs it as root, with the \
+                     Debian packages of tests/apt-packages.txt (running {cmd:?})",
+                    cmd.get_program().to_string_lossy()
+                )
+            }
+            panic!("cannot run {cmd:?}: {e}")
+        });
         Run {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),

@@ -7,12 +7,14 @@
 pub mod bench;
 pub mod cluster;
 pub mod cmd;
+pub mod fuse;
 pub mod housekeeper;
 pub mod node;
 pub mod nspawn;
 pub mod pam;
 pub mod poll;
 pub mod setuid;
+pub mod skip;
 pub mod sys;
 
 use std::path::PathBuf;
@@ -48,15 +50,4 @@ pub fn bin(name: &str) -> PathBuf {
 /// Whether the tests run as root (system tests need it; CI runs as root).
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
-}
-
-/// Skips the current test (with a visible note) unless running as root.
-#[macro_export]
-macro_rules! require_root {
-    () => {
-        if !$crate::is_root() {
-            eprintln!("SKIPPED (needs root): {}", module_path!());
-            return;
-        }
-    };
 }

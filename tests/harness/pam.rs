@@ -1,10 +1,8 @@
 //! Fixtures for the PAM module's system tests: scratch `/etc/pam.d` service
 //! files, a `/dev/log` listener visible only inside a mount namespace,
-//! pamtester runs, a real sshd with its own keys and PAM stack, and a
-//! directory whose lookups hang (an autofs mount nobody serves).
+//! pamtester runs, and a real sshd with its own keys and PAM stack.
 
 use std::io::{BufRead, BufReader};
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixDatagram;
 use std::os::unix::process::CommandExt;
@@ -246,6 +244,9 @@ pub struct Pamtested {
 /// Runs `pamtester SERVICE USER acct_mgmt` inside `sink`'s namespace, in its
 /// own process group, with extra environment `env`.
 pub fn pamtester(sink: &SyslogSink, service: &str, user: &str, env: &[(&str, &str)]) -> Pamtested {
+    if let Err(why) = crate::skip::need("pamtester", "pamtester") {
+        panic!("{why}");
+    }
     let mut c = sink.command(None, "pamtester");
     c.args(["-v", service, user, "acct_mgmt"]).process_group(0);
     for (k, v) in env {
@@ -273,7 +274,18 @@ pub fn user(name: &str, groups: &[&str]) -> TempUser {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let _ = run("userdel", &["-r", "-f", name]);
     let joined = groups.join(",");
-    let mut args = vec!["-m", "-s", "/bin/bash"];
+    // No subordinate uids: useradd would hand out ranges from 100000 up,
+    // which the gate never manages, so a test user at such a uid (200000)
+    // would stop being gated while another test's user exists.
+    let mut args = vec![
+        "-m",
+        "-s",
+        "/bin/bash",
+        "-K",
+        "SUB_UID_COUNT=0",
+        "-K",
+        "SUB_GID_COUNT=0",
+    ];
     if !groups.is_empty() {
         args.extend(["-G", joined.as_str()]);
     }
@@ -311,69 +323,6 @@ pub fn group(name: &str) -> TempGroup {
         std::thread::sleep(Duration::from_millis(100));
     }
     panic!("groupadd {name} kept failing");
-}
-
-/// A directory whose lookups block: an autofs mount whose daemon (this
-/// test process, through a pipe) never answers. Any process outside this
-/// test's process group that looks up a name under [`HangingDir::path`]
-/// sleeps (killably) until the mount is gone: a hung NFS server, FUSE-free.
-pub struct HangingDir {
-    /// The mount point.
-    pub path: PathBuf,
-    _dir: tempfile::TempDir,
-    read_end: Option<OwnedFd>,
-    write_end: Option<OwnedFd>,
-}
-
-impl HangingDir {
-    /// Mounts it.
-    pub fn new() -> HangingDir {
-        let dir = tempfile::Builder::new()
-            .prefix("kloigos-hang-")
-            .tempdir()
-            .expect("temp dir");
-        let path = dir.path().join("mnt");
-        std::fs::create_dir(&path).expect("mkdir");
-        let (r, w) = nix::unistd::pipe().expect("pipe");
-        let opts = format!(
-            "fd={},pgrp={},minproto=5,maxproto=5,indirect",
-            w.as_raw_fd(),
-            nix::unistd::getpgrp().as_raw()
-        );
-        // pipe(2) fds are inherited by mount(8), which hands the write end to the kernel.
-        must(
-            "mount",
-            &[
-                "-t",
-                "autofs",
-                "-o",
-                &opts,
-                "kloigos-hang",
-                path.to_str().expect("utf-8"),
-            ],
-        );
-        HangingDir {
-            path,
-            _dir: dir,
-            read_end: Some(r),
-            write_end: Some(w),
-        }
-    }
-}
-
-impl Default for HangingDir {
-    fn default() -> Self {
-        HangingDir::new()
-    }
-}
-
-impl Drop for HangingDir {
-    fn drop(&mut self) {
-        let _ = run("umount", &["-l", self.path.to_str().unwrap_or_default()]);
-        // Closing the pipe makes the mount catatonic: any waiter gets ENOENT.
-        self.write_end.take();
-        self.read_end.take();
-    }
 }
 
 /// A real sshd on a free loopback port, in its own mount namespace where
