@@ -848,6 +848,26 @@ mod tests {
     }
 
     #[test]
+    fn the_share_is_read_unless_root_or_a_fresh_policy_decides_alone() {
+        let none = SubUids::default();
+        let now = ts(NOW);
+        let root = Account::new("root", 0, &[]).unwrap();
+        let fresh = copy_at(FRESH, Some(state()));
+        let stale = copy_at(STALE, Some(state()));
+        assert!(!share_needed(&root, &Ok(None), &none, now, 600));
+        assert!(share_needed(&alice(), &fresh, &none, now, 600));
+        assert!(share_needed(&ops(), &Ok(None), &none, now, 600));
+        assert!(share_needed(&ops(), &stale, &none, now, 600));
+        assert!(!share_needed(&ops(), &fresh, &none, now, 600));
+        // A copy from the future is not fresh.
+        let ahead = copy_at("2026-11-23T11:05:00Z", Some(state()));
+        assert!(share_needed(&ops(), &ahead, &none, now, 600));
+        // Not read, nothing fresh: on_error, never a guess.
+        let d = run(&alice(), &stale, &ShareRead::NotRead, OnError::Deny);
+        assert_eq!(verdict(&d), ("deny", Source::OnError));
+    }
+
+    #[test]
     fn log_fields_from_outside_are_quoted_and_escaped() {
         let name = "nobody1 uid=0 node=vm result=allow source=policy";
         let d = unknown_user(name);
