@@ -850,19 +850,12 @@ fn users_far_above_60000_are_gated() {
     let g = Gate::new("far", Policy::default());
     g.permissive("");
     let ldap = user_with_uid("kp-far-ldap", 70_000);
-    let sssd = user_with_uid("kp-far-sssd", 200_000);
-    // The harness makes users without subordinate ranges; one made by plain
-    // useradd elsewhere may hold 200000, which is then rightly not gated.
-    let sub = kloigos_core::access::SubUids::read(Path::new("/etc/subuid"));
-    assert!(
-        !sub.contains(sssd.uid),
-        "uid 200000 is a subordinate uid on this machine: {:?}",
-        std::fs::read_to_string("/etc/subuid").unwrap_or_default()
-    );
+    // 200000, sssd's first uid, unless a subordinate range covers it here.
+    let sssd = user_with_uid("kp-far-sssd", pam::person_uid_from(200_000));
     let id = g.book(&ldap, -60, 3600);
     g.agree(&ldap.name, "allow", "shared");
     let line = g.agree(&sssd.name, "deny", "shared");
-    assert!(line.contains("uid=200000"), "{line}");
+    assert!(line.contains(&format!("uid={}", sssd.uid)), "{line}");
     g.release(&id);
     // From now: the released booking ended just now.
     g.book(&sssd, 0, 3600);
@@ -878,6 +871,7 @@ fn users_far_above_60000_are_gated() {
     assert!(line.contains("uid=70000"), "{line}");
     let line = g.agree(&sssd.name, "ignore", "policy");
     assert!(line.contains("above max_uid 100000"), "{line}");
+    eprintln!("gated users at uids {} and {}", ldap.uid, sssd.uid);
 }
 
 #[test]

@@ -460,3 +460,16 @@ pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind port 0");
     l.local_addr().expect("local addr").port()
 }
+
+/// The first uid from `uid` up that no range of /etc/subuid covers: a
+/// person's uid far above 60000 (as LDAP or sssd hand out), even on a
+/// machine where some account made by plain `useradd` holds a subordinate
+/// range there (kloigos rightly never manages those).
+pub fn person_uid_from(uid: u32) -> u32 {
+    let sub = kloigos_core::access::SubUids::read(Path::new("/etc/subuid"));
+    let mut u = uid;
+    while sub.contains(u) {
+        u += 1;
+    }
+    u
+}
