@@ -295,8 +295,9 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
                 },
             };
             d.detail.push("policy from the share".into());
-            // A copy that could not be read did not matter here: detail.
-            d.detail.extend(problems);
+            // A copy that could not be read did not decide, but is still
+            // something for an admin to fix.
+            d.problems = problems;
             return d;
         }
         ShareRead::Read(Err(f)) => Some(f),
@@ -789,10 +790,10 @@ mod tests {
         let d = run(&alice(), &bad, &eio(), OnError::Deny);
         assert_eq!(verdict(&d), ("deny", Source::OnError));
         assert!(d.log_line(false).contains("local copy unusable: "), "{d:?}");
-        // ... but does not matter when the share answers.
+        // ... but does not decide when the share answers (and is still said).
         let d = run(&alice(), &bad, &up(Some(state())), OnError::Deny);
         assert_eq!(verdict(&d), ("allow", Source::Shared));
-        assert!(d.problems.is_empty());
+        assert!(d.log_line(false).contains("local copy unusable: "), "{d:?}");
     }
 
     #[test]
