@@ -5,7 +5,9 @@ use std::collections::HashSet;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use kloigos_core::duration::Dur;
 use kloigos_core::names::NodeName;
+use kloigos_core::policy::Policy;
 use kloigos_core::state::NodeState;
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::cmd::Run;
@@ -13,7 +15,19 @@ use kloigos_tests::poll::wait_until;
 use serde_json::Value;
 
 fn cluster_with_nodes() -> TempCluster {
-    let c = TempCluster::new();
+    cluster_with_nodes_and(Policy::default())
+}
+
+/// A policy that takes bookings of a second (the default minimum is a minute).
+fn short_bookings() -> Policy {
+    Policy {
+        min_duration: Dur::from_secs(1).unwrap(),
+        ..Policy::default()
+    }
+}
+
+fn cluster_with_nodes_and(policy: Policy) -> TempCluster {
+    let c = TempCluster::with_policy(policy);
     c.add_node("node1", "0-63", Some(16), Some("20000-23999"));
     c.add_node("node2", "0-7", None, None);
     c
@@ -135,7 +149,7 @@ fn capacity_refusal_gives_the_earliest_time_and_at_books_it() {
 
 #[test]
 fn wait_polls_until_a_slot_frees() {
-    let c = cluster_with_nodes();
+    let c = cluster_with_nodes_and(short_bookings());
     c.run(&["alloc", "-w", "node2", "-t", "2s"]).ok();
     let b = c
         .run(&["--json", "alloc", "-w", "node2", "-t", "1m", "--wait=30s"])
@@ -578,7 +592,11 @@ fn demo_runs_start_to_finish() {
 /// agrees with the state.
 #[test]
 fn concurrent_allocs_grant_exactly_the_capacity() {
-    let c = TempCluster::new();
+    // One user takes every unit: no per-node cap for this test.
+    let c = TempCluster::with_policy(Policy {
+        max_bookings_per_user_node: 0,
+        ..Policy::default()
+    });
     c.add_node("hot", "0-63", Some(1), None);
     let procs = 8;
     let attempts = 40;
@@ -635,7 +653,10 @@ fn concurrent_allocs_grant_exactly_the_capacity() {
 /// is never left held, the next writer proceeds.
 #[test]
 fn killed_writers_leave_a_valid_state() {
-    let c = TempCluster::new();
+    let c = TempCluster::with_policy(Policy {
+        max_bookings_per_user_node: 0,
+        ..Policy::default()
+    });
     c.add_node("n", "0-63", Some(1), None);
     let bin = kloigos_tests::bin("kloigos");
     let node = NodeName::new("n").unwrap();
@@ -748,4 +769,290 @@ fn colors_only_on_a_terminal_and_never_with_no_color() {
             .env_remove("NO_COLOR"),
     );
     assert!(!piped.ok().stdout.contains('\x1b'));
+}
+
+fn node_dir(c: &TempCluster, node: &str) -> std::path::PathBuf {
+    c.store.node_dir(&NodeName::new(node).unwrap())
+}
+
+/// Issue 15 item 2: a loop of 1-second future bookings with long notes.
+/// Each is refused (min_duration, note size), and one user stops at the
+/// per-node cap even with bookings in the future only.
+#[test]
+fn a_flood_of_short_future_bookings_with_big_notes_is_refused() {
+    let c = cluster_with_nodes();
+    // The audit's notes were 130 KB; one argument holds at most 128 KiB.
+    let big = "x".repeat(100 * 1024);
+    c.run(&["alloc", "-w", "node1", "--at", "+1h", "-t", "1", "-m", "hi"])
+        .code(1)
+        .err_has("shorter than the cluster's min_duration 1m");
+    c.run(&[
+        "alloc", "-w", "node1", "--at", "+1h", "-t", "1m", "-m", &big,
+    ])
+    .code(2)
+    .err_has("a note holds at most 256 bytes");
+    let note = "n".repeat(256);
+    for i in 0..16 {
+        let at = format!("+{}h", i + 1);
+        c.run(&["alloc", "-w", "node1", "--at", &at, "-t", "1m", "-m", &note])
+            .ok();
+    }
+    c.run(&["alloc", "-w", "node1", "--at", "+20h", "-t", "1m"])
+        .code(1)
+        .err_has("max_bookings_per_user_node");
+    // Nothing the refusals did reached the files.
+    let st = state(&c, "node1");
+    assert_eq!(st.bookings.len(), 16);
+    let (events, bad) = c.store.journal(&NodeName::new("node1").unwrap()).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(events.len(), 17, "add-node and 16 bookings");
+    assert!(
+        c.state_bytes("node1").len() < 16 * 1024,
+        "state.json grew to {}",
+        c.state_bytes("node1").len()
+    );
+}
+
+/// Issue 15 item 2: a state file past 16 MiB is refused by name, by the
+/// CLI and by the gate's `check-login`, instead of being parsed.
+#[test]
+fn a_state_file_past_the_size_bound_is_refused_by_name() {
+    let c = cluster_with_nodes();
+    let path = c.store.state_path(&NodeName::new("node1").unwrap());
+    let f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    f.set_len(kloigos_core::store::MAX_FILE + 1).unwrap();
+    drop(f);
+    c.run(&["info", "node1"])
+        .code(3)
+        .err_has("node1/state.json: is 16777217 bytes, more than the 16 MiB kloigos reads");
+    c.run(&["alloc", "-w", "node1"]).code(3).err_has("16 MiB");
+    // A journal past the bound is named and skipped; the others still count.
+    c.run(&["alloc", "-w", "node2"]).ok();
+    let journal = node_dir(&c, "node1").join("journal.jsonl");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&journal)
+        .unwrap();
+    f.set_len(kloigos_core::store::MAX_FILE + 1).unwrap();
+    drop(f);
+    c.run(&["history"])
+        .code(3)
+        .err_has("node1/journal.jsonl: is 16777217 bytes")
+        .out_has("node2:1");
+    // nobody (uid 65534) is gated: the decision cannot use the state.
+    let r = c.run(&["check-login", "nobody", "node1"]);
+    assert!(
+        format!("{}{}", r.stdout, r.stderr).contains("16 MiB"),
+        "{r:?}"
+    );
+}
+
+/// The attack note of issue 15 item 4.
+const ATTACK: &str = "ok\u{1b}]0;pwned\u{7}\u{1b}[2J\r\nvm:99     secalice   \u{9b}31m\u{202e}";
+
+fn assert_inert(what: &str, text: &str) {
+    for bad in ['\u{1b}', '\r', '\u{7}', '\u{9b}', '\u{202e}'] {
+        assert!(!text.contains(bad), "{what} printed {bad:?} raw:\n{text:?}");
+    }
+    assert!(
+        text.lines().all(|l| !l.trim_start().starts_with("vm:99")),
+        "{what} printed a forged row:\n{text}"
+    );
+}
+
+/// Issue 15 item 4: terminal escapes in notes are refused at input, and
+/// one planted in state.json and the journal (an older version, a hand
+/// edit) prints inert in info, list, history and their --json.
+#[test]
+fn escape_sequences_in_notes_are_refused_and_never_printed_raw() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1", "-m", ATTACK])
+        .code(2)
+        .err_has("no control characters");
+    assert_inert(
+        "the refusal",
+        &c.run(&["alloc", "-w", "node1", "-m", ATTACK]).stderr,
+    );
+    c.run(&["alloc", "-w", "node1", "-l", "gpu\u{1b}[2J"])
+        .code(2);
+    c.run(&["alloc", "-w", "node1", "-m", "planted here"]).ok();
+    let escaped = serde_json::to_string(ATTACK).unwrap();
+    let escaped = &escaped[1..escaped.len() - 1];
+    for file in ["state.json", "journal.jsonl"] {
+        let p = node_dir(&c, "node1").join(file);
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert!(text.contains("planted here"));
+        std::fs::write(&p, text.replace("planted here", escaped)).unwrap();
+    }
+    assert_eq!(state(&c, "node1").bookings[0].note.as_str(), ATTACK);
+    for args in [
+        &["info"][..],
+        &["list"],
+        &["list", "--all"],
+        &["history"],
+        &["admin", "fsck"],
+    ] {
+        let r = c.run(args);
+        assert_inert(&format!("{args:?}"), &r.stdout);
+        assert_inert(&format!("{args:?}"), &r.stderr);
+        let mut json = vec!["--json"];
+        json.extend(args);
+        let r = c.run(&json);
+        assert_inert(&format!("{json:?}"), &r.stdout);
+        if args[0] != "admin" && args[0] != "info" {
+            // The JSON still carries the note, escaped, as it is.
+            let v = r.json();
+            assert_eq!(v[0]["note"], ATTACK, "{json:?}");
+        }
+    }
+    c.run(&["list"]).ok().out_has("\\u{1b}]0;pwned");
+    // A user name given to check-login is text from outside too.
+    for json in [false, true] {
+        let mut args = vec!["check-login", ATTACK, "node1"];
+        if json {
+            args.insert(0, "--json");
+        }
+        let r = c.run(&args);
+        assert_inert("check-login", &r.stdout);
+        assert_inert("check-login", &r.stderr);
+    }
+}
+
+/// Issue 15 item 3: under a finite RLIMIT_FSIZE just above the journal's
+/// size, alloc is refused before it writes anything, naming the limit.
+#[test]
+fn a_file_size_limit_is_refused_before_anything_is_written() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1"]).ok();
+    let dir = node_dir(&c, "node1");
+    let journal = std::fs::read(dir.join("journal.jsonl")).unwrap();
+    let state_before = c.state_bytes("node1");
+    let limit = format!("--fsize={}", journal.len() + 30);
+    let r = Run::of(
+        Command::new("prlimit")
+            .arg(&limit)
+            .arg(kloigos_tests::bin("kloigos"))
+            .arg("--shared")
+            .arg(c.shared())
+            .args(["alloc", "-w", "node1", "-m", "under a limit"]),
+    );
+    r.code(1)
+        .err_has("RLIMIT_FSIZE")
+        .err_has("ulimit -f unlimited");
+    assert_eq!(c.state_bytes("node1"), state_before);
+    assert_eq!(std::fs::read(dir.join("journal.jsonl")).unwrap(), journal);
+    // A soft limit under an unlimited hard one is lifted, and the booking made.
+    let soft = format!("--fsize={}:unlimited", journal.len() + 30);
+    let r = Run::of(
+        Command::new("prlimit")
+            .arg(&soft)
+            .arg(kloigos_tests::bin("kloigos"))
+            .arg("--shared")
+            .arg(c.shared())
+            .args(["alloc", "-w", "node1", "-m", "soft limit lifted"]),
+    );
+    r.ok();
+    let (events, bad) = c.store.journal(&NodeName::new("node1").unwrap()).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(events.len(), 3);
+    assert_eq!(state(&c, "node1").bookings.len(), 2);
+}
+
+/// Issue 15 item 3: a torn fragment left by a writer cut short is closed
+/// off by the next writer: its event parses, and fsck --repair sets aside
+/// the fragment alone.
+#[test]
+fn the_event_after_a_torn_fragment_survives_and_fsck_sets_aside_only_the_fragment() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1"]).ok();
+    let dir = node_dir(&c, "node1");
+    let fragment = b"{\"time\":\"2026-12-07T10:00:00Z\",\"by\"";
+    let mut j = std::fs::OpenOptions::new()
+        .append(true)
+        .open(dir.join("journal.jsonl"))
+        .unwrap();
+    std::io::Write::write_all(&mut j, fragment).unwrap();
+    drop(j);
+    c.run(&["alloc", "-w", "node1", "-m", "after the fragment"])
+        .ok();
+    let (events, bad) = c.store.journal(&NodeName::new("node1").unwrap()).unwrap();
+    assert_eq!(bad, vec![3]);
+    assert_eq!(
+        events
+            .last()
+            .unwrap()
+            .booking
+            .as_ref()
+            .unwrap()
+            .note
+            .as_str(),
+        "after the fragment"
+    );
+    c.run(&["admin", "fsck", "--repair"])
+        .ok()
+        .out_has("repaired");
+    let set_aside = std::fs::read(dir.join("journal.jsonl.bad")).unwrap();
+    assert_eq!(set_aside, [&fragment[..], b"\n"].concat());
+    let (events, bad) = c.store.journal(&NodeName::new("node1").unwrap()).unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(events.len(), 3);
+    c.run(&["admin", "fsck"]).ok().out_has("fsck: clean");
+}
+
+/// Issue 15 item 8: releasing nothing writes nothing.
+#[test]
+fn releasing_nothing_rewrites_nothing() {
+    use std::os::unix::fs::MetadataExt;
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1"]).ok();
+    c.run(&["release", "node1:1"]).ok();
+    let paths: Vec<_> = ["node1", "node2"]
+        .iter()
+        .flat_map(|n| {
+            let d = node_dir(&c, n);
+            [d.join("state.json"), d.join("journal.jsonl")]
+        })
+        .collect();
+    let stamp = |p: &std::path::Path| {
+        let m = std::fs::metadata(p).unwrap();
+        (m.ino(), m.mtime(), m.mtime_nsec(), m.len())
+    };
+    let before: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+    c.run(&["release", "-w", "node1"])
+        .code(1)
+        .err_has("holds no current or future booking on node1");
+    c.run(&["release", "--all"])
+        .code(1)
+        .err_has("holds no current or future booking");
+    let after: Vec<_> = paths.iter().map(|p| stamp(p)).collect();
+    assert_eq!(before, after);
+}
+
+/// Issue 15 item 8: `alloc -t 1` that waits for the node lock takes its
+/// start once it holds the lock, so it is not refused as in the past.
+#[test]
+fn a_short_booking_that_waits_for_the_lock_starts_when_it_gets_it() {
+    let c = cluster_with_nodes_and(short_bookings());
+    let held = c.store.lock(&NodeName::new("node2").unwrap()).unwrap();
+    let child = c
+        .kloigos()
+        .args(["--json", "alloc", "-w", "node2", "-t", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The alloc is waiting for the lock (it polls for up to 10 s): let a
+    // span of 1 s pass, and more, before it gets it.
+    std::thread::sleep(Duration::from_millis(2500));
+    drop(held);
+    let out = child.wait_with_output().unwrap();
+    let r = Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    let b = r.ok().json();
+    let end: jiff::Timestamp = b["end"].as_str().unwrap().parse().unwrap();
+    let start: jiff::Timestamp = b["start"].as_str().unwrap().parse().unwrap();
+    assert_eq!(end.as_second() - start.as_second(), 1);
 }

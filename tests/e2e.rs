@@ -178,12 +178,14 @@ fn e2e_three_nodes_book_login_expire_kill_uninstall() {
     let k = "/usr/local/bin/kloigos";
     let n1 = &nodes[0];
     n1.run(&[k, "admin", "init", "--name", "e2e"]).ok();
+    // min_duration=1s: alice's booking below lasts 12 s, to see it end.
     n1.run(&[
         k,
         "admin",
         "policy",
         &format!("min_uid={USER_UID}"),
         "max_uid=59999",
+        "min_duration=1s",
     ])
     .ok();
     for n in &nodes {

@@ -106,7 +106,7 @@ impl Gate {
             size: Size::Whole,
             start: at(from),
             end: at(to),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         // Booked "at" one minute before its start, so past spans are accepted.
@@ -899,4 +899,21 @@ fn an_io_error_on_the_nodes_entry_is_an_error_not_a_login() {
     std::fs::remove_dir(&dir).expect("rm mount point");
     std::fs::rename(&away, &dir).expect("node dir back");
     g.agree(&booked.name, "allow", "shared");
+}
+
+/// Issue 15 item 6: an account named like an AD user (`kuser@ad.test`) is
+/// gated like any other: booked it gets in, a stranger of the same kind
+/// is denied, neither is "cannot look up this account".
+#[test]
+fn domain_account_names_are_gated_like_any_other() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("ad", Policy::default());
+    let booked = kloigos_tests::setuid::domain_user(&format!("k{}@ad.test", tag("a")));
+    let stranger = kloigos_tests::setuid::domain_user(&format!("k{}@ad.test", tag("b")));
+    g.book(&booked, -60, 3600);
+    let (_, line) = g.expect(&booked.name, Verdict::Allow);
+    assert!(line.contains("result=allow"), "{line}");
+    let (r, line) = g.expect(&stranger.name, Verdict::Deny);
+    assert!(r.run.stderr.contains("no booking for"), "{}", r.run.stderr);
+    assert!(!line.contains("cannot look up"), "{line}");
 }

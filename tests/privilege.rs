@@ -1017,3 +1017,142 @@ fn doctor_reports_a_good_install_and_names_what_breaks_it() {
         .clone();
     assert_eq!(clock["status"], "ok", "{clock}");
 }
+
+/// Reads `child`'s stderr on a thread; lines arrive on the channel.
+fn stderr_lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// Waits (bounded) for a line containing `text`; returns every line seen.
+fn wait_for_line(rx: &std::sync::mpsc::Receiver<String>, text: &str) -> Vec<String> {
+    let mut seen = Vec::new();
+    while let Ok(l) = rx.recv_timeout(Duration::from_secs(60)) {
+        let hit = l.contains(text);
+        seen.push(l);
+        if hit {
+            return seen;
+        }
+    }
+    panic!("no line with {text:?} within 60 s; saw {seen:?}");
+}
+
+/// Waits for `child` to exit, at most a minute (then kills it and fails).
+fn finish(mut child: std::process::Child) -> std::process::Output {
+    let exited = wait_until(Duration::from_secs(60), || {
+        child.try_wait().is_ok_and(|s| s.is_some())
+    });
+    if !exited {
+        let _ = child.kill();
+        panic!("the waiter did not exit within a minute");
+    }
+    child.wait_with_output().unwrap()
+}
+
+const TERM: &str = r#"
+import os, signal, sys
+os.kill(int(sys.argv[1]), signal.SIGTERM); print("OK")
+"#;
+
+/// Issue 15 item 5: `alloc --wait` waits as the caller (all four uids),
+/// who can end it with SIGTERM; each attempt is a fresh setuid child that
+/// books once room is made; a wait beyond max_wait is refused.
+#[test]
+fn alloc_wait_waits_as_the_caller_and_books_through_setuid_children() {
+    kloigos_tests::require_root!();
+    let i = Install::new(&tag("wt"), &[]);
+    let whole = i
+        .kloigos(
+            As::User(&i.alice),
+            &["--json", "alloc", "-w", &i.node, "--whole", "-t", "1h"],
+        )
+        .ok()
+        .json();
+    let id = whole["id"].as_str().unwrap().to_string();
+    i.kloigos(As::User(&i.bob), &["alloc", "-w", &i.node, "--wait=3650d"])
+        .code(1)
+        .err_has("longer than the cluster's max_wait 1d");
+    let before = i.state_bytes();
+
+    // A waiter bob ends himself.
+    let (mut child, pid) = start_paused(
+        &i,
+        As::User(&i.bob),
+        &["alloc", "-w", &i.node, "-t", "1h", "--wait=1h"],
+    );
+    let lines = stderr_lines(&mut child);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    wait_for_line(&lines, "waiting for a free slot");
+    let bob = i.bob.uid;
+    // Across several attempts (one every 2 s), the waiter stays bob's.
+    let t0 = std::time::Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let (uids, _) = proc_status(pid).expect("the waiter is alive");
+        assert_eq!(uids, vec![bob; 4], "the waiter runs as {uids:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    i.python(As::User(&i.bob), TERM, &[&pid.to_string()])
+        .ok()
+        .out_has("OK");
+    let status = finish(child).status;
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(nix::sys::signal::Signal::SIGTERM as i32),
+        "{status:?}"
+    );
+    assert_eq!(i.state_bytes(), before, "the waiter wrote something");
+
+    // A waiter that gets its slot once alice releases.
+    let (mut child, _pid) = start_paused(
+        &i,
+        As::User(&i.bob),
+        &["--json", "alloc", "-w", &i.node, "-t", "1h", "--wait=1h"],
+    );
+    let lines = stderr_lines(&mut child);
+    child.stdin.as_mut().unwrap().write_all(b"go\n").unwrap();
+    wait_for_line(&lines, "waiting for a free slot");
+    i.kloigos(As::User(&i.alice), &["release", &id]).ok();
+    let out = finish(child);
+    assert_eq!(out.status.code(), Some(0));
+    let b: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(b["user"], i.bob.name.as_str());
+    // Written by the setuid child: the tree stays the service account's.
+    assert_eq!(owner_mode(&i.state_path()), (i.svc.uid, 0o644));
+}
+
+/// Issue 15 item 6: an account named like an AD user books and lists
+/// through the setuid CLI.
+#[test]
+fn a_domain_account_books_and_lists_through_the_setuid_cli() {
+    kloigos_tests::require_root!();
+    let i = Install::new(&tag("dn"), &[]);
+    let name = format!("k{}@ad.test", tag("d"));
+    let user = kloigos_tests::setuid::domain_user(&name);
+    let b = i
+        .kloigos(
+            As::User(&user),
+            &[
+                "--json", "alloc", "-w", &i.node, "-t", "1h", "-m", "from AD",
+            ],
+        )
+        .ok()
+        .json();
+    assert_eq!(b["user"], name.as_str());
+    assert_eq!(b["uid"], user.uid);
+    let v = i.kloigos(As::User(&user), &["--json", "list"]).ok().json();
+    assert_eq!(v.as_array().unwrap().len(), 1);
+    assert_eq!(v[0]["user"], name.as_str());
+    i.kloigos(As::User(&user), &["list"]).ok().out_has(&name);
+    // Nothing named after the user appeared in the tree.
+    let tree = i.snapshot().join("\n");
+    assert!(!tree.contains("@ad.test"), "{tree}");
+    i.kloigos(As::User(&user), &["release", "--all"]).ok();
+}

@@ -20,7 +20,7 @@ use kloigos_core::Error;
 use crate::args::{AdminCmd, InitArgs, NodeFlags};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
-use crate::output::print_json;
+use crate::output::{escape, print_json};
 
 /// Dispatches `admin` subcommands.
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Result<u8> {
@@ -483,8 +483,8 @@ fn fsck(ctx: &Ctx, repair: bool) -> Result<u8> {
             println!(
                 "{}{}: {}",
                 if x.repaired { "repaired " } else { "" },
-                x.path,
-                x.problem
+                escape(&x.path),
+                escape(&x.problem)
             );
         }
         println!(
@@ -508,7 +508,9 @@ fn set_aside_journal_lines(
     let _lock = store.lock(node)?;
     let dir = store.node_dir(node);
     let path = dir.join(store::JOURNAL_FILE);
-    let text = fs::read_to_string(&path).map_err(|e| Error::io(&path, &e))?;
+    // Through the trusted, size-bounded reader, as every shared file.
+    let bytes = store::read_trusted(&path, store.trust())?;
+    let text = String::from_utf8_lossy(&bytes);
     let (mut keep, mut drop) = (String::new(), String::new());
     for (i, line) in text.lines().enumerate() {
         let target = if bad.contains(&(i + 1)) {
@@ -520,7 +522,9 @@ fn set_aside_journal_lines(
         target.push('\n');
     }
     let bad_path = dir.join("journal.jsonl.bad");
-    let mut old = fs::read_to_string(&bad_path).unwrap_or_default();
+    let mut old = store::read_trusted_if_any(&bad_path, store.trust())?
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
     old.push_str(&drop);
     store::write_atomic(&dir, "journal.jsonl.bad", old.as_bytes())?;
     store::write_atomic(&dir, store::JOURNAL_FILE, keep.as_bytes())?;

@@ -91,7 +91,7 @@ pub struct AllocSpec {
     /// Only nodes with this label (repeatable).
     #[arg(short = 'l', long = "label", value_name = "LABEL")]
     pub labels: Vec<String>,
-    /// When nothing is free, wait until something is (at most DUR, default 1h).
+    /// When nothing is free, wait until something is (at most DUR, default 1h; the policy's max_wait caps it).
     #[arg(long, value_name = "DUR", num_args = 0..=1, default_missing_value = "1h", require_equals = true)]
     pub wait: Option<String>,
     /// A note shown by info and list.
@@ -111,6 +111,9 @@ pub struct AllocArgs {
     /// What to book.
     #[command(flatten)]
     pub spec: AllocSpec,
+    /// One attempt of a waiting `alloc --wait`: no room exits 75, quietly.
+    #[arg(long, hide = true, conflicts_with = "wait")]
+    pub wait_attempt: bool,
 }
 
 /// `run`.

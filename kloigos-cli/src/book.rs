@@ -1,10 +1,10 @@
 //! Booking commands: alloc, release, extend, list, history.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jiff::{SignedDuration, Timestamp};
 use kloigos_core::access;
-use kloigos_core::booking::{Booking, BookingId};
+use kloigos_core::booking::{Booking, BookingId, Note};
 use kloigos_core::duration::{human_secs, Dur};
 use kloigos_core::journal::{self, Action, Event};
 use kloigos_core::names::{Label, NodeName};
@@ -18,7 +18,7 @@ use kloigos_core::Error;
 use crate::args::{AllocSpec, ExtendArgs, HistoryArgs, ListArgs, ReleaseArgs};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
-use crate::output::{bookings_table, local, print_json, Table};
+use crate::output::{bookings_table, escape, local, print_json, Table};
 
 /// How often `alloc --wait` tries again.
 const WAIT_POLL: Duration = Duration::from_secs(2);
@@ -66,16 +66,36 @@ pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Unreadable)> {
 /// Warns on stderr about nodes that could not be read.
 pub fn warn_unreadable(bad: &[(NodeName, Error)]) {
     for (n, e) in bad {
-        eprintln!("kloigos: warning: skipping node {n}: {e}");
+        eprintln!(
+            "kloigos: warning: skipping node {n}: {}",
+            escape(&e.to_string())
+        );
     }
 }
 
-/// `alloc`: books and prints the booking.
-pub fn alloc(ctx: &Ctx, node: Option<&str>, spec: &AllocSpec) -> Result<u8> {
+/// The exit status of an `alloc --wait-attempt` that found no room: the
+/// waiting parent tries again later (EX_TEMPFAIL).
+pub const WAIT_FULL: u8 = 75;
+
+/// `alloc`: books and prints the booking. With `--wait` it waits as the
+/// caller and books through fresh setuid children (see [`alloc_waiting`]).
+pub fn alloc(ctx: &Ctx, node: Option<&str>, spec: &AllocSpec, attempt: bool) -> Result<u8> {
     let policy = ctx.policy()?;
-    let b = book(ctx, &policy, node, spec)?;
+    if spec.wait.is_some() {
+        return alloc_waiting(ctx, &policy, node, spec);
+    }
+    let b = match book(ctx, &policy, node, spec) {
+        // The waiting parent says so once; each attempt stays quiet.
+        Err(CliError::Core(Error::Full(_))) if attempt => return Ok(WAIT_FULL),
+        other => other?,
+    };
+    print_booking(ctx, &policy, &b);
+    Ok(0)
+}
+
+fn print_booking(ctx: &Ctx, policy: &Policy, b: &Booking) {
     if ctx.json {
-        print_json(&b);
+        print_json(b);
     } else {
         let tz = policy.tz_or_utc();
         let now = ctx.now();
@@ -102,10 +122,84 @@ pub fn alloc(ctx: &Ctx, node: Option<&str>, spec: &AllocSpec) -> Result<u8> {
             b.id, b.id
         );
     }
-    Ok(0)
 }
 
-/// Makes a booking as `alloc` describes it; shared with `run`.
+/// `alloc --wait`: this process has dropped to the caller for good
+/// (`Ctx::setup`), so the caller, and the housekeeper acting for them, can
+/// end it; each attempt is a fresh `kloigos alloc` (setuid on its own, as
+/// `run`'s are) that books or exits [`WAIT_FULL`]. The wait is bounded by
+/// the policy's `max_wait`. The last attempt, at the deadline, speaks for
+/// itself.
+fn alloc_waiting(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) -> Result<u8> {
+    let text = spec.wait.as_deref().unwrap_or_default();
+    let wait = Dur::parse(text)?;
+    if wait > policy.max_wait {
+        return Err(Error::Refused(format!(
+            "--wait={text} is longer than the cluster's max_wait {}; wait at most {}",
+            policy.max_wait, policy.max_wait
+        ))
+        .into());
+    }
+    ctx.privs.verify_dropped()?;
+    let tz = policy.tz_or_utc();
+    let at = spec
+        .at
+        .as_deref()
+        .map(|t| parse_time(t, ctx.now(), &tz))
+        .transpose()?;
+    let mut attempt_spec = AllocSpec {
+        worker: node.map(str::to_string).or_else(|| spec.worker.clone()),
+        wait: None,
+        ..spec.clone()
+    };
+    let deadline = Instant::now() + Duration::from_secs(wait.secs());
+    let mut told = false;
+    loop {
+        let last = Instant::now() >= deadline;
+        // A time given relative to now is fixed once, here; a start that
+        // has passed while waiting becomes now.
+        attempt_spec.at = at.map(|t| t.max(ctx.now()).to_string());
+        let mut c = crate::session::child(ctx)?;
+        c.arg("--json")
+            .arg("alloc")
+            .args(crate::session::spec_args(&attempt_spec));
+        if !last {
+            c.arg("--wait-attempt");
+        }
+        let out = c
+            .stdin(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .map_err(|e| CliError::Usage(format!("cannot run kloigos alloc: {e}")))?;
+        match out.status.code() {
+            Some(0) => {
+                let b: Booking = serde_json::from_slice(&out.stdout).map_err(|e| {
+                    CliError::Usage(format!("kloigos alloc printed no booking: {e}"))
+                })?;
+                print_booking(ctx, policy, &b);
+                return Ok(0);
+            }
+            Some(code) if code == i32::from(WAIT_FULL) && !last => {
+                // On stderr even with --json: stdout carries only the booking.
+                if !told {
+                    eprintln!(
+                        "kloigos: nothing fits that yet; waiting for a free slot (--wait, at most {wait})..."
+                    );
+                    told = true;
+                }
+                // Polling the shared files is the only signal there is: no daemon to notify us.
+                std::thread::sleep(
+                    WAIT_POLL.min(deadline.saturating_duration_since(Instant::now())),
+                );
+            }
+            Some(code) => return Ok(u8::try_from(code).unwrap_or(3)),
+            // The attempt was killed by a signal.
+            None => return Ok(3),
+        }
+    }
+}
+
+/// Makes one booking as `alloc` describes it.
 pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) -> Result<Booking> {
     let user = ctx.target_user(policy, spec.user.as_deref())?;
     access::may_book(policy, &user)?;
@@ -121,6 +215,7 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         (_, _, true) => Size::Whole,
         _ => Size::Units(1),
     };
+    let note = Note::new(spec.note.as_deref().unwrap_or_default())?;
     let labels = spec
         .labels
         .iter()
@@ -139,42 +234,19 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         .into());
     }
     let node = node.or(spec.worker.as_deref()).map(node_arg).transpose()?;
-    let deadline = spec
-        .wait
-        .as_deref()
-        .map(Dur::parse)
-        .transpose()?
-        .map(|d| Timestamp::now() + d.signed());
-    let mut told = false;
-    loop {
-        let now = ctx.now();
-        let start = at.unwrap_or(now).max(now);
-        let ask = Ask {
-            user: &user,
-            size,
-            labels: &labels,
-            start,
-            len: len.signed(),
-            earliest_ok: at.is_some(),
-            note: spec.note.clone().unwrap_or_default(),
-        };
-        let r = match &node {
-            Some(n) => book_on(ctx, policy, n, &ask),
-            None => book_anywhere(ctx, policy, &ask),
-        };
-        match r {
-            Err(CliError::Core(Error::Full(msg)))
-                if deadline.is_some_and(|d| Timestamp::now() < d) =>
-            {
-                if !told && !ctx.json {
-                    eprintln!("kloigos: {msg}\nkloigos: waiting for a free slot (--wait)...");
-                    told = true;
-                }
-                // Polling the shared files is the only signal there is: no daemon to notify us.
-                std::thread::sleep(WAIT_POLL);
-            }
-            other => return other,
-        }
+    let ask = Ask {
+        user: &user,
+        size,
+        labels: &labels,
+        start: at.unwrap_or(now).max(now),
+        len: len.signed(),
+        earliest_ok: at.is_some(),
+        from_now: at.is_none(),
+        note,
+    };
+    match &node {
+        Some(n) => book_on(ctx, policy, n, &ask),
+        None => book_anywhere(ctx, policy, &ask),
     }
 }
 
@@ -186,7 +258,10 @@ struct Ask<'a> {
     len: SignedDuration,
     /// `--at`: take the earliest slot at or after `start` instead of refusing.
     earliest_ok: bool,
-    note: String,
+    /// No `--at`: the booking starts when the node's lock is taken, however
+    /// long that took (`start` is only the estimate used to pick a node).
+    from_now: bool,
+    note: Note,
 }
 
 impl Ask<'_> {
@@ -240,9 +315,12 @@ fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Boo
             })?;
     }
     let held = held_elsewhere(ctx, policy, ask, Some(node))?;
-    let req = ask.request(ctx, start, held);
-    let now = ctx.now();
     ctx.write_node(node, |st| {
+        // Now is taken under the lock: a wait for the lock must not push
+        // a short booking that starts now into the past.
+        let now = ctx.now();
+        let start = if ask.from_now { now } else { start };
+        let req = ask.request(ctx, start, held);
         let b = st.book(&req, policy, now, &numa)?;
         let ev = Event::booking(now, &ctx.caller.name, Action::Book, &b);
         Ok((b, vec![ev]))
@@ -298,7 +376,13 @@ fn book_anywhere(ctx: &Ctx, policy: &Policy, ask: &Ask) -> Result<Booking> {
     }
     match placement::earliest(&want, &offers, policy) {
         Some((t, node)) if ask.earliest_ok => {
-            let at_t = Ask { start: t, earliest_ok: false, note: ask.note.clone(), ..*ask };
+            let at_t = Ask {
+                start: t,
+                earliest_ok: false,
+                from_now: false,
+                note: ask.note.clone(),
+                ..*ask
+            };
             book_on(ctx, policy, &node, &at_t)
         }
         Some((t, node)) => Err(Error::Full(format!(
@@ -338,7 +422,7 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
             match r {
                 Ok(b) => released.push(b),
                 Err(e) => {
-                    eprintln!("kloigos: {e}");
+                    eprintln!("kloigos: {}", escape(&e.to_string()));
                     first_err.get_or_insert(e);
                 }
             }
@@ -369,7 +453,7 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
             match r {
                 Ok(v) => released.extend(v),
                 Err(e) => {
-                    eprintln!("kloigos: {e}");
+                    eprintln!("kloigos: {}", escape(&e.to_string()));
                     first_err.get_or_insert(e);
                 }
             }
@@ -512,10 +596,21 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
         })
         .collect();
     paths.extend(ctx.store.deleted_journals());
+    // A journal that cannot be read (too large, untrusted) is named and
+    // skipped: the others still make a history, and the exit status says
+    // it is incomplete.
+    let mut unreadable = 0;
     for p in paths {
-        let (ev, bad) = ctx.store.journal_at(&p)?;
-        torn += bad.len();
-        events.extend(ev);
+        match ctx.store.journal_at(&p) {
+            Ok((ev, bad)) => {
+                torn += bad.len();
+                events.extend(ev);
+            }
+            Err(e) => {
+                eprintln!("kloigos: warning: skipping {}", escape(&e.to_string()));
+                unreadable += 1;
+            }
+        }
     }
     if torn > 0 {
         eprintln!(
@@ -551,5 +646,5 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
     } else {
         print!("{}", bookings_table(&bookings, now, &tz).render(ctx.color));
     }
-    Ok(0)
+    Ok(if unreadable == 0 { 0 } else { 3 })
 }

@@ -67,7 +67,9 @@ impl Ctx {
             .or_else(|| privs.caller_var("KLOIGOS_CONFIG").map(PathBuf::from));
         let overridden = cli.shared.is_some() || config_override.is_some();
         // `run` and `ssh` exec programs as the caller; their writes go through child kloigos processes.
-        let execs = matches!(cli.cmd, Cmd::Run(_) | Cmd::Ssh(_));
+        // `alloc --wait` waits as the caller and books through child kloigos processes too.
+        let execs = matches!(&cli.cmd, Cmd::Run(_) | Cmd::Ssh(_))
+            || matches!(&cli.cmd, Cmd::Alloc(a) if a.spec.wait.is_some());
         let doctor = matches!(cli.cmd, Cmd::Doctor);
         if overridden || execs {
             privs.drop_to_caller()?;

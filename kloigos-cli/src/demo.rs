@@ -149,7 +149,13 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "--admin",
         me.name.as_str(),
     ])?;
-    tour.must(&["admin", "policy", "min_uid=1", "max_duration=1d"])?;
+    tour.must(&[
+        "admin",
+        "policy",
+        "min_uid=1",
+        "max_duration=1d",
+        "min_duration=1s",
+    ])?;
     tour.must(&[
         "admin",
         "add-node",

@@ -19,7 +19,7 @@ use crate::args::InfoArgs;
 use crate::book::read_all;
 use crate::ctx::{node_arg, Ctx};
 use crate::error::Result;
-use crate::output::{local, print_json, status_of, Paint, Table};
+use crate::output::{escape, local, print_json, status_of, Paint, Table};
 
 /// `info --json`: the documented shape.
 #[derive(Serialize)]
@@ -193,7 +193,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 let note = if b.note.is_empty() {
                     String::new()
                 } else {
-                    format!("  \"{}\"", b.note)
+                    format!("  \"{}\"", b.note.as_str())
                 };
                 t.painted(vec![
                     (format!("  {}", b.id), Paint::Dim),
@@ -223,7 +223,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
             print!("{}", t.render(ctx.color));
         }
         for (n, e) in &bad {
-            eprintln!("kloigos: {n}: {e}");
+            eprintln!("kloigos: {n}: {}", escape(&e.to_string()));
         }
     }
     Ok(if bad.is_empty() { 0 } else { 3 })

@@ -41,7 +41,11 @@ fn main() -> ExitCode {
     match run(cli, privs) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("kloigos: {e}");
+            // Messages may quote file contents and arguments: escape them.
+            eprintln!(
+                "kloigos: {}",
+                kloigos_core::printable::escape(&e.to_string())
+            );
             ExitCode::from(e.exit_code())
         }
     }
@@ -55,7 +59,7 @@ fn run(cli: Cli, privs: Privileges) -> Result<u8, CliError> {
     let ctx = ctx::Ctx::setup(&cli, privs)?;
     match cli.cmd {
         Cmd::Info(a) => info::info(&ctx, &a),
-        Cmd::Alloc(a) => book::alloc(&ctx, a.node.as_deref(), &a.spec),
+        Cmd::Alloc(a) => book::alloc(&ctx, a.node.as_deref(), &a.spec, a.wait_attempt),
         Cmd::Run(a) => session::run(&ctx, &a),
         Cmd::Ssh(a) => session::ssh(&ctx, &a),
         Cmd::Release(a) => book::release(&ctx, &a),

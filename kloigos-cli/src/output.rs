@@ -5,6 +5,7 @@ use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use kloigos_core::booking::Booking;
 use kloigos_core::duration::human_secs;
+pub use kloigos_core::printable::escape;
 use serde::Serialize;
 
 /// A color for a cell.
@@ -71,7 +72,7 @@ impl Table {
         let mut width = vec![0; cols];
         for r in &self.rows {
             for (i, (c, _)) in r.iter().enumerate() {
-                width[i] = width[i].max(c.chars().count());
+                width[i] = width[i].max(escape(c).chars().count());
             }
         }
         let mut out = String::new();
@@ -81,8 +82,9 @@ impl Table {
                 let pad = if i + 1 == r.len() {
                     0
                 } else {
-                    width[i] - c.chars().count() + 2
+                    width[i] - escape(c).chars().count() + 2
                 };
+                let c = &escape(c);
                 if color && *p != Paint::Plain {
                     line.push_str(p.code());
                     line.push_str(c);
@@ -120,13 +122,16 @@ pub fn status_of(b: &Booking, now: Timestamp) -> String {
     }
 }
 
-/// Prints a value as pretty JSON on stdout.
+/// Prints a value as pretty JSON on stdout, with DEL, C1 and bidi
+/// controls escaped as serde_json leaves them raw (a note from an old file
+/// may hold them, and JSON output is read on terminals too).
 pub fn print_json<T: Serialize>(value: &T) {
     use std::io::Write;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    // Our values serialize infallibly; a closed stdout is not worth a panic.
-    let _ = serde_json::to_writer_pretty(&mut out, value)
-        .and_then(|()| writeln!(out).map_err(serde_json::Error::io));
+    // Our values serialize infallibly (no maps with non-string keys).
+    let text = serde_json::to_string_pretty(value).expect("kloigos values serialize");
+    let mut out = std::io::stdout().lock();
+    // A closed stdout is not worth a panic.
+    let _ = writeln!(out, "{}", kloigos_core::printable::escape_json(text));
 }
 
 /// A table of bookings.
@@ -150,7 +155,7 @@ pub fn bookings_table(bookings: &[Booking], now: Timestamp, tz: &TimeZone) -> Ta
             local(b.start, tz),
             local(b.end, tz),
             status_of(b, now),
-            b.note.clone(),
+            b.note.as_str().to_string(),
         ]);
     }
     t
@@ -166,5 +171,19 @@ mod tests {
         t.painted(vec![("xyz".into(), Paint::Red), ("1".into(), Paint::Plain)]);
         assert_eq!(t.render(false), "A    BB\nxyz  1\n");
         assert!(t.render(true).contains("\x1b[31mxyz\x1b[0m  1"));
+    }
+
+    #[test]
+    fn cells_from_files_cannot_drive_the_terminal_or_forge_rows() {
+        let mut t = Table::new(&["ID", "NOTE"]);
+        t.row(vec![
+            "n:1".into(),
+            "\x1b]0;t\x07\x1b[2J\r\nvm:99 secalice".into(),
+        ]);
+        t.row(vec!["n:2".into(), "ok".into()]);
+        let out = t.render(false);
+        assert_eq!(out.lines().count(), 3, "{out}");
+        assert!(!out.contains(['\x1b', '\r', '\x07']), "{out:?}");
+        assert!(out.lines().all(|l| !l.starts_with("vm:99")), "{out}");
     }
 }

@@ -18,7 +18,7 @@ use serde_json::json;
 use crate::args::{AllocSpec, CheckLoginArgs, RunArgs, SshArgs};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
-use crate::output::print_json;
+use crate::output::{escape, print_json};
 
 /// The login decision for `user` on `node`: the PAM module's own gate and
 /// reads, with this command's store and trust. On a caller's own tree
@@ -61,12 +61,16 @@ pub fn check_login(ctx: &Ctx, a: &CheckLoginArgs) -> Result<u8> {
             "problems": decision.problems,
         }));
     } else {
-        println!("{word}: {} on {node}: {}", a.user, decision.login.reason());
+        println!(
+            "{word}: {} on {node}: {}",
+            escape(&a.user),
+            escape(decision.login.reason())
+        );
         if !matches!(decision.source, Source::Shared | Source::Policy) {
-            println!("  decided from: {}", decision.source);
+            println!("  decided from: {}", escape(&decision.source.to_string()));
         }
         for p in &decision.problems {
-            println!("  problem: {p}");
+            println!("  problem: {}", escape(p));
         }
     }
     Ok(if matches!(decision.login, Login::Deny(_)) {
@@ -129,7 +133,7 @@ pub fn ssh(ctx: &Ctx, a: &SshArgs) -> Result<u8> {
 }
 
 /// The `alloc` flags that reproduce `spec` for a child `kloigos alloc`.
-fn spec_args(spec: &AllocSpec) -> Vec<String> {
+pub(crate) fn spec_args(spec: &AllocSpec) -> Vec<String> {
     let mut v = Vec::new();
     let mut opt = |flag: &str, val: &Option<String>| {
         if let Some(x) = val {
@@ -157,7 +161,7 @@ fn spec_args(spec: &AllocSpec) -> Vec<String> {
 }
 
 /// A child `kloigos` (this same binary, setuid on its own) with the global flags.
-fn child(ctx: &Ctx) -> Result<Command> {
+pub(crate) fn child(ctx: &Ctx) -> Result<Command> {
     let exe = std::env::current_exe()
         .map_err(|e| CliError::Usage(format!("cannot find the kloigos binary: {e}")))?;
     let mut c = Command::new(exe);

@@ -265,7 +265,7 @@ mod tests {
                 size: Size::Units(1),
                 start: ts(start),
                 end: ts(end),
-                note: String::new(),
+                note: Default::default(),
                 held_elsewhere: 0,
             };
             st.book(&r, &policy, ts("2026-11-23T09:00:00Z"), &[])

@@ -55,6 +55,72 @@ impl<'de> Deserialize<'de> for BookingId {
     }
 }
 
+/// Longest note, in bytes.
+pub const MAX_NOTE: usize = 256;
+
+/// A booking's note: at most [`MAX_NOTE`] bytes of printable text (no C0,
+/// DEL, C1 or bidi control), checked by [`Note::new`] at input and by
+/// [`Note::check`] again when a booking is added to a node's state.
+///
+/// Reading a file takes any string, so that a state written by an older
+/// version or edited by hand still loads (the file's size is bounded by
+/// the reader); printers escape what it holds
+/// ([`crate::printable::escape`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Note(String);
+
+impl Note {
+    /// Validates `text` as a note.
+    pub fn new(text: &str) -> Result<Note> {
+        let n = Note(text.to_string());
+        n.check()?;
+        Ok(n)
+    }
+
+    /// Checks the rule; an error quotes the note escaped.
+    pub fn check(&self) -> Result<()> {
+        if self.0.len() > MAX_NOTE {
+            return Err(Error::invalid(
+                "note",
+                &format!("{}...", crate::printable::escape(truncate(&self.0, 40))),
+                format!(
+                    "a note holds at most {MAX_NOTE} bytes; this one has {}",
+                    self.0.len()
+                ),
+            ));
+        }
+        if self.0.chars().any(crate::printable::is_control) {
+            return Err(Error::invalid(
+                "note",
+                &crate::printable::escape(&self.0),
+                "a note is one line of printable text: no control characters (escapes, tabs, newlines, bidi controls)",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The note as stored (possibly holding control characters when read
+    /// from an old file: escape it before printing).
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether the note is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a char boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    let mut end = max.min(s.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// One booking: a user holds a run of units on a node for `[start, end)`.
 ///
 /// This is also the JSON object every command prints for a booking.
@@ -81,7 +147,7 @@ pub struct Booking {
     pub end: Timestamp,
     /// The user's note.
     #[serde(default)]
-    pub note: String,
+    pub note: Note,
     /// Who made the booking (an admin may book for someone else).
     pub created_by: UserName,
     /// When it was made.
@@ -135,6 +201,27 @@ mod tests {
         for bad in ["node3", "node3:x", ":1", "../a:1", "a/b:1"] {
             assert!(BookingId::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn notes_are_short_printable_lines() {
+        assert_eq!(
+            Note::new("exp 4 — ünïcode ✓").unwrap().as_str(),
+            "exp 4 — ünïcode ✓"
+        );
+        Note::new(&"é".repeat(128)).unwrap();
+        let e = Note::new(&"a".repeat(MAX_NOTE + 1)).unwrap_err();
+        assert!(e.to_string().contains("at most 256 bytes"), "{e}");
+        let attack = "\u{1b}]0;title\u{7}\u{1b}[2J\r\nvm:99 secalice";
+        let e = Note::new(attack).unwrap_err().to_string();
+        assert!(e.contains("no control characters"), "{e}");
+        assert!(!e.chars().any(crate::printable::is_control), "{e:?}");
+        for bad in ["a\tb", "a\u{7f}", "a\u{9b}", "a\u{202e}b", "a\u{2066}"] {
+            assert!(Note::new(bad).is_err(), "{bad:?}");
+        }
+        // An old file's note loads as it is, and fails the check.
+        let n: Note = serde_json::from_str("\"\\u001b[2J\"").unwrap();
+        assert!(n.check().is_err());
     }
 
     #[test]

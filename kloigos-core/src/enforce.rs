@@ -583,7 +583,7 @@ mod tests {
             size: Size::Units(units),
             start: ts(start),
             end: ts(end),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         st.book(&r, &Policy::default(), ts("2026-11-23T09:00:00Z"), &[])

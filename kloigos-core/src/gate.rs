@@ -616,7 +616,7 @@ mod tests {
             size: Size::Whole,
             start: ts("2026-11-23T10:00:00Z"),
             end: ts("2026-11-23T12:00:00Z"),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         st.book(&r, &policy(), ts("2026-11-23T09:00:00Z"), &[])

@@ -82,6 +82,23 @@ impl Event {
     }
 }
 
+/// The journal lines of `events`, each ending in a newline; with
+/// `after_fragment`, a newline first, to close a torn line left by a writer
+/// cut short (the fragment then stays a line of its own, which `fsck
+/// --repair` sets aside, and the events parse).
+pub fn lines(events: &[Event], after_fragment: bool) -> Vec<u8> {
+    let mut text = Vec::new();
+    if after_fragment {
+        text.push(b'\n');
+    }
+    for e in events {
+        // Events serialize infallibly.
+        text.extend(serde_json::to_vec(e).expect("events serialize"));
+        text.push(b'\n');
+    }
+    text
+}
+
 /// Parses journal text; returns the events and the 1-based numbers of lines
 /// that did not parse (a torn last line after a crash, or damage).
 pub fn parse(text: &str) -> (Vec<Event>, Vec<usize>) {

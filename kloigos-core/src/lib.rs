@@ -26,6 +26,7 @@ pub mod facts;
 pub mod gate;
 pub mod journal;
 pub mod placement;
+pub mod printable;
 pub mod privilege;
 pub mod store;
 mod text;

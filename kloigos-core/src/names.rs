@@ -16,13 +16,46 @@ fn check_name(what: &'static str, text: &str, max: usize, extra: &[char]) -> Res
             "use 1 to {max} characters: letters, digits{}, starting with a letter or digit",
             extra.iter().map(|c| format!(", '{c}'")).collect::<String>()
         );
-        return Err(Error::invalid(what, &text.escape_debug().to_string(), hint));
+        return Err(Error::invalid(what, &crate::printable::escape(text), hint));
+    }
+    Ok(())
+}
+
+/// Longest account name accepted, in bytes.
+pub const MAX_ACCOUNT_NAME: usize = 256;
+
+/// The rule for account (user and group) names: what NSS back ends such as
+/// SSSD hand out (`kuser@ad.example`, `_svc`, `DOMAIN.user`), minus what
+/// could change the meaning of a line or a path: 1 to 256 bytes of
+/// printable characters, no whitespace, `/` or `:`, no leading `-`, and not
+/// `.` or `..`. Names never become paths (the files kloigos writes are
+/// named by node, and cgroups by uid), which keeps the rule this wide.
+fn check_account(what: &'static str, text: &str) -> Result<()> {
+    let ok = !text.is_empty()
+        && text.len() <= MAX_ACCOUNT_NAME
+        && !text.starts_with('-')
+        && text != "."
+        && text != ".."
+        && !text
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || crate::printable::is_control(c));
+    if !ok {
+        return Err(Error::invalid(
+            what,
+            &crate::printable::escape(text),
+            format!(
+                "use 1 to {MAX_ACCOUNT_NAME} bytes of printable characters without whitespace, '/' or ':', not starting with '-' and not '.' or '..'"
+            ),
+        ));
     }
     Ok(())
 }
 
 macro_rules! name_type {
     ($(#[$doc:meta])* $name:ident, $what:literal, $max:literal, $extra:expr) => {
+        name_type!($(#[$doc])* $name, $what, |what, text| check_name(what, text, $max, $extra));
+    };
+    ($(#[$doc:meta])* $name:ident, $what:literal, $check:expr) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(String);
@@ -30,7 +63,8 @@ macro_rules! name_type {
         impl $name {
             /// Validates `text` and wraps it.
             pub fn new(text: &str) -> Result<Self> {
-                check_name($what, text, $max, $extra)?;
+                let check: fn(&'static str, &str) -> Result<()> = $check;
+                check($what, text)?;
                 Ok(Self(text.to_string()))
             }
 
@@ -72,8 +106,9 @@ name_type!(
     NodeName, "node name", 63, &['.', '_', '-']
 );
 name_type!(
-    /// A user or group name as found in the passwd/group databases.
-    UserName, "user name", 32, &['.', '_', '-']
+    /// A user or group name as found in the passwd/group databases (see
+    /// `check_account` for the rule).
+    UserName, "user name", check_account
 );
 name_type!(
     /// A node label (`gpu`, `bigmem`) or partition name.
@@ -114,6 +149,42 @@ mod tests {
         for good in ["node3", "n", "gpu-01.lab", "A_1", &"a".repeat(63)] {
             assert_eq!(NodeName::new(good).unwrap().as_str(), good);
         }
+    }
+
+    #[test]
+    fn account_names_take_what_nss_gives_but_nothing_that_splits_a_line_or_a_path() {
+        for good in [
+            "alice",
+            "kuser@ad.test",
+            "_svc",
+            "DOMAIN.user",
+            "a$",
+            "Åsa",
+            &"u".repeat(256),
+        ] {
+            assert_eq!(UserName::new(good).unwrap().as_str(), good);
+        }
+        for bad in [
+            "",
+            ".",
+            "..",
+            "-rf",
+            "a/b",
+            "a:b",
+            "a b",
+            "a\tb",
+            "a\nb",
+            "a\u{1b}[2J",
+            "a\u{7f}",
+            "a\u{85}",
+            "a\u{202e}b",
+            "a\u{a0}b",
+            &"u".repeat(257),
+        ] {
+            assert!(UserName::new(bad).is_err(), "{bad:?} was accepted");
+        }
+        let e = UserName::new("x\u{1b}]0;t\u{7}").unwrap_err().to_string();
+        assert!(!e.contains('\u{1b}') && e.contains("printable"), "{e}");
     }
 
     #[test]

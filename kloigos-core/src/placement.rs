@@ -110,7 +110,7 @@ mod tests {
             size: Size::Units(units),
             start: ts("2026-11-23T10:00:00Z"),
             end: ts(until),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         st.book(&r, &Policy::default(), ts("2026-11-23T10:00:00Z"), &[])

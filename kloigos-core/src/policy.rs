@@ -55,6 +55,17 @@ pub struct Policy {
     /// Most current and future bookings one user may hold at once (0: no limit).
     #[serde(default)]
     pub max_active_per_user: u32,
+    /// Most current and future bookings one user may hold on one node
+    /// (0: no limit). Future bookings count: each one takes room in the
+    /// node's state, which every login reads.
+    #[serde(default = "max_bookings_per_user_node")]
+    pub max_bookings_per_user_node: u32,
+    /// Shortest booking.
+    #[serde(default = "min_duration")]
+    pub min_duration: Dur,
+    /// Longest `alloc --wait`.
+    #[serde(default = "max_wait")]
+    pub max_wait: Dur,
     /// When the housekeeper warns a user before their booking ends.
     #[serde(default = "warn_before")]
     pub warn_before: Vec<Dur>,
@@ -86,6 +97,15 @@ fn max_duration() -> Dur {
 fn max_ahead() -> Dur {
     dur(30 * 86_400)
 }
+fn max_bookings_per_user_node() -> u32 {
+    16
+}
+fn min_duration() -> Dur {
+    dur(60)
+}
+fn max_wait() -> Dur {
+    dur(86_400)
+}
 fn warn_before() -> Vec<Dur> {
     vec![dur(900), dur(120)]
 }
@@ -110,6 +130,9 @@ impl Default for Policy {
             max_duration: max_duration(),
             max_ahead: max_ahead(),
             max_active_per_user: 0,
+            max_bookings_per_user_node: max_bookings_per_user_node(),
+            min_duration: min_duration(),
+            max_wait: max_wait(),
             warn_before: warn_before(),
             timezone: default_tz(),
             tasks_max_per_unit: None,
@@ -133,6 +156,12 @@ impl Policy {
             return Err(format!(
                 "default_duration {} is longer than max_duration {}",
                 self.default_duration, self.max_duration
+            ));
+        }
+        if self.min_duration > self.default_duration {
+            return Err(format!(
+                "min_duration {} is longer than default_duration {}",
+                self.min_duration, self.default_duration
             ));
         }
         Ok(())
@@ -238,6 +267,9 @@ mod tests {
         let p: Policy = serde_json::from_str(r#"{"version":1}"#).unwrap();
         assert_eq!(p.min_uid, 1000);
         assert_eq!(p.default_duration.secs(), 3600);
+        assert_eq!(p.max_bookings_per_user_node, 16);
+        assert_eq!(p.min_duration.secs(), 60);
+        assert_eq!(p.max_wait.secs(), 86_400);
         p.validate().unwrap();
     }
 
@@ -265,6 +297,19 @@ mod tests {
         p.set_field("timezone", "Europe/Paris").unwrap();
         p.set_field("admin_group", "wheel").unwrap();
         p.set_field("admin_group", "").unwrap();
+        p.set_field("min_duration", "5m").unwrap();
+        p.set_field("max_wait", "2h").unwrap();
+        p.set_field("max_bookings_per_user_node", "4").unwrap();
+        assert_eq!(
+            (
+                p.min_duration.secs(),
+                p.max_wait.secs(),
+                p.max_bookings_per_user_node
+            ),
+            (300, 7200, 4)
+        );
+        let e = p.set_field("min_duration", "2h").unwrap_err().to_string();
+        assert!(e.contains("min_duration 2h"), "{e}");
         assert_eq!(p.max_duration.secs(), 172_800);
         assert_eq!(p.admins.len(), 2);
         assert_eq!(p.max_active_per_user, 3);

@@ -5,7 +5,7 @@
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
-use crate::booking::{spans_overlap, Booking, BookingId};
+use crate::booking::{spans_overlap, Booking, BookingId, Note};
 use crate::cpuset::CpuSet;
 use crate::duration::human_secs;
 use crate::error::{Error, Result};
@@ -14,8 +14,13 @@ use crate::node::NodeSpec;
 use crate::policy::{Policy, FORMAT_VERSION};
 use crate::window;
 
-/// How long ended bookings stay in `state.json` (the journal keeps them all).
-pub const KEEP_ENDED_SECS: i64 = 86_400;
+/// How long ended bookings stay in `state.json`: enough for `info` and the
+/// housekeeper to see what just ended (the journal keeps them all).
+pub const KEEP_ENDED_SECS: i64 = 3600;
+
+/// At most this many ended bookings per user stay in `state.json`, so a
+/// user's stream of short bookings cannot grow the file every login reads.
+pub const KEEP_ENDED_PER_USER: usize = 16;
 
 /// How much of a node a request wants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,7 +49,7 @@ pub struct Request {
     /// End of the span (exclusive).
     pub end: Timestamp,
     /// The user's note.
-    pub note: String,
+    pub note: Note,
     /// The user's current and future bookings on other nodes, for the per-user limit.
     pub held_elsewhere: u32,
 }
@@ -181,11 +186,20 @@ impl NodeState {
                 d.reason
             )));
         }
+        req.note.check()?;
         let len = req.end.as_second() - req.start.as_second();
         if len <= 0 {
             return Err(Error::Refused(
                 "the booking would end before it starts".into(),
             ));
+        }
+        if (len as u64) < policy.min_duration.secs() {
+            return Err(Error::Refused(format!(
+                "{} is shorter than the cluster's min_duration {}; book at least {}",
+                human_secs(len),
+                policy.min_duration,
+                policy.min_duration
+            )));
         }
         if req.end <= now {
             return Err(Error::Refused(
@@ -217,19 +231,25 @@ impl NodeState {
                 policy.timezone
             )));
         }
-        if policy.max_active_per_user > 0 {
-            let here = self
-                .bookings
-                .iter()
-                .filter(|b| b.user == req.user && b.is_current_or_future(now))
-                .count() as u32;
-            if here + req.held_elsewhere >= policy.max_active_per_user {
-                return Err(Error::Refused(format!(
-                    "{} already holds {} current or future booking(s), the cluster's max_active_per_user; release one first",
-                    req.user,
-                    here + req.held_elsewhere
-                )));
-            }
+        let here = self
+            .bookings
+            .iter()
+            .filter(|b| b.user == req.user && b.is_current_or_future(now))
+            .count() as u32;
+        let cap = policy.max_bookings_per_user_node;
+        if cap > 0 && here >= cap {
+            return Err(Error::Refused(format!(
+                "{} already holds {here} current or future booking(s) on {name}, the cluster's max_bookings_per_user_node; release one first (`kloigos list`)",
+                req.user
+            )));
+        }
+        if policy.max_active_per_user > 0 && here + req.held_elsewhere >= policy.max_active_per_user
+        {
+            return Err(Error::Refused(format!(
+                "{} already holds {} current or future booking(s), the cluster's max_active_per_user; release one first",
+                req.user,
+                here + req.held_elsewhere
+            )));
         }
         Ok(())
     }
@@ -398,11 +418,35 @@ impl NodeState {
         Ok(self.bookings[idx].clone())
     }
 
-    /// Drops bookings that ended more than a day before `now`.
+    /// Drops ended bookings beyond what a short display needs: those that
+    /// ended more than [`KEEP_ENDED_SECS`] before `now`, and all but the
+    /// [`KEEP_ENDED_PER_USER`] latest-ending of each user. Current and
+    /// future bookings always stay. Returns how many were dropped.
     pub fn prune(&mut self, now: Timestamp) -> usize {
         let before = self.bookings.len();
         let cutoff = now.as_second() - KEEP_ENDED_SECS;
-        self.bookings.retain(|b| b.end.as_second() > cutoff);
+        // Ended bookings, latest end first: a user's first KEEP_ENDED_PER_USER stay.
+        let mut ended: Vec<(&UserName, Timestamp, u64)> = self
+            .bookings
+            .iter()
+            .filter(|b| !b.is_current_or_future(now) && b.end.as_second() > cutoff)
+            .map(|b| (&b.user, b.end, b.id.seq))
+            .collect();
+        ended.sort_by(|a, b| a.0.cmp(b.0).then(b.1.cmp(&a.1)).then(b.2.cmp(&a.2)));
+        let mut keep = std::collections::HashSet::new();
+        let mut run = 0;
+        for (i, (user, _, seq)) in ended.iter().enumerate() {
+            run = if i > 0 && ended[i - 1].0 == *user {
+                run + 1
+            } else {
+                0
+            };
+            if run < KEEP_ENDED_PER_USER {
+                keep.insert(*seq);
+            }
+        }
+        self.bookings
+            .retain(|b| b.is_current_or_future(now) || keep.contains(&b.id.seq));
         before - self.bookings.len()
     }
 
@@ -417,7 +461,8 @@ impl NodeState {
             out.push(e.to_string());
         }
         let total = self.node.units_total();
-        for (i, b) in self.bookings.iter().enumerate() {
+        let mut seen = std::collections::HashSet::with_capacity(self.bookings.len());
+        for b in &self.bookings {
             if b.node != self.node.name || b.id.node != self.node.name {
                 out.push(format!("booking {} names another node", b.id));
             }
@@ -429,18 +474,49 @@ impl NodeState {
                     "booking {} holds units {:?} outside 0-{}",
                     b.id,
                     b.units,
-                    total - 1
+                    total.saturating_sub(1)
                 ));
             }
             if b.end < b.start {
                 out.push(format!("booking {} ends before it starts", b.id));
             }
-            for o in &self.bookings[i + 1..] {
-                if o.id == b.id {
-                    out.push(format!("booking id {} appears twice", b.id));
+            if !seen.insert(&b.id) {
+                out.push(format!("booking id {} appears twice", b.id));
+            }
+        }
+        out.extend(self.overlaps());
+        out
+    }
+
+    /// Pairs of bookings that hold a unit at a common instant, found by
+    /// sorting on start and sweeping: each unit remembers the booking that
+    /// holds it until the latest end seen so far, so the cost is
+    /// O(n log n + booked units), not a comparison of every pair.
+    fn overlaps(&self) -> Vec<String> {
+        let total = self.node.units_total() as usize;
+        let mut order: Vec<&Booking> = self
+            .bookings
+            .iter()
+            // Empty spans hold nothing; units outside the node are reported apart.
+            .filter(|b| {
+                b.end > b.start && b.units[0] <= b.units[1] && (b.units[1] as usize) < total
+            })
+            .collect();
+        order.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
+        let mut held: Vec<Option<&Booking>> = vec![None; total];
+        let mut out = Vec::new();
+        for b in order {
+            let mut clashed: Vec<&BookingId> = Vec::new();
+            for u in b.units[0]..=b.units[1] {
+                let slot = &mut held[u as usize];
+                if let Some(o) = *slot {
+                    if o.end > b.start && !clashed.contains(&&o.id) {
+                        clashed.push(&o.id);
+                        out.push(format!("bookings {} and {} overlap", o.id, b.id));
+                    }
                 }
-                if b.overlaps(o) && b.end > b.start && o.end > o.start {
-                    out.push(format!("bookings {} and {} overlap", b.id, o.id));
+                if slot.is_none_or(|o| o.end < b.end) {
+                    *slot = Some(b);
                 }
             }
         }
@@ -492,7 +568,7 @@ mod tests {
             end: start
                 .checked_add(SignedDuration::from_hours(hours))
                 .unwrap(),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         }
     }
@@ -675,6 +751,143 @@ mod tests {
         assert_eq!(s.prune(ts("2026-11-25T00:00:00Z")), 1);
     }
 
+    #[test]
+    fn the_per_node_cap_counts_future_bookings_and_short_spans_are_refused() {
+        let mut s = state(4);
+        let p = Policy::default();
+        let now = ts(NOW);
+        // Sixteen one-minute bookings, all in the future, reach the cap.
+        for i in 0..16 {
+            let mut r = req("a", Size::Units(1), NOW, 1);
+            r.start = now + SignedDuration::from_mins(10 + 2 * i);
+            r.end = r.start + SignedDuration::from_mins(1);
+            s.book(&r, &p, now, &[]).unwrap();
+        }
+        let e = s
+            .book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("max_bookings_per_user_node"), "{e}");
+        // Someone else is not affected, and 0 lifts the cap.
+        s.book(&req("b", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let open = Policy {
+            max_bookings_per_user_node: 0,
+            ..Policy::default()
+        };
+        s.book(&req("a", Size::Units(1), NOW, 1), &open, now, &[])
+            .unwrap();
+        let mut short = req("c", Size::Units(1), NOW, 1);
+        short.end = short.start + SignedDuration::from_secs(59);
+        let e = s.book(&short, &p, now, &[]).unwrap_err().to_string();
+        assert!(e.contains("min_duration 1m"), "{e}");
+    }
+
+    #[test]
+    fn a_note_is_checked_again_when_the_booking_is_added() {
+        let mut s = state(1);
+        let mut r = req("a", Size::Units(1), NOW, 1);
+        r.note = serde_json::from_str("\"\\u001b[2J\"").unwrap();
+        let e = s.book(&r, &Policy::default(), ts(NOW), &[]).unwrap_err();
+        assert!(matches!(e, Error::Invalid { what: "note", .. }), "{e}");
+        assert!(s.bookings.is_empty());
+    }
+
+    #[test]
+    fn prune_keeps_an_hour_and_at_most_sixteen_ended_per_user() {
+        let mut s = state(1);
+        let now = ts(NOW);
+        let mk = |seq: u64, user: &str, start_min: i64, len_min: i64| {
+            let start = now + SignedDuration::from_mins(start_min);
+            Booking {
+                id: BookingId {
+                    node: s.node.name.clone(),
+                    seq,
+                },
+                node: s.node.name.clone(),
+                user: UserName::new(user).unwrap(),
+                uid: 1000,
+                units: [0, 0],
+                cpus: s.node.run_cpus(0, 0),
+                ports: None,
+                start,
+                end: start + SignedDuration::from_mins(len_min),
+                note: Default::default(),
+                created_by: UserName::new(user).unwrap(),
+                created_at: now,
+            }
+        };
+        let mut v = Vec::new();
+        // 20 of a's bookings ended in the last hour, one ended 2 hours ago,
+        // b's one ended 10 minutes ago, and a current and a future one.
+        for i in 0..20 {
+            v.push(mk(i + 1, "a", -60 + 2 * i as i64, 1));
+        }
+        v.push(mk(21, "a", -130, 10));
+        v.push(mk(22, "b", -20, 10));
+        v.push(mk(23, "a", -1, 5));
+        v.push(mk(24, "a", 60, 5));
+        s.seq = 24;
+        s.bookings = v;
+        assert_eq!(s.prune(now), 5);
+        let a_ended: Vec<u64> = s
+            .bookings
+            .iter()
+            .filter(|b| b.user.as_str() == "a" && b.end <= now)
+            .map(|b| b.id.seq)
+            .collect();
+        assert_eq!(a_ended, (5..=20).collect::<Vec<u64>>());
+        for kept in [22, 23, 24] {
+            assert!(s.bookings.iter().any(|b| b.id.seq == kept), "{kept}");
+        }
+    }
+
+    #[test]
+    fn the_invariant_check_is_not_quadratic_and_still_finds_overlaps() {
+        // 100k one-minute bookings on one unit, back to back: comparing
+        // every pair would take 5e9 steps; the sweep takes a blink.
+        let mut s = state(2);
+        let start = ts(NOW);
+        let template = s
+            .book(
+                &req("a", Size::Units(1), NOW, 1),
+                &Policy::default(),
+                start,
+                &[],
+            )
+            .unwrap();
+        s.bookings.clear();
+        for i in 0..100_000u64 {
+            let mut b = template.clone();
+            b.id.seq = i + 1;
+            b.units = [(i % 2) as u32, (i % 2) as u32];
+            b.start = start + SignedDuration::from_mins((i / 2) as i64);
+            b.end = b.start + SignedDuration::from_mins(1);
+            s.bookings.push(b);
+        }
+        s.seq = 100_000;
+        let t = std::time::Instant::now();
+        assert!(s.problems().is_empty());
+        // A generous bound: the quadratic check took minutes at this size.
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(20),
+            "{:?}",
+            t.elapsed()
+        );
+        // One booking stretched over its successor on the same unit is found.
+        s.bookings[50].end = s.bookings[52].start + SignedDuration::from_secs(1);
+        let p = s.problems();
+        assert_eq!(
+            p,
+            vec![format!(
+                "bookings {} and {} overlap",
+                s.bookings[50].id, s.bookings[52].id
+            )]
+        );
+        // A duplicate id too.
+        s.bookings[7].id = s.bookings[8].id.clone();
+        assert!(s.problems().iter().any(|p| p.contains("appears twice")));
+    }
+
     proptest! {
         /// Whatever sequence of requests arrives, accepted bookings never overlap.
         #[test]
@@ -693,6 +906,15 @@ mod tests {
                 let _ = s.book(&r, &p, now, &[]);
             }
             prop_assert!(s.problems().is_empty(), "{:?}", s.problems());
+            // The sweep agrees with comparing every pair once bookings collide.
+            let mut forced = s.clone();
+            if let Some(first) = forced.bookings.first().cloned() {
+                let mut twin = first.clone();
+                forced.seq += 1;
+                twin.id.seq = forced.seq;
+                forced.bookings.push(twin);
+                prop_assert!(forced.problems().iter().any(|p| p.contains("overlap")));
+            }
             for (i, a) in s.bookings.iter().enumerate() {
                 for b in &s.bookings[i + 1..] {
                     prop_assert!(!a.overlaps(b));

@@ -1,10 +1,18 @@
 //! The shared store: `cluster.json` and `nodes/<node>/{state.json, lock,
 //! journal.jsonl, facts.json}` on a directory every node mounts.
 //!
-//! Writers lock the node (flock, mapped to NFS byte-range locks by Linux NFS
-//! clients), read, validate, write a tmp file, fsync, rename over
-//! `state.json`, fsync the directory, append to the journal, unlock. Readers
-//! take no lock: a rename shows them the old or the new file, never half.
+//! Writers check that no file size limit can cut a write short, lock the
+//! node (flock, mapped to NFS byte-range locks by Linux NFS clients), read,
+//! validate, append the change's events to the journal and fsync it, then
+//! write a tmp file, fsync, rename over `state.json`, fsync the directory,
+//! unlock. The journal goes first so that a booking never exists without
+//! its event: a writer that dies between the two leaves an event for a
+//! change that did not happen (history shows it; the state is right), never
+//! the reverse; a state write that fails cuts the journal back to where it
+//! was. Readers take no lock: a rename shows them the old or the new file,
+//! never half.
+//!
+//! Every file is read whole, and none larger than [`MAX_FILE`].
 
 use std::ffi::OsStr;
 use std::fs::{self, File, OpenOptions};
@@ -35,6 +43,10 @@ pub const LOCK_FILE: &str = "lock";
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 /// File name of a node's facts.
 pub const FACTS_FILE: &str = "facts.json";
+/// Largest file kloigos reads (state, policy, journal, facts, the local
+/// copy): a bigger one is refused, naming the file, rather than parsed at
+/// every login.
+pub const MAX_FILE: u64 = 16 << 20;
 /// How long an interactive writer waits for a node lock by default.
 pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 
@@ -154,7 +166,24 @@ fn read_opened(mut f: File, path: &Path, trust: &Trust) -> Result<Vec<u8>> {
         });
     }
     trust.check(path, &meta)?;
-    read_sized(&mut f, meta.len()).map_err(|e| Error::io(path, &e))
+    if meta.len() > MAX_FILE {
+        return Err(too_large(path, meta.len()));
+    }
+    read_sized(&mut f, meta.len()).map_err(|e| match e.kind() {
+        io::ErrorKind::FileTooLarge => too_large(path, MAX_FILE + 1),
+        _ => Error::io(path, &e),
+    })
+}
+
+/// The error for a file at `path` of `len` bytes, beyond [`MAX_FILE`].
+fn too_large(path: &Path, len: u64) -> Error {
+    Error::Storage {
+        path: path.into(),
+        msg: format!(
+            "is {len} bytes, more than the {} MiB kloigos reads; refusing to read it — a state file this large was flooded or damaged (`kloigos admin fsck`); an old journal can be moved aside",
+            MAX_FILE >> 20
+        ),
+    }
 }
 
 /// Largest buffer sized up front from `fstat` (a file larger than this is
@@ -168,7 +197,8 @@ const PRESIZE_MAX: usize = 16 << 20;
 /// one byte more than `len`, so a file still `len` bytes long comes in one
 /// `read` that returns short of the request: a regular file's `read`
 /// returns short only at its end, so no second `read` is needed. A file
-/// that grew or shrank since the `fstat` is read until `read` returns 0.
+/// that grew or shrank since the `fstat` is read until `read` returns 0,
+/// and never past [`MAX_FILE`] (`FileTooLarge`).
 fn read_sized(f: &mut File, len: u64) -> io::Result<Vec<u8>> {
     let expected = usize::try_from(len).unwrap_or(usize::MAX);
     let mut buf = vec![0u8; expected.min(PRESIZE_MAX).saturating_add(1)];
@@ -183,6 +213,9 @@ fn read_sized(f: &mut File, len: u64) -> io::Result<Vec<u8>> {
             Ok(0) => break,
             Ok(n) => {
                 filled += n;
+                if filled as u64 > MAX_FILE {
+                    return Err(io::ErrorKind::FileTooLarge.into());
+                }
                 if filled == expected && n < asked {
                     break;
                 }
@@ -402,6 +435,8 @@ impl NodeLock {
     /// stall every writer of the node. An older, readable one we own is
     /// narrowed to 0600 here.
     pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
+        // Before the lock: a writer that cannot finish its writes must not start them.
+        lift_fsize_limit()?;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -672,7 +707,6 @@ impl Store {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&dir, &e))?;
         let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
-        write_atomic(&dir, STATE_FILE, &to_json(state))?;
         let ev = Event::node(
             now,
             by,
@@ -680,7 +714,12 @@ impl Store {
             name,
             format!("cpus {}", state.node.cpus),
         );
-        self.append_journal(name, &[ev])
+        let appended = self.append_journal(name, &[ev])?;
+        write_atomic(&dir, STATE_FILE, &to_json(state)).inspect_err(|_| {
+            if let Some(a) = appended {
+                a.undo();
+            }
+        })
     }
 
     /// Moves a node's directory out of `nodes/` into `deleted/`, keeping
@@ -717,7 +756,8 @@ impl Store {
 
     /// The writer's protocol: lock, sweep stray tmp files, read, let `f`
     /// change the state, prune, refuse a state that breaks an invariant,
-    /// write atomically, journal `f`'s events, unlock.
+    /// journal `f`'s events, write atomically, unlock. When `f` changes
+    /// nothing and has no events, nothing is written.
     pub fn update_node<T>(
         &self,
         node: &NodeName,
@@ -728,7 +768,12 @@ impl Store {
         let dir = self.node_dir(node);
         sweep_tmp(&dir);
         let mut st = self.node(node)?;
+        let before = st.clone();
         let (out, events) = f(&mut st)?;
+        if events.is_empty() && st == before {
+            // Nothing changed: the files stay as they are (inode and mtime too).
+            return Ok(out);
+        }
         st.prune(now);
         let problems = st.problems();
         if !problems.is_empty() {
@@ -740,33 +785,46 @@ impl Store {
                 ),
             });
         }
-        write_atomic(&dir, STATE_FILE, &to_json(&st))?;
-        self.append_journal(node, &events)?;
+        // The events first, then the state (see the module's doc).
+        let appended = self.append_journal(node, &events)?;
+        if let Err(e) = write_atomic(&dir, STATE_FILE, &to_json(&st)) {
+            if let Some(a) = appended {
+                a.undo();
+            }
+            return Err(e);
+        }
         Ok(out)
     }
 
-    /// Appends events to a node's journal (callers hold the node's lock).
-    fn append_journal(&self, node: &NodeName, events: &[Event]) -> Result<()> {
+    /// Appends events to a node's journal and fsyncs it (callers hold the
+    /// node's lock). A line left torn by an older writer is closed first,
+    /// so the new events start on a line of their own; a write that fails
+    /// half way is cut back off. Returns how to undo the append.
+    fn append_journal(&self, node: &NodeName, events: &[Event]) -> Result<Option<Appended>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let path = self.node_dir(node).join(JOURNAL_FILE);
-        let mut text = Vec::new();
-        for e in events {
-            // Events serialize infallibly.
-            text.extend(serde_json::to_vec(e).expect("events serialize"));
-            text.push(b'\n');
-        }
         let mut f = OpenOptions::new()
+            .read(true)
             .append(true)
             .create(true)
             .mode(0o644)
             .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
             .open(&path)
             .map_err(|e| Error::io(&path, &e))?;
-        f.write_all(&text)
-            .and_then(|()| f.sync_data())
-            .map_err(|e| Error::io(&path, &e))
+        let len = f.metadata().map_err(|e| Error::io(&path, &e))?.len();
+        let text = journal::lines(
+            events,
+            ends_mid_line(&f, len).map_err(|e| Error::io(&path, &e))?,
+        );
+        match f.write_all(&text).and_then(|()| f.sync_data()) {
+            Ok(()) => Ok(Some(Appended { file: f, len })),
+            Err(e) => {
+                Appended { file: f, len }.undo();
+                Err(Error::io(&path, &e))
+            }
+        }
     }
 
     /// A node's journal: events, and the numbers of lines that did not parse.
@@ -792,6 +850,62 @@ impl Store {
             None => (Vec::new(), Vec::new()),
         })
     }
+}
+
+/// A journal append that can be taken back: the journal and its length before.
+struct Appended {
+    file: File,
+    len: u64,
+}
+
+impl Appended {
+    /// Cuts the journal back to its length before the append (best effort:
+    /// a failure leaves an event for a change that did not happen, which
+    /// the module's ordering accepts).
+    fn undo(self) {
+        let _ = self
+            .file
+            .set_len(self.len)
+            .and_then(|()| self.file.sync_data());
+    }
+}
+
+/// Whether the file `f`, `len` bytes long, ends inside a line (its last
+/// byte is not a newline): a writer cut short left a fragment there.
+fn ends_mid_line(f: &File, len: u64) -> io::Result<bool> {
+    use std::os::unix::fs::FileExt;
+    if len == 0 {
+        return Ok(false);
+    }
+    let mut last = [0u8];
+    f.read_exact_at(&mut last, len - 1)?;
+    Ok(last[0] != b'\n')
+}
+
+/// Makes sure no file size limit (RLIMIT_FSIZE) can cut a write short: a
+/// write stopped half way by SIGXFSZ would tear the journal or leave a
+/// booking without its event. A soft limit under an unlimited hard one is
+/// raised; a finite hard limit cannot be, and is refused with the fix.
+/// Called before a node's lock is taken, so nothing has been written yet.
+pub fn lift_fsize_limit() -> Result<()> {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
+    let here = || PathBuf::from("/proc/self/limits");
+    let (soft, hard) = getrlimit(Resource::RLIMIT_FSIZE).map_err(|e| Error::Storage {
+        path: here(),
+        msg: format!("cannot read RLIMIT_FSIZE: {e}"),
+    })?;
+    if soft == RLIM_INFINITY {
+        return Ok(());
+    }
+    if hard != RLIM_INFINITY {
+        return Err(Error::Refused(format!(
+            "RLIMIT_FSIZE (the file size limit) is set to {hard} bytes; kloigos writes the shared files only without one, so that no write is cut short — run it from a shell without that limit (`ulimit -f unlimited`, or `prlimit --fsize=unlimited`)"
+        )));
+    }
+    setrlimit(Resource::RLIMIT_FSIZE, RLIM_INFINITY, RLIM_INFINITY).map_err(|e| Error::Storage {
+        path: here(),
+        msg: format!("cannot lift the soft RLIMIT_FSIZE of {soft} bytes: {e}"),
+    })
 }
 
 /// Checks that the share at `root` is mounted, its `cluster.json` there
@@ -1147,6 +1261,126 @@ mod tests {
                 assert_eq!(read_sized(&mut f, said).unwrap(), data);
             }
         }
+    }
+
+    #[test]
+    fn files_past_max_file_are_refused_naming_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let path = s.state_path(&n);
+        let f = OpenOptions::new().write(true).open(&path).unwrap();
+        f.set_len(MAX_FILE + 1).unwrap();
+        let e = s.node(&n).unwrap_err();
+        assert!(matches!(e, Error::Storage { .. }), "{e}");
+        let msg = e.to_string();
+        assert!(
+            msg.contains("state.json") && msg.contains("16 MiB"),
+            "{msg}"
+        );
+        let journal = s.node_dir(&n).join(JOURNAL_FILE);
+        OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap()
+            .set_len(MAX_FILE + 1)
+            .unwrap();
+        assert!(s
+            .journal(&n)
+            .unwrap_err()
+            .to_string()
+            .contains("journal.jsonl"));
+    }
+
+    #[test]
+    fn an_append_after_a_torn_line_starts_a_line_of_its_own() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let journal = s.node_dir(&n).join(JOURNAL_FILE);
+        let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
+        f.write_all(b"{\"time\":\"2026-11-23T10:00:00Z\",\"by\"")
+            .unwrap();
+        let by = UserName::new("root").unwrap();
+        s.update_node(&n, Timestamp::now(), |_| {
+            Ok((
+                (),
+                vec![Event::node(
+                    Timestamp::now(),
+                    &by,
+                    journal::Action::Drain,
+                    &n,
+                    "x",
+                )],
+            ))
+        })
+        .unwrap();
+        let (ev, bad) = s.journal(&n).unwrap();
+        assert_eq!(bad, vec![2]);
+        assert_eq!(ev.last().unwrap().action, journal::Action::Drain);
+        let text = fs::read_to_string(&journal).unwrap();
+        assert!(text.ends_with('\n'));
+        // A journal that ends cleanly gets no blank line.
+        s.update_node(&n, Timestamp::now(), |_| {
+            Ok((
+                (),
+                vec![Event::node(
+                    Timestamp::now(),
+                    &by,
+                    journal::Action::Resume,
+                    &n,
+                    "",
+                )],
+            ))
+        })
+        .unwrap();
+        let text = fs::read_to_string(&journal).unwrap();
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!text.contains("\n\n"));
+    }
+
+    #[test]
+    fn a_failed_state_write_takes_its_events_back_and_no_change_writes_nothing() {
+        use std::os::unix::fs::MetadataExt;
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let dir = s.node_dir(&n);
+        let journal = dir.join(JOURNAL_FILE);
+        let before = fs::read(&journal).unwrap();
+        // A directory where the tmp file goes: the state write fails (and
+        // the sweep of stray tmp files cannot remove it).
+        let blocker = dir.join(tmp_name(STATE_FILE));
+        fs::create_dir(&blocker).unwrap();
+        let by = UserName::new("root").unwrap();
+        let e = s
+            .update_node(&n, Timestamp::now(), |st| {
+                st.seq += 1;
+                Ok((
+                    (),
+                    vec![Event::node(
+                        Timestamp::now(),
+                        &by,
+                        journal::Action::Drain,
+                        &n,
+                        "x",
+                    )],
+                ))
+            })
+            .unwrap_err();
+        assert_eq!(e.errno(), Some(nix::libc::EEXIST), "{e}");
+        assert_eq!(fs::read(&journal).unwrap(), before);
+        assert_eq!(s.node(&n).unwrap().seq, 0);
+        fs::remove_dir(&blocker).unwrap();
+        // Nothing changed, nothing to journal: the files stay as they are.
+        let stamp = |p: &Path| {
+            let m = fs::metadata(p).unwrap();
+            (m.ino(), m.mtime(), m.mtime_nsec())
+        };
+        let (st0, j0) = (stamp(&s.state_path(&n)), stamp(&journal));
+        s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
+            .unwrap();
+        assert_eq!((stamp(&s.state_path(&n)), stamp(&journal)), (st0, j0));
     }
 
     #[test]

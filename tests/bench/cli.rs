@@ -47,7 +47,7 @@ fn info_over_many_nodes() {
                 size: Size::Units(1),
                 start: now,
                 end: now + jiff::SignedDuration::from_hours(1 + k),
-                note: String::new(),
+                note: Default::default(),
                 held_elsewhere: 0,
             };
             st.book(&req, &policy, now, &[]).expect("book");
@@ -68,7 +68,11 @@ fn info_over_many_nodes() {
 }
 
 fn allocs_per_second() {
-    let c = TempCluster::new();
+    // One user makes all 400 bookings: no per-node cap here.
+    let c = TempCluster::with_policy(Policy {
+        max_bookings_per_user_node: 0,
+        ..Policy::default()
+    });
     c.add_node("hot", "0-1023", Some(1), None);
     let procs = 4;
     let each = 100;

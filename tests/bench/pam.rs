@@ -226,7 +226,7 @@ fn setup(user: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> 
         size: Size::Whole,
         start: now,
         end: now + SignedDuration::from_hours(1),
-        note: String::new(),
+        note: Default::default(),
         held_elsewhere: 0,
     };
     cluster

@@ -160,7 +160,7 @@ impl HkNode {
             size: Size::Units(units),
             start,
             end: kloigos_core::when::plus_secs(start, secs),
-            note: String::new(),
+            note: Default::default(),
             held_elsewhere: 0,
         };
         let now = Timestamp::now();
