@@ -350,7 +350,9 @@ fn check_login_exit_codes() {
             .run(&["--json", "check-login", "nobody", "node1"])
             .ok()
             .json();
-        assert_eq!(v["decision"], "allow");
+        // Booked or not, nobody (65534) is never gated.
+        assert_eq!(v["decision"], "ignore");
+        assert!(v["reason"].as_str().unwrap().contains("nobody"), "{v}");
     }
 }
 

@@ -19,8 +19,8 @@ use kloigos_tests::poll::wait_until;
 use kloigos_tests::require_root;
 
 /// Managed users (alice, bob) get uids from here up, and the cluster's
-/// `min_uid` is this, so the passes on the nodes manage only uids
-/// 59980-59999 (the housekeeper manages nothing above 59999). The band sits
+/// `min_uid` is this and `max_uid` 59999, so the passes on the nodes
+/// manage only uids 59980-59999. The band sits
 /// just below the housekeeper tests' kill band (59990-59999, see
 /// harness/housekeeper.rs); cargo runs test binaries one after another, so
 /// those users never exist while these passes run.
@@ -184,6 +184,7 @@ fn e2e_three_nodes_book_login_expire_kill_uninstall() {
         "admin",
         "policy",
         &format!("min_uid={USER_UID}"),
+        "max_uid=59999",
         "min_duration=1s",
     ])
     .ok();

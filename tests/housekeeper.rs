@@ -5,8 +5,9 @@
 //! real systemd of an nspawn container, and the files it writes.
 //!
 //! uid bands (see harness/housekeeper.rs): kill 59990-59999, facts/dry-run
-//! 59960-59969, nft 59950-59959, cgroup 59940-59949, systemd 59930-59939.
-//! Only the kill test's passes end processes.
+//! 59960-59969, nft 59950-59959, cgroup 59940-59949, systemd 59930-59939,
+//! broken tree 59925, high uids 70001 and 200001. Only the kill, broken
+//! tree and high-uid tests' passes end processes, each within its band.
 
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -17,16 +18,20 @@ use jiff::Timestamp;
 use kloigos_core::facts::Facts;
 use kloigos_core::names::UserName;
 use kloigos_core::policy::Policy;
-use kloigos_core::store::{LocalCopy, LoginCopy};
+use kloigos_core::store::LocalCopy;
 use kloigos_tests::cmd::{must, run, Run};
+use kloigos_tests::fuse::{Behaviour, FuseMount};
 use kloigos_tests::housekeeper::{live_processes, spawn_as, user_with_uid, HkNode, Reaped};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::Netns;
 use serde_json::json;
 
+/// Manages `min_uid ..= 59999` only: no pass of one test reaches the
+/// users of the high-uid test (70001, 200001).
 fn policy(min_uid: u32) -> Policy {
     Policy {
         min_uid,
+        max_uid: Some(59_999),
         ..Policy::default()
     }
 }
@@ -1186,7 +1191,7 @@ fn facts_local_copy_metrics_hooks_and_dry_run() {
         Some(&n.cluster.store.node(&n.node).unwrap())
     );
     assert_eq!(copy.policy.min_uid, 59960);
-    assert!(LoginCopy::from(copy).is_fresh(now(), 60));
+    assert!(kloigos_core::gate::is_fresh(copy.copied_at, now(), 60));
     let meta = std::fs::metadata(&copy_path).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
     // Metrics.
@@ -1321,4 +1326,160 @@ fn warns_a_user_on_their_terminal_before_the_booking_ends() {
     // Once per threshold: the next pass says nothing.
     let r = n.pass(&[]);
     assert!(!r.stderr.contains("warned"), "{}", r.stderr);
+}
+
+// ---------------------------------------------------------------- what is a node, who is managed
+
+#[test]
+fn a_broken_nodes_entry_is_a_degraded_pass_that_kills_nobody() {
+    kloigos_tests::require_root!();
+    let victim = user_with_uid("khk-brk", 59925);
+    // A band of one uid: no other test's users are in reach.
+    let n = HkNode::new(
+        "hk-broken",
+        Policy {
+            min_uid: 59925,
+            max_uid: Some(59925),
+            ..Policy::default()
+        },
+        "0-1",
+        Some(1),
+        None,
+        json!({"kill": true}),
+    );
+    let mut sleeper = Reaped(spawn_as(&victim, &["sleep", "600"]));
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        victim.uid
+    ) == 1));
+    let dir = n.cluster.store.node_dir(&n.node);
+    let away = n.cluster.dir.path().join("node-away");
+    std::fs::rename(&dir, &away).unwrap();
+    let nodes = n.cluster.store.nodes_dir();
+    let nodes_away = n.cluster.dir.path().join("nodes-away");
+    type Step<'a> = Box<dyn Fn() + 'a>;
+    let cases: [(&str, Step<'_>, Step<'_>); 3] = [
+        (
+            "is not a directory",
+            Box::new(|| std::fs::write(&dir, b"").unwrap()),
+            Box::new(|| std::fs::remove_file(&dir).unwrap()),
+        ),
+        (
+            "is a symbolic link",
+            Box::new(|| std::os::unix::fs::symlink(&dir, &dir).unwrap()),
+            Box::new(|| std::fs::remove_file(&dir).unwrap()),
+        ),
+        (
+            "is not a directory",
+            Box::new(|| {
+                std::fs::rename(&nodes, &nodes_away).unwrap();
+                std::fs::write(&nodes, b"").unwrap();
+            }),
+            Box::new(|| {
+                std::fs::remove_file(&nodes).unwrap();
+                std::fs::rename(&nodes_away, &nodes).unwrap();
+            }),
+        ),
+    ];
+    for (why, spoil, mend) in cases {
+        spoil();
+        let r = n.pass(&[]);
+        r.code(3).err_has("nothing destructive").err_has(why);
+        assert!(
+            !r.stderr.contains("not a node of the cluster"),
+            "{}",
+            r.stderr
+        );
+        assert!(sleeper.alive(), "{why}: the pass killed:\n{}", r.stderr);
+        mend();
+    }
+    // nodes/<node> a FUSE mount answering EIO (a soft NFS mount that timed out).
+    std::fs::create_dir(&dir).unwrap();
+    let eio = FuseMount::new(&dir, Behaviour::Eio);
+    let r = n.pass(&[]);
+    r.code(3)
+        .err_has("nothing destructive")
+        .err_has("os error 5");
+    assert!(sleeper.alive(), "EIO: the pass killed:\n{}", r.stderr);
+    drop(eio);
+    std::fs::remove_dir(&dir).unwrap();
+    // Whole again: the unbooked victim is ended.
+    std::fs::rename(&away, &dir).unwrap();
+    n.pass(&[]).ok();
+    assert!(wait_until(Duration::from_secs(5), || !sleeper.alive()));
+}
+
+#[test]
+fn users_far_above_60000_are_confined_while_booked_and_ended_after() {
+    kloigos_tests::require_root!();
+    let v1 = Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus");
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    let cpuset = v1.exists() || v2.contains("cpuset");
+    let all =
+        std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus").unwrap_or_default();
+    let _serial = host_cpuset();
+    let ldap = user_with_uid("khk-ldap", 70_001);
+    // 200001, unless a subordinate range covers it here.
+    let sssd = user_with_uid("khk-sssd", kloigos_tests::pam::person_uid_from(200_001));
+    // Only these two are in range: no pass here reaches another test's users.
+    let p = Policy {
+        min_uid: 70_001,
+        max_uid: Some(sssd.uid),
+        ..Policy::default()
+    };
+    let slices = if cpuset && all.trim() != "0" {
+        "cgroup"
+    } else {
+        "none"
+    };
+    let n = HkNode::new(
+        "hk-far",
+        p,
+        "0-1",
+        Some(1),
+        None,
+        json!({"kill": true, "slices": slices}),
+    );
+    let _clean = [
+        CgroupLeftovers::remove(ldap.uid),
+        CgroupLeftovers::remove(sssd.uid),
+    ];
+    let mut procs = [
+        Reaped(spawn_as(&ldap, &["sleep", "600"])),
+        Reaped(spawn_as(&sssd, &["sleep", "600"])),
+    ];
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        ldap.uid
+    ) == 1
+        && live_processes(sssd.uid) == 1));
+    let a = n.book(&ldap, 1, now(), 3600);
+    let b = n.book(&sssd, 1, now(), 3600);
+    let r = n.pass(&[]);
+    r.ok();
+    assert!(procs.iter_mut().all(Reaped::alive), "{}", r.stderr);
+    if slices == "cgroup" {
+        for (p, bk) in procs.iter().zip([&a, &b]) {
+            assert_eq!(
+                cpus_allowed(p.0.id()),
+                bk.cpus.to_string(),
+                "not confined:\n{}",
+                r.stderr
+            );
+        }
+    } else {
+        eprintln!("no cpuset on this host: confinement not observed, only the kill");
+    }
+    n.release(&a.id);
+    n.release(&b.id);
+    let r = n.pass(&[]);
+    r.ok();
+    assert!(
+        wait_until(Duration::from_secs(5), || live_processes(ldap.uid) == 0
+            && live_processes(sssd.uid) == 0),
+        "processes left after release:\n{}",
+        r.stderr
+    );
+    eprintln!(
+        "confined and ended users at uids {} and {}",
+        ldap.uid, sssd.uid
+    );
 }

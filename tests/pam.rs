@@ -16,6 +16,7 @@ use kloigos_core::store::{to_json, LocalCopy};
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::cmd::{run, Run};
 use kloigos_tests::fuse::{Behaviour, FuseMount, Seen, PATIENCE};
+use kloigos_tests::housekeeper::user_with_uid;
 use kloigos_tests::pam::{self, pamtester, PamService, Pamtested, Sshd, SyslogSink, Verdict};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::TempUser;
@@ -159,11 +160,73 @@ impl Gate {
             .sink
             .wait_for(
                 before,
-                &["pam_kloigos(", &format!("user={user} ")],
+                &["pam_kloigos(", &format!("user=\"{user}\"")],
                 LOG_WAIT,
             )
             .unwrap_or_default();
         (r, line)
+    }
+
+    /// Sets a stack in which pam_permit follows the module (see
+    /// [`PamService::permissive_stack`]).
+    fn permissive(&self, extra: &str) {
+        self.service.set(&PamService::permissive_stack(&format!(
+            "config={} services={} {extra}",
+            self.config.display(),
+            self.service.name
+        )));
+    }
+
+    /// `kloigos --config CONFIG --json check-login USER NODE`, as root or
+    /// as `by`: its decision ("allow", "deny", "ignore") and source.
+    fn check_login(&self, user: &str, by: Option<&TempUser>) -> (String, String) {
+        let kloigos = kloigos_tests::bin("kloigos");
+        let mut c = match by {
+            Some(u) => {
+                let mut c = std::process::Command::new("setpriv");
+                c.arg(format!("--reuid={}", u.uid))
+                    .arg(format!("--regid={}", u.gid))
+                    .arg("--init-groups")
+                    .arg(&kloigos);
+                c
+            }
+            None => std::process::Command::new(&kloigos),
+        };
+        c.arg("--config").arg(&self.config).args([
+            "--json",
+            "check-login",
+            user,
+            self.node.as_str(),
+        ]);
+        let r = kloigos_tests::cmd::Run::of(&mut c);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("check-login printed no JSON ({e}): {r:?}"));
+        let field = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        (field("decision"), field("source"))
+    }
+
+    /// Runs the stack for `user`, and check-login as root: both must take
+    /// the decision `want` ("allow", "deny", "ignore") from `source`.
+    /// Returns the module's log line.
+    #[track_caller]
+    fn agree(&self, user: &str, want: &str, source: &str) -> String {
+        let (r, line) = self.check(user);
+        assert!(
+            line.contains(&format!("result={want} source={source} ")),
+            "{user}: PAM {:?}\nlog: {line}",
+            r.verdict
+        );
+        let pam = match want {
+            "deny" => Verdict::Deny,
+            _ => Verdict::Allow,
+        };
+        assert_eq!(r.verdict, pam, "{user}: {:?}\nlog: {line}", r.run);
+        assert_eq!(
+            self.check_login(user, None),
+            (want.to_string(), source.to_string()),
+            "check-login disagrees with PAM's {line}"
+        );
+        line
     }
 
     #[track_caller]
@@ -619,7 +682,7 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
         0,
         &[
             "pam_kloigos(sshd:account)",
-            &format!("user={} ", booked.name),
+            &format!("user=\"{}\"", booked.name),
         ],
         LOG_WAIT,
     );
@@ -646,7 +709,7 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
     );
     let line = g.sink.wait_for(
         before,
-        &[&format!("user={} ", stranger.name), "result=deny"],
+        &[&format!("user=\"{}\"", stranger.name), "result=deny"],
         LOG_WAIT,
     );
     assert!(
@@ -670,6 +733,172 @@ fn sshd_lets_the_booked_user_in_and_keeps_others_out() {
         "{}",
         sshd.log()
     );
+}
+
+#[test]
+fn a_nodes_entry_that_is_not_a_directory_is_an_error_not_a_login() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("brk", Policy::default());
+    // pam_permit follows: a PAM_IGNORE here would be a login.
+    g.permissive("");
+    let stranger = pam::user(&format!("kpt{}", tag("")), &[]);
+    let booked = pam::user(&format!("kpu{}", tag("")), &[]);
+    g.book(&booked, -60, 3600);
+    g.agree(&stranger.name, "deny", "shared");
+    let dir = g.cluster.store.node_dir(&g.node);
+    let away = g.cluster.dir.path().join("node-away");
+    std::fs::rename(&dir, &away).expect("move node dir");
+    let nodes = g.cluster.store.nodes_dir();
+    let nodes_away = g.cluster.dir.path().join("nodes-away");
+    let cases: [(&str, Spoil<'_>, Spoil<'_>); 3] = [
+        (
+            "is not a directory",
+            Box::new(|| std::fs::write(&dir, b"").expect("plain file")),
+            Box::new(|| std::fs::remove_file(&dir).expect("rm")),
+        ),
+        (
+            "is a symbolic link",
+            Box::new(|| std::os::unix::fs::symlink(&dir, &dir).expect("symlink loop")),
+            Box::new(|| std::fs::remove_file(&dir).expect("rm")),
+        ),
+        (
+            "is not a directory",
+            Box::new(|| {
+                std::fs::rename(&nodes, &nodes_away).expect("move nodes");
+                std::fs::write(&nodes, b"").expect("nodes a plain file");
+            }),
+            Box::new(|| {
+                std::fs::remove_file(&nodes).expect("rm");
+                std::fs::rename(&nodes_away, &nodes).expect("nodes back");
+            }),
+        ),
+    ];
+    for (why, spoil, mend) in cases {
+        spoil();
+        for u in [&stranger, &booked] {
+            let line = g.agree(&u.name, "deny", "on_error");
+            assert!(line.contains(why), "{why}: {line}");
+        }
+        mend();
+    }
+    std::fs::rename(&away, &dir).expect("node dir back");
+    g.agree(&booked.name, "allow", "shared");
+}
+
+#[test]
+fn an_unreadable_nodes_dir_denies_a_non_root_check_login() {
+    kloigos_tests::require_root!();
+    use std::os::unix::fs::PermissionsExt;
+    let g = Gate::new("acc", Policy::default());
+    g.permissive("");
+    let stranger = pam::user(&format!("kpv{}", tag("")), &[]);
+    // The user may reach the config and the share, but not into nodes/.
+    for p in [g.cluster.dir.path(), g.config.as_path()] {
+        let mode = if p.is_dir() { 0o755 } else { 0o644 };
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+    }
+    assert_eq!(
+        g.check_login(&stranger.name, Some(&stranger)),
+        ("deny".to_string(), "shared".to_string())
+    );
+    let nodes = g.cluster.store.nodes_dir();
+    std::fs::set_permissions(&nodes, std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    // The user's own reader gets EACCES: an error, never "not a node".
+    assert_eq!(
+        g.check_login(&stranger.name, Some(&stranger)),
+        ("deny".to_string(), "on_error".to_string())
+    );
+    // PAM reads as root: the booking state decides, as before.
+    g.agree(&stranger.name, "deny", "shared");
+}
+
+#[test]
+fn a_stale_copy_listing_a_bypass_user_does_not_overrule_a_healthy_share() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("stale", Policy::default());
+    g.permissive("");
+    let stranger = pam::user(&format!("kpw{}", tag("")), &[]);
+    let listed = Policy {
+        bypass_users: vec![UserName::new(&stranger.name).expect("name")],
+        ..Policy::default()
+    };
+    let state = g.cluster.store.node(&g.node).expect("state");
+    let write = |at: &str| {
+        let copy = LocalCopy::new(
+            at.parse().expect("time"),
+            listed.clone(),
+            Some(state.clone()),
+        );
+        std::fs::write(&g.copy, to_json(&copy)).expect("write copy");
+    };
+    write("2020-01-01T00:00:00Z");
+    let line = g.agree(&stranger.name, "deny", "shared");
+    assert!(line.contains("no booking for"), "{line}");
+    // Fresh, the copy's policy decides (the share is not read for it).
+    write(&Timestamp::now().to_string());
+    let (r, line) = g.check(&stranger.name);
+    assert_eq!(r.verdict, Verdict::Allow, "{line}");
+    assert!(
+        line.contains("result=allow source=policy") && line.contains("is a bypass user"),
+        "{line}"
+    );
+}
+
+#[test]
+fn users_far_above_60000_are_gated() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("far", Policy::default());
+    g.permissive("");
+    let ldap = user_with_uid("kp-far-ldap", 70_000);
+    // 200000, sssd's first uid, unless a subordinate range covers it here.
+    let sssd = user_with_uid("kp-far-sssd", pam::person_uid_from(200_000));
+    let id = g.book(&ldap, -60, 3600);
+    g.agree(&ldap.name, "allow", "shared");
+    let line = g.agree(&sssd.name, "deny", "shared");
+    assert!(line.contains(&format!("uid={}", sssd.uid)), "{line}");
+    g.release(&id);
+    // From now: the released booking ended just now.
+    g.book(&sssd, 0, 3600);
+    g.agree(&ldap.name, "deny", "shared");
+    g.agree(&sssd.name, "allow", "shared");
+    // max_uid bounds the range: above it, not gated.
+    let bounded = Policy {
+        max_uid: Some(100_000),
+        ..Policy::default()
+    };
+    std::fs::write(g.cluster.store.cluster_path(), to_json(&bounded)).expect("policy");
+    let line = g.agree(&ldap.name, "deny", "shared");
+    assert!(line.contains("uid=70000"), "{line}");
+    let line = g.agree(&sssd.name, "ignore", "policy");
+    assert!(line.contains("above max_uid 100000"), "{line}");
+    eprintln!("gated users at uids {} and {}", ldap.uid, sssd.uid);
+}
+
+#[test]
+fn an_io_error_on_the_nodes_entry_is_an_error_not_a_login() {
+    kloigos_tests::require_root!();
+    let g = Gate::new("eio", Policy::default());
+    // pam_permit follows: a PAM_IGNORE here would be a login.
+    g.permissive("");
+    let stranger = pam::user(&format!("kpx{}", tag("")), &[]);
+    let booked = pam::user(&format!("kpy{}", tag("")), &[]);
+    g.book(&booked, -60, 3600);
+    g.agree(&booked.name, "allow", "shared");
+    // nodes/<node> is a FUSE mount whose server answers EIO: a soft NFS
+    // mount that timed out.
+    let dir = g.cluster.store.node_dir(&g.node);
+    let away = g.cluster.dir.path().join("node-away");
+    std::fs::rename(&dir, &away).expect("move node dir");
+    std::fs::create_dir(&dir).expect("mount point");
+    let eio = FuseMount::new(&dir, Behaviour::Eio);
+    for u in [&stranger, &booked] {
+        let line = g.agree(&u.name, "deny", "on_error");
+        assert!(line.contains("os error 5"), "{line}");
+    }
+    drop(eio);
+    std::fs::remove_dir(&dir).expect("rm mount point");
+    std::fs::rename(&away, &dir).expect("node dir back");
+    g.agree(&booked.name, "allow", "shared");
 }
 
 /// Issue 15 item 6: an account named like an AD user (`kuser@ad.test`) is

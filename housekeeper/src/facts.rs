@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use kloigos_core::enforce::MAX_MANAGED_UID;
 use kloigos_core::facts::{Facts, UserUse};
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::FORMAT_VERSION;
@@ -21,7 +20,7 @@ pub fn gather(
     node: &NodeName,
     by_uid: &BTreeMap<u32, (u32, u64)>,
     names: &BTreeMap<u32, UserName>,
-    min_uid: u32,
+    managed: &dyn Fn(u32) -> bool,
     record: &mut Record,
     now: Timestamp,
 ) -> Facts {
@@ -33,7 +32,7 @@ pub fn gather(
     let tps = procfs::ticks_per_second() as f64;
     let mut users = Vec::new();
     for (uid, (n, ticks)) in by_uid {
-        if *uid < min_uid || *uid > MAX_MANAGED_UID {
+        if !managed(*uid) {
             continue;
         }
         let Some(user) = names.get(uid) else { continue };

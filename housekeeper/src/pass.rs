@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use kloigos_core::access::{SubUids, SUBUID_FILE};
 use kloigos_core::config::Config;
 use kloigos_core::enforce::{self, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction};
 use kloigos_core::facts::Facts;
@@ -64,9 +65,7 @@ impl PassLock {
             Ok(lock) => Ok(PassLock { _lock: lock }),
             Err(kloigos_core::Error::Busy { .. }) => Err(Error::Busy(path.into())),
             // A local file that cannot be opened: an I/O error of this host, as before.
-            Err(kloigos_core::Error::Storage { msg, .. }) => {
-                Err(Error::io(path, std::io::Error::other(msg)))
-            }
+            Err(kloigos_core::Error::Io { source, .. }) => Err(Error::io(path, source)),
             Err(e) => Err(e.into()),
         }
     }
@@ -137,14 +136,13 @@ pub fn run(opts: &Options) -> Result<Report> {
         .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
         .collect();
 
-    // 1. Policy and this node's state, lock-free. Failing that: nothing destructive.
-    let read = inp.store.policy().and_then(|p| {
-        if inp.store.has_node(&inp.node) {
-            inp.store.node(&inp.node).map(|s| (p, Some(s)))
-        } else {
-            Ok((p, None))
-        }
-    });
+    // 1. Policy and this node's state, lock-free. Failing that: nothing
+    // destructive. Only ENOENT for nodes/<node> is "not a node" (see
+    // Store::node_if_any); any other failure is a degraded pass.
+    let read = inp
+        .store
+        .policy()
+        .and_then(|p| inp.store.node_if_any(&inp.node).map(|s| (p, s)));
     let (policy, state) = match read {
         Ok(v) => v,
         Err(e) => {
@@ -193,12 +191,16 @@ pub fn run(opts: &Options) -> Result<Report> {
         mem_total: procfs::meminfo().0,
         numa: procfs::numa(),
     };
-    let rules = Rules::new(
+    let mut rules = Rules::new(
         &policy,
         inp.service.map(|s| s.0),
         hk.grace_s,
         hk.warn_before_s.as_deref(),
     );
+    rules.subuids = SubUids::read(Path::new(SUBUID_FILE));
+    if let Some(why) = &rules.subuids.problem {
+        log::error(why);
+    }
     let mut desired = enforce::desired(&policy, &state, now, &host, rules);
     let backend = match Backend::select(hk.slices) {
         Ok(b) => Some(b),
@@ -447,8 +449,9 @@ fn write_facts(
     if !inp.store.has_node(&inp.node) {
         return;
     }
-    let mut facts: Facts =
-        crate::facts::gather(&inp.node, by_uid, names, policy.min_uid, record, now);
+    let rules = Rules::new(policy, None, 0, None);
+    let managed = |uid| rules.unmanaged(uid).is_none();
+    let mut facts: Facts = crate::facts::gather(&inp.node, by_uid, names, &managed, record, now);
     facts.enforcing = error.is_none();
     facts.error = error.map(String::from);
     match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {

@@ -125,19 +125,16 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         exe,
         shared: dir.join("shared"),
     };
-    // root is never gated, so as root the demo books for `nobody`, which every Linux has.
+    // root is never gated, so as root the demo books for `daemon`, which
+    // every Linux has (`nobody` is never gated either).
     let holder = if me.uid == 0 {
-        "nobody".to_string()
+        "daemon".to_string()
     } else {
         me.name.to_string()
     };
-    let stranger = if holder == "nobody" {
-        "daemon"
-    } else {
-        "nobody"
-    };
+    let stranger = if holder == "daemon" { "bin" } else { "daemon" };
     let as_holder: Vec<&str> = if me.uid == 0 {
-        vec!["-u", "nobody"]
+        vec!["-u", "daemon"]
     } else {
         vec![]
     };

@@ -7,16 +7,10 @@
 use std::os::unix::process::CommandExt;
 use std::process::Command;
 
-use std::sync::Arc;
-use std::time::Duration;
-
 use kloigos_core::access::Login;
 use kloigos_core::booking::{Booking, BookingId};
-use kloigos_core::gate::{
-    self, Decision, GateParams, LocalCopyFile, LocalCopyReader, Source, StoreReader, Who,
-};
+use kloigos_core::gate::{self, Decision, Source, Sources};
 use kloigos_core::names::NodeName;
-use kloigos_core::store::LoginCopy;
 use kloigos_core::users;
 use kloigos_core::Error;
 use serde_json::json;
@@ -26,36 +20,20 @@ use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
 use crate::output::{escape, print_json};
 
-/// The local copy as seen on someone's own tree: none (a copy on this host
-/// belongs to the installed cluster, not to the one `--shared` points at).
-struct NoLocalCopy;
-
-impl LocalCopyReader for NoLocalCopy {
-    fn local_copy(&self) -> kloigos_core::Result<Option<LoginCopy>> {
-        Ok(None)
-    }
-}
-
-/// The login decision for `user` on `node`: the PAM module's own gate, with
-/// this command's store and trust.
+/// The login decision for `user` on `node`: the PAM module's own gate and
+/// reads, with this command's store and trust. On a caller's own tree
+/// (`--shared`, `--config`) no local copy applies: one on this host belongs
+/// to the installed cluster.
 fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Decision {
-    let shared = Arc::new(StoreReader::new(ctx.store.clone()));
-    let local: Arc<dyn LocalCopyReader> = if ctx.overridden {
-        Arc::new(NoLocalCopy)
-    } else {
-        Arc::new(LocalCopyFile::new(
-            &ctx.config.housekeeper.state_copy,
-            ctx.store.trust().clone(),
-        ))
-    };
-    let params = GateParams {
-        config: &ctx.config,
-        user: Who::Account(user),
-        node: Some(node.clone()),
-        now: ctx.now(),
-        timeout: Duration::from_millis(ctx.config.pam.timeout_ms),
-    };
-    gate::check_with(&params, shared, local)
+    let mut from = Sources::of(&ctx.config, ctx.store.trust());
+    from.shared = ctx.store.root();
+    if ctx.overridden {
+        from.copy = None;
+    }
+    // The instant as PAM takes it (not cut to whole seconds as for display),
+    // so both decide alike at a booking's edge.
+    let now = jiff::Timestamp::now();
+    gate::check(&from, &ctx.config.pam, user, node, now)
 }
 
 /// `check-login USER [NODE]`: exit 0 when allowed or not gated, 1 when refused.

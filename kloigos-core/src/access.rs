@@ -1,6 +1,9 @@
 //! Who may do what: logins (the PAM decision, also shown by `check-login`)
 //! and actions on bookings and nodes.
 
+use std::io::Read as _;
+use std::path::Path;
+
 use jiff::Timestamp;
 
 use crate::booking::Booking;
@@ -40,19 +43,120 @@ pub fn is_admin(policy: &Policy, who: &Account) -> bool {
             .is_some_and(|g| who.in_group(g.as_str()))
 }
 
-/// The part of the login decision that needs no node state: system accounts
-/// are ignored; root, bypass users and admins are let in. `None`: the
-/// booking decides. PAM calls this before touching the shared tree, so an
-/// admin gets in while NFS is down.
-pub fn login_without_state(policy: &Policy, user: &Account) -> Option<Login> {
+/// The `nobody` account's uid, never managed.
+pub const NOBODY_UID: u32 = 65_534;
+
+/// systemd's dynamic users (`DynamicUser=`), never managed.
+pub const DYNAMIC_UIDS: std::ops::RangeInclusive<u32> = 61_184..=65_519;
+
+/// Where subordinate uid ranges are listed.
+pub const SUBUID_FILE: &str = "/etc/subuid";
+
+/// Largest `/etc/subuid` read; a larger one is not believed.
+const SUBUID_MAX: u64 = 1 << 20;
+
+/// The subordinate uid ranges of `/etc/subuid` (rootless containers'
+/// uids, which are never people), or why they could not be read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubUids {
+    /// `(first, count)` of each range.
+    ranges: Vec<(u32, u32)>,
+    /// Why the file could not be read; then no range is excluded, so every
+    /// uid in the managed range is gated (failing closed).
+    pub problem: Option<String>,
+}
+
+impl SubUids {
+    /// Parses `name:first:count` lines; lines that do not parse are skipped
+    /// (their uids stay managed).
+    pub fn parse(text: &str) -> SubUids {
+        let ranges = text
+            .lines()
+            .filter_map(|l| {
+                let mut f = l.trim().split(':');
+                let (_, first, count) = (f.next()?, f.next()?, f.next()?);
+                Some((first.parse().ok()?, count.parse().ok()?))
+            })
+            .collect();
+        SubUids {
+            ranges,
+            problem: None,
+        }
+    }
+
+    /// Reads `path` (at most 1 MiB); a missing file lists no range.
+    pub fn read(path: &Path) -> SubUids {
+        let unreadable = |why: String| SubUids {
+            ranges: Vec::new(),
+            problem: Some(format!(
+                "{}: {why}; its subordinate uids are gated like any other",
+                path.display()
+            )),
+        };
+        let file = match std::fs::File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return SubUids::default(),
+            Err(e) => return unreadable(e.to_string()),
+        };
+        let mut text = String::new();
+        match file.take(SUBUID_MAX + 1).read_to_string(&mut text) {
+            Ok(n) if n as u64 > SUBUID_MAX => unreadable(format!("larger than {SUBUID_MAX} bytes")),
+            Ok(_) => SubUids::parse(&text),
+            Err(e) => unreadable(e.to_string()),
+        }
+    }
+
+    /// Whether `uid` lies in a subordinate range.
+    pub fn contains(&self, uid: u32) -> bool {
+        self.ranges.iter().any(|&(first, count)| {
+            uid >= first && u64::from(uid) < u64::from(first) + u64::from(count)
+        })
+    }
+}
+
+/// Why `uid` is not a managed account, or `None` when it is: managed means
+/// `min_uid ..= max_uid`, minus `nobody`, systemd's dynamic users and the
+/// subordinate ranges. The one rule of the login gate, `check-login` and the
+/// housekeeper. Root (uid 0) is below every `min_uid` kloigos accepts.
+pub fn unmanaged(policy: &Policy, sub: &SubUids, uid: u32) -> Option<String> {
+    unmanaged_in(policy.min_uid, policy.max_uid, sub, uid)
+}
+
+/// [`unmanaged`] with the policy's bounds given apart.
+pub fn unmanaged_in(min_uid: u32, max_uid: Option<u32>, sub: &SubUids, uid: u32) -> Option<String> {
+    if uid < min_uid {
+        return Some(format!(
+            "uid {uid} is below min_uid {min_uid}: a system account, not managed"
+        ));
+    }
+    if let Some(max) = max_uid.filter(|m| uid > *m) {
+        return Some(format!("uid {uid} is above max_uid {max}: not managed"));
+    }
+    if uid == NOBODY_UID {
+        return Some(format!("uid {uid} is nobody: not managed"));
+    }
+    if DYNAMIC_UIDS.contains(&uid) {
+        return Some(format!(
+            "uid {uid} is one of systemd's dynamic users: not managed"
+        ));
+    }
+    if sub.contains(uid) {
+        return Some(format!(
+            "uid {uid} is a subordinate uid ({SUBUID_FILE}): not managed"
+        ));
+    }
+    None
+}
+
+/// The part of the login decision that needs no node state: accounts
+/// outside the managed range ([`unmanaged`]) are ignored; root, bypass
+/// users and admins are let in. `None`: the booking decides.
+pub fn login_without_state(policy: &Policy, sub: &SubUids, user: &Account) -> Option<Login> {
     if user.uid == 0 {
         return Some(Login::Allow("root is never gated".into()));
     }
-    if user.uid < policy.min_uid {
-        return Some(Login::Ignore(format!(
-            "uid {} is below min_uid {}: a system account, not managed",
-            user.uid, policy.min_uid
-        )));
+    if let Some(why) = unmanaged(policy, sub, user.uid) {
+        return Some(Login::Ignore(why));
     }
     if policy.bypass_users.contains(&user.name) {
         return Some(Login::Allow(format!("{} is a bypass user", user.name)));
@@ -64,8 +168,14 @@ pub fn login_without_state(policy: &Policy, user: &Account) -> Option<Login> {
 }
 
 /// The full login decision for `user` on the node whose state is `state` at `now`.
-pub fn decide_login(policy: &Policy, user: &Account, state: &NodeState, now: Timestamp) -> Login {
-    if let Some(d) = login_without_state(policy, user) {
+pub fn decide_login(
+    policy: &Policy,
+    sub: &SubUids,
+    user: &Account,
+    state: &NodeState,
+    now: Timestamp,
+) -> Login {
+    if let Some(d) = login_without_state(policy, sub, user) {
         return d;
     }
     let node = &state.node.name;
@@ -171,28 +281,40 @@ mod tests {
         let bob = Account::new("bob", 1002, &["bob"]).unwrap();
         let now = ts("2026-11-23T11:00:00Z");
         assert!(
-            matches!(decide_login(&p, &alice, &st, now), Login::Allow(r) if r.contains("node3:1"))
+            matches!(decide_login(&p, &SubUids::default(), &alice, &st, now), Login::Allow(r) if r.contains("node3:1"))
         );
-        let d = decide_login(&p, &bob, &st, now);
+        let d = decide_login(&p, &SubUids::default(), &bob, &st, now);
         assert_eq!(
             d,
             Login::Deny("no booking for bob on node3 — book with: kloigos alloc -w node3".into())
         );
         // Between the two bookings: denied, told when the next one starts.
-        let d = decide_login(&p, &alice, &st, ts("2026-11-23T13:00:00Z"));
+        let d = decide_login(
+            &p,
+            &SubUids::default(),
+            &alice,
+            &st,
+            ts("2026-11-23T13:00:00Z"),
+        );
         assert!(
             matches!(&d, Login::Deny(r) if r.contains("starts at 2026-11-24T10:00:00Z")),
             "{d:?}"
         );
         // Expired.
         assert!(matches!(
-            decide_login(&p, &alice, &st, ts("2026-11-25T00:00:00Z")),
+            decide_login(
+                &p,
+                &SubUids::default(),
+                &alice,
+                &st,
+                ts("2026-11-25T00:00:00Z")
+            ),
             Login::Deny(_)
         ));
         // Same name, other uid: not the booking's holder.
         let impostor = Account::new("alice", 1500, &[]).unwrap();
         assert!(matches!(
-            decide_login(&p, &impostor, &st, now),
+            decide_login(&p, &SubUids::default(), &impostor, &st, now),
             Login::Deny(_)
         ));
     }
@@ -202,26 +324,75 @@ mod tests {
         let (p, _) = setup();
         let sys = Account::new("daemon", 2, &[]).unwrap();
         assert!(matches!(
-            login_without_state(&p, &sys),
+            login_without_state(&p, &SubUids::default(), &sys),
             Some(Login::Ignore(_))
         ));
         let root = Account::new("root", 0, &[]).unwrap();
         assert!(matches!(
-            login_without_state(&p, &root),
+            login_without_state(&p, &SubUids::default(), &root),
             Some(Login::Allow(_))
         ));
         let ops = Account::new("ops", 1100, &[]).unwrap();
         assert!(matches!(
-            login_without_state(&p, &ops),
+            login_without_state(&p, &SubUids::default(), &ops),
             Some(Login::Allow(_))
         ));
         let adm = Account::new("carol", 1200, &["carol", "wheel"]).unwrap();
         assert!(matches!(
-            login_without_state(&p, &adm),
+            login_without_state(&p, &SubUids::default(), &adm),
             Some(Login::Allow(_))
         ));
         let bob = Account::new("bob", 1002, &["bob"]).unwrap();
-        assert_eq!(login_without_state(&p, &bob), None);
+        assert_eq!(login_without_state(&p, &SubUids::default(), &bob), None);
+    }
+
+    #[test]
+    fn one_uid_rule_with_max_uid_nobody_dynamic_and_subordinate_ranges() {
+        let none = SubUids::default();
+        let mut p = Policy::default();
+        // Unbounded by default: LDAP/AD uids far above 60000 are managed.
+        for uid in [1000, 59_999, 60_000, 70_000, 200_000, u32::MAX] {
+            assert_eq!(unmanaged(&p, &none, uid), None, "{uid}");
+        }
+        for uid in [0, 999, NOBODY_UID, 61_184, 65_519] {
+            assert!(unmanaged(&p, &none, uid).is_some(), "{uid}");
+        }
+        assert_eq!(unmanaged(&p, &none, 61_183), None);
+        assert_eq!(unmanaged(&p, &none, 65_520), None);
+        p.max_uid = Some(70_000);
+        assert_eq!(unmanaged(&p, &none, 70_000), None);
+        assert!(unmanaged(&p, &none, 70_001)
+            .unwrap()
+            .contains("max_uid 70000"));
+        p.max_uid = None;
+        let sub = SubUids::parse("alice:100000:65536\nbad line\nbob:x:1\n");
+        assert!(unmanaged(&p, &sub, 100_000)
+            .unwrap()
+            .contains("subordinate"));
+        assert!(unmanaged(&p, &sub, 165_535).is_some());
+        assert_eq!(unmanaged(&p, &sub, 165_536), None);
+        assert_eq!(unmanaged(&p, &sub, 99_999), None);
+        // A user at 200000 is gated: a stranger is denied through the state.
+        let far = Account::new("far", 200_000, &[]).unwrap();
+        assert_eq!(login_without_state(&p, &sub, &far), None);
+    }
+
+    #[test]
+    fn subuid_reads_are_bounded_and_fail_closed() {
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("subuid");
+        assert_eq!(SubUids::read(&path), SubUids::default());
+        std::fs::write(&path, "u:300000:10\n").unwrap();
+        assert!(SubUids::read(&path).contains(300_005));
+        std::fs::write(&path, vec![b'#'; (SUBUID_MAX + 1) as usize]).unwrap();
+        let big = SubUids::read(&path);
+        assert!(
+            big.problem.as_deref().unwrap().contains("larger than"),
+            "{big:?}"
+        );
+        // A directory cannot be read: nothing excluded, and said why.
+        let dir = SubUids::read(t.path());
+        assert!(dir.problem.is_some() && !dir.contains(300_005), "{dir:?}");
     }
 
     #[test]

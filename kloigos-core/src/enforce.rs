@@ -13,6 +13,7 @@ use std::fmt::Write as _;
 
 use jiff::Timestamp;
 
+use crate::access::{unmanaged_in, SubUids};
 use crate::booking::{Booking, BookingId};
 use crate::cpuset::CpuSet;
 use crate::facts::Numa;
@@ -20,12 +21,6 @@ use crate::names::UserName;
 use crate::policy::Policy;
 use crate::ports::PortRange;
 use crate::state::NodeState;
-
-/// Highest uid the housekeeper manages. Debian's `adduser` gives people uids
-/// up to 59999; above lie global system accounts (60000-64999), `nobody`
-/// (65534), systemd's dynamic users (61184-65519) and the subordinate uids
-/// of rootless containers (100000 and up), which are never killed or confined.
-pub const MAX_MANAGED_UID: u32 = 59_999;
 
 /// MemoryHigh as a share of MemoryMax, in percent: reclaim pressure starts
 /// before the hard limit (Kiwi set it the other way round, which made High dead).
@@ -51,6 +46,11 @@ pub struct Host {
 pub struct Rules {
     /// Accounts below this uid are never managed.
     pub min_uid: u32,
+    /// Accounts above this uid are never managed (none: no bound).
+    pub max_uid: Option<u32>,
+    /// Subordinate uid ranges, never managed (see [`crate::access::unmanaged`]);
+    /// none until the housekeeper reads `/etc/subuid` into it.
+    pub subuids: SubUids,
     /// Users never killed or confined.
     pub bypass: Vec<UserName>,
     /// The service account's uid, when it exists.
@@ -62,6 +62,12 @@ pub struct Rules {
 }
 
 impl Rules {
+    /// Why `uid` is not managed here, or `None` when it is (the one rule
+    /// of [`crate::access::unmanaged`]).
+    pub fn unmanaged(&self, uid: u32) -> Option<String> {
+        unmanaged_in(self.min_uid, self.max_uid, &self.subuids, uid)
+    }
+
     /// The rules from the policy, a grace period and optional warn times
     /// (the config's `warn_before_s`, overriding the policy's `warn_before`).
     pub fn new(
@@ -79,6 +85,8 @@ impl Rules {
         warn.dedup();
         Rules {
             min_uid: policy.min_uid,
+            max_uid: policy.max_uid,
+            subuids: SubUids::default(),
             bypass: policy.bypass_users.clone(),
             service_uid: service_uid.or(policy.service_uid),
             grace_s,
@@ -419,7 +427,7 @@ impl Plan {
 pub fn kill_reason(desired: &Desired, owner: &ProcOwner) -> Option<String> {
     let r = &desired.rules;
     let uid = owner.uid;
-    if uid == 0 || uid < r.min_uid || uid > MAX_MANAGED_UID || Some(uid) == r.service_uid {
+    if uid == 0 || Some(uid) == r.service_uid || r.unmanaged(uid).is_some() {
         return None;
     }
     if owner.user.as_ref().is_some_and(|n| r.bypass.contains(n)) {
@@ -830,7 +838,10 @@ mod tests {
             bypass_users: vec![UserName::new("ops").unwrap()],
             ..Policy::default()
         };
-        let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
+        // 100000 and up: a container's subordinate uids here.
+        let mut r = rules(&p);
+        r.subuids = SubUids::parse("lxc:100000:65536\n");
+        let d = desired(&p, &st, ts(NOW), &host(), r.clone());
         let obs = Observed {
             processes: vec![
                 owner(0, "root", 50),
@@ -859,10 +870,21 @@ mod tests {
         let pl = plan(&d, &obs);
         let uids: Vec<u32> = pl.kill.iter().map(|k| k.uid).collect();
         assert_eq!(uids, vec![1002, 1004, 1006]);
+        // Without /etc/subuid listing it, uid 100000 is a person (LDAP, AD):
+        // managed like any other, unless max_uid bounds the range.
+        let d2 = desired(&p, &st, ts(NOW), &host(), rules(&p));
+        let uids2: Vec<u32> = plan(&d2, &obs).kill.iter().map(|k| k.uid).collect();
+        assert_eq!(uids2, vec![1002, 1004, 1006, 100_000]);
+        let bounded = Policy {
+            max_uid: Some(59_999),
+            ..p.clone()
+        };
+        let d3 = desired(&bounded, &st, ts(NOW), &host(), rules(&bounded));
+        assert!(!plan(&d3, &obs).kill.iter().any(|k| k.uid == 100_000));
         assert!(pl.kill[0].reason.contains("no booking"));
         assert!(pl.kill[1].reason.contains("ended more than 60 s ago"));
         // After carol's grace period she goes too.
-        let later = desired(&p, &st, ts("2026-11-23T11:00:31Z"), &host(), rules(&p));
+        let later = desired(&p, &st, ts("2026-11-23T11:00:31Z"), &host(), r);
         assert!(plan(&later, &obs).kill.iter().any(|k| k.uid == 1003));
     }
 

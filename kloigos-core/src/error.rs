@@ -4,6 +4,8 @@
 //! work instead. [`Error::kind`] sorts them into the exit-code classes of the
 //! CLI contract.
 
+use std::fmt;
+use std::io;
 use std::path::PathBuf;
 
 /// Which class of failure an error is; the CLI maps it to an exit code.
@@ -44,6 +46,29 @@ pub enum Error {
         /// What is wrong and how to fix it.
         msg: String,
     },
+    /// A file or directory could not be read, written or locked: the
+    /// system's error, its errno kept for callers to match on.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What the system said.
+        source: io::Error,
+    },
+    /// A file or directory is there but kloigos may not believe it.
+    #[error("{path}: {why}")]
+    Untrusted {
+        /// The file or directory concerned.
+        path: PathBuf,
+        /// What is wrong with it, and the fix.
+        why: Untrust,
+    },
+    /// No `cluster.json` where the shared directory should be.
+    #[error("{path}: not found: the shared directory is not mounted or not initialised (`kloigos admin init`)")]
+    NotMounted {
+        /// Where `cluster.json` was looked for.
+        path: PathBuf,
+    },
     /// A file exists but its content is not what kloigos wrote.
     #[error("{path}: {msg} (run `kloigos admin fsck` for details)")]
     Corrupt {
@@ -66,9 +91,12 @@ impl Error {
         match self {
             Error::Invalid { .. } => ErrorKind::Usage,
             Error::Refused(_) | Error::Full(_) => ErrorKind::Refused,
-            Error::Storage { .. } | Error::Corrupt { .. } | Error::Busy { .. } => {
-                ErrorKind::Storage
-            }
+            Error::Storage { .. }
+            | Error::Io { .. }
+            | Error::Untrusted { .. }
+            | Error::NotMounted { .. }
+            | Error::Corrupt { .. }
+            | Error::Busy { .. } => ErrorKind::Storage,
         }
     }
 
@@ -81,11 +109,67 @@ impl Error {
         }
     }
 
-    /// An [`Error::Storage`] for an I/O failure on `path`.
-    pub fn io(path: impl Into<PathBuf>, err: &std::io::Error) -> Error {
-        Error::Storage {
+    /// An [`Error::Io`] for an I/O failure on `path`, keeping its errno.
+    pub fn io(path: impl Into<PathBuf>, err: &io::Error) -> Error {
+        // io::Error is not Clone; its errno (or kind and text) is what matters.
+        let source = match err.raw_os_error() {
+            Some(errno) => io::Error::from_raw_os_error(errno),
+            None => io::Error::new(err.kind(), err.to_string()),
+        };
+        Error::Io {
             path: path.into(),
-            msg: err.to_string(),
+            source,
+        }
+    }
+
+    /// The errno of an [`Error::Io`], if it has one.
+    pub fn errno(&self) -> Option<i32> {
+        match self {
+            Error::Io { source, .. } => source.raw_os_error(),
+            _ => None,
+        }
+    }
+}
+
+/// Why a file or directory is not believed (see [`Error::Untrusted`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Untrust {
+    /// Owned by someone other than the trusted owners.
+    Owner {
+        /// Its owner.
+        uid: u32,
+        /// The owners that would be trusted.
+        trusted: Vec<u32>,
+    },
+    /// Group- or world-writable.
+    Mode {
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// A symbolic link, which readers never follow.
+    Symlink,
+    /// Not a regular file (a FIFO, a device, a directory).
+    NotRegular,
+    /// Not a directory where one is expected.
+    NotDirectory,
+}
+
+impl fmt::Display for Untrust {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Untrust::Owner { uid, trusted } => write!(
+                f,
+                "owned by uid {uid}, not by a trusted owner (uids {trusted:?}); refusing to trust it — `chown` it to the service account"
+            ),
+            Untrust::Mode { mode } => write!(
+                f,
+                "mode {mode:o} lets others write it; refusing to trust it — `chmod go-w` it"
+            ),
+            Untrust::Symlink => f.write_str("is a symbolic link; refusing to follow it"),
+            Untrust::NotRegular => f.write_str("is not a regular file; refusing to read it"),
+            Untrust::NotDirectory => {
+                f.write_str("is not a directory; refusing to use it — only a directory made by kloigos belongs here")
+            }
         }
     }
 }

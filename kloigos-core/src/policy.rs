@@ -40,6 +40,9 @@ pub struct Policy {
     /// Accounts below this uid are system accounts: never gated, never managed.
     #[serde(default = "default_min_uid")]
     pub min_uid: u32,
+    /// Accounts above this uid are never gated or managed (none: no bound).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_uid: Option<u32>,
     /// Booking length when `-t` is not given.
     #[serde(default = "default_duration")]
     pub default_duration: Dur,
@@ -122,6 +125,7 @@ impl Default for Policy {
             bypass_users: Vec::new(),
             booking_group: None,
             min_uid: default_min_uid(),
+            max_uid: None,
             default_duration: default_duration(),
             max_duration: max_duration(),
             max_ahead: max_ahead(),
@@ -141,6 +145,13 @@ impl Policy {
     pub fn validate(&self) -> std::result::Result<(), String> {
         check_version(self.version)?;
         self.tz()?;
+        if self.max_uid.is_some_and(|m| m < self.min_uid) {
+            return Err(format!(
+                "max_uid {} is below min_uid {}: no account would be managed",
+                self.max_uid.unwrap_or_default(),
+                self.min_uid
+            ));
+        }
         if self.default_duration > self.max_duration {
             return Err(format!(
                 "default_duration {} is longer than max_duration {}",
@@ -177,6 +188,9 @@ impl Policy {
         let obj = doc
             .as_object_mut()
             .ok_or_else(|| Error::Refused("policy is not an object".into()))?;
+        // Fields left out of the file while unset (so older readers, which
+        // refuse unknown fields, still read it) are known all the same.
+        obj.entry("max_uid").or_insert(serde_json::Value::Null);
         if key == "version" || !obj.contains_key(key) {
             let keys: Vec<&str> = obj
                 .keys()
@@ -208,14 +222,20 @@ impl Policy {
                     })?
                     .into(),
             ),
-            _ if key == "service_uid" || key == "tasks_max_per_unit" => serde_json::Value::Number(
-                value
-                    .parse::<u64>()
-                    .map_err(|_| {
-                        Error::invalid("policy value", value, format!("{key} takes a whole number"))
-                    })?
-                    .into(),
-            ),
+            _ if key == "service_uid" || key == "tasks_max_per_unit" || key == "max_uid" => {
+                serde_json::Value::Number(
+                    value
+                        .parse::<u64>()
+                        .map_err(|_| {
+                            Error::invalid(
+                                "policy value",
+                                value,
+                                format!("{key} takes a whole number"),
+                            )
+                        })?
+                        .into(),
+                )
+            }
             _ => serde_json::Value::String(value.into()),
         };
         obj.insert(key.into(), v);
@@ -306,5 +326,14 @@ mod tests {
             .contains("known fields"));
         assert!(p.set_field("admins", "../x").is_err());
         assert_eq!(p.timezone, "Europe/Paris");
+        p.set_field("max_uid", "70000").unwrap();
+        assert_eq!(p.max_uid, Some(70000));
+        assert!(p.set_field("max_uid", "10").is_err(), "below min_uid");
+        p.set_field("max_uid", "").unwrap();
+        assert_eq!(p.max_uid, None);
+        // Unset, it is left out of the file (older readers refuse unknown fields).
+        assert!(!String::from_utf8(crate::store::to_json(&p))
+            .unwrap()
+            .contains("max_uid"));
     }
 }

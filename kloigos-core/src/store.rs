@@ -26,7 +26,7 @@ use nix::fcntl::OFlag;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, Untrust};
 use crate::facts::Facts;
 use crate::journal::{self, Event};
 use crate::names::NodeName;
@@ -75,26 +75,22 @@ impl Trust {
 
     /// Checks owner and mode of an opened file or directory.
     pub fn check(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
-        if !self.owners.contains(&meta.uid()) {
-            return Err(Error::Storage {
-                path: path.into(),
-                msg: format!(
-                    "owned by uid {}, not by a trusted owner (uids {:?}); refusing to trust it — `chown` it to the service account",
-                    meta.uid(),
-                    self.owners
-                ),
-            });
-        }
-        if meta.mode() & 0o022 != 0 {
-            return Err(Error::Storage {
-                path: path.into(),
-                msg: format!(
-                    "mode {:o} lets others write it; refusing to trust it — `chmod go-w` it",
-                    meta.mode() & 0o7777
-                ),
-            });
-        }
-        Ok(())
+        let why = if !self.owners.contains(&meta.uid()) {
+            Untrust::Owner {
+                uid: meta.uid(),
+                trusted: self.owners.clone(),
+            }
+        } else if meta.mode() & 0o022 != 0 {
+            Untrust::Mode {
+                mode: meta.mode() & 0o7777,
+            }
+        } else {
+            return Ok(());
+        };
+        Err(Error::Untrusted {
+            path: path.into(),
+            why,
+        })
     }
 }
 
@@ -151,9 +147,9 @@ fn open_no_follow(path: &Path) -> io::Result<File> {
 /// The error for a failed [`open_no_follow`] of `path`.
 fn open_error(path: &Path, e: &io::Error) -> Error {
     if e.raw_os_error() == Some(nix::libc::ELOOP) {
-        Error::Storage {
+        Error::Untrusted {
             path: path.into(),
-            msg: "is a symbolic link; refusing to follow it".into(),
+            why: Untrust::Symlink,
         }
     } else {
         Error::io(path, e)
@@ -164,9 +160,9 @@ fn open_error(path: &Path, e: &io::Error) -> Error {
 fn read_opened(mut f: File, path: &Path, trust: &Trust) -> Result<Vec<u8>> {
     let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
     if !meta.file_type().is_file() {
-        return Err(Error::Storage {
+        return Err(Error::Untrusted {
             path: path.into(),
-            msg: "is not a regular file; refusing to read it".into(),
+            why: Untrust::NotRegular,
         });
     }
     trust.check(path, &meta)?;
@@ -337,11 +333,10 @@ pub fn parse_json_unversioned<T: DeserializeOwned>(path: &Path, bytes: &[u8]) ->
 fn transient(e: &Error) -> bool {
     match e {
         Error::Corrupt { .. } => true,
-        Error::Storage { msg, .. } => {
-            let enoent = io::Error::from_raw_os_error(nix::libc::ENOENT).to_string();
-            let estale = io::Error::from_raw_os_error(nix::libc::ESTALE).to_string();
-            msg == &enoent || msg == &estale
-        }
+        Error::Io { source, .. } => matches!(
+            source.raw_os_error(),
+            Some(nix::libc::ENOENT | nix::libc::ESTALE)
+        ),
         _ => false,
     }
 }
@@ -565,7 +560,10 @@ impl Store {
     pub fn login_policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
         read_json(&path, &self.trust).map_err(|e| match e {
-            Error::Storage { msg, .. } if msg.contains("No such file") => not_mounted(&path, &msg),
+            // The share's root or its cluster.json is not there.
+            Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
+                Error::NotMounted { path }
+            }
             e => e,
         })
     }
@@ -606,18 +604,24 @@ impl Store {
             .ok_or_else(|| self.no_such_node(node))
     }
 
-    /// Reads a node's state lock-free; `Ok(None)` when there is no such node
-    /// (as [`Store::has_node`] says). The node's directory is looked at once:
-    /// that one `stat` answers whether the node exists and is the one whose
-    /// owner and mode [`read_trusted`] checks.
+    /// Reads a node's state lock-free; `Ok(None)` when there is no such
+    /// node. Only ENOENT for `nodes/<node>`, in a tree whose root and
+    /// `nodes/` are trusted directories, means "no such node": any other
+    /// failure (`nodes` not a directory, `nodes/<node>` a file or a link,
+    /// EACCES, EIO, ELOOP, ENOTDIR) is an error, so that a login gate or
+    /// a housekeeper never takes a broken tree for "not a node".
     pub fn node_if_any(&self, node: &NodeName) -> Result<Option<NodeState>> {
+        // The root as configured may be a link (a site's mount point);
+        // below it, nothing is followed.
+        let meta = fs::metadata(&self.root).map_err(|e| Error::io(&self.root, &e))?;
+        self.check_dir(&self.root, &meta)?;
+        self.trusted_dir(&self.nodes_dir())?;
         let dir = self.node_dir(node);
-        // As `has_node` (`Path::is_dir`): any failure to stat it, or not a directory, is no node.
-        let meta = match fs::metadata(&dir) {
-            Ok(m) if m.is_dir() => m,
-            _ => return Ok(None),
-        };
-        self.trust.check(&dir, &meta)?;
+        match fs::symlink_metadata(&dir) {
+            Ok(meta) => self.check_dir(&dir, &meta)?,
+            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
+            Err(e) => return Err(Error::io(&dir, &e)),
+        }
         let path = dir.join(STATE_FILE);
         let st: NodeState = read_json_in(&path, &self.trust, true)?;
         if st.node.name != *node {
@@ -630,6 +634,27 @@ impl Store {
             });
         }
         Ok(Some(st))
+    }
+
+    /// Checks that `dir` is a trusted directory (a symbolic link is not one).
+    fn trusted_dir(&self, dir: &Path) -> Result<()> {
+        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io(dir, &e))?;
+        self.check_dir(dir, &meta)
+    }
+
+    /// [`Store::trusted_dir`] with `dir`'s metadata (not followed) in hand.
+    fn check_dir(&self, dir: &Path, meta: &fs::Metadata) -> Result<()> {
+        let why = if meta.file_type().is_symlink() {
+            Untrust::Symlink
+        } else if !meta.is_dir() {
+            Untrust::NotDirectory
+        } else {
+            return self.trust.check(dir, meta);
+        };
+        Err(Error::Untrusted {
+            path: dir.into(),
+            why,
+        })
     }
 
     fn no_such_node(&self, node: &NodeName) -> Error {
@@ -890,17 +915,8 @@ pub fn check_mounted(root: &Path) -> Result<()> {
     let path = root.join(CLUSTER_FILE);
     match fs::symlink_metadata(&path) {
         Ok(_) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(not_mounted(&path, &e.to_string())),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Err(Error::NotMounted { path }),
         Err(e) => Err(Error::io(&path, &e)),
-    }
-}
-
-/// The error for a `cluster.json` at `path` that is not there (`msg`
-/// says why): the share is not mounted, or not initialised.
-fn not_mounted(path: &Path, msg: &str) -> Error {
-    Error::Storage {
-        path: path.into(),
-        msg: format!("not found: the shared directory is not mounted or not initialised (`kloigos admin init`) [{msg}]"),
     }
 }
 
@@ -937,8 +953,8 @@ pub struct LocalCopy {
     /// This node's state; `None` when this host is not a node of the cluster.
     pub state: Option<NodeState>,
     /// The service account's uid on this host when the copy was made (the
-    /// housekeeper looked it up): while the copy is fresh, the login gate
-    /// trusts the share's files owned by it without a lookup of its own.
+    /// housekeeper looked it up), for admins reading the copy; the login
+    /// gate looks the account up itself.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_uid: Option<u32>,
 }
@@ -959,91 +975,6 @@ impl LocalCopy {
     pub fn with_service_uid(mut self, uid: Option<u32>) -> LocalCopy {
         self.service_uid = uid;
         self
-    }
-}
-
-/// The local copy as the login gate reads it: what every login needs (the
-/// policy, the copy's age, the service account's uid) parsed at once, the
-/// node's state only when [`LoginCopy::state`] asks for it, which the gate
-/// does only when the share cannot be used. A login the share decides
-/// never builds the state it would throw away.
-#[derive(Debug, Clone, PartialEq)]
-pub struct LoginCopy {
-    /// When the housekeeper read the share.
-    pub copied_at: Timestamp,
-    /// The cluster policy.
-    pub policy: Policy,
-    /// The service account's uid, as in [`LocalCopy::service_uid`].
-    pub service_uid: Option<u32>,
-    state: CopiedState,
-}
-
-/// The node's state in a [`LoginCopy`].
-#[derive(Debug, Clone, PartialEq)]
-enum CopiedState {
-    /// Already built (a copy made in memory).
-    Built(Option<NodeState>),
-    /// The copy's file, whose `state` is parsed when asked for.
-    File(PathBuf, Vec<u8>),
-}
-
-/// The head of a local copy file: [`LocalCopy`] with its state skipped
-/// (but still checked to be well-formed JSON).
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CopyHead {
-    version: u32,
-    copied_at: Timestamp,
-    policy: Policy,
-    #[serde(default)]
-    #[allow(dead_code)] // Read to skip it; the state is parsed on demand.
-    state: serde::de::IgnoredAny,
-    #[serde(default)]
-    service_uid: Option<u32>,
-}
-
-impl LoginCopy {
-    /// Parses the copy file `path` holding `bytes`, naming the file on
-    /// failure as [`parse_json`] does.
-    pub fn parse(path: &Path, bytes: Vec<u8>) -> Result<LoginCopy> {
-        match serde_json::from_slice::<CopyHead>(&bytes) {
-            Ok(head) if check_version(head.version).is_ok() => Ok(LoginCopy {
-                copied_at: head.copied_at,
-                policy: head.policy,
-                service_uid: head.service_uid,
-                state: CopiedState::File(path.to_path_buf(), bytes),
-            }),
-            // The slow path names what is wrong (and serves a copy the
-            // head cannot describe, should there be one).
-            _ => parse_json::<LocalCopy>(path, &bytes).map(LoginCopy::from),
-        }
-    }
-
-    /// Whether the copy is at most `max_age_s` old at `now`.
-    pub fn is_fresh(&self, now: Timestamp, max_age_s: u64) -> bool {
-        let age = now.as_second() - self.copied_at.as_second();
-        age >= 0 && (age as u64) <= max_age_s
-    }
-
-    /// This node's state in the copy; `None` when this host was not a
-    /// node of the cluster. An error when the state part of the file is
-    /// not what kloigos writes.
-    pub fn state(&self) -> Result<Option<NodeState>> {
-        match &self.state {
-            CopiedState::Built(st) => Ok(st.clone()),
-            CopiedState::File(path, bytes) => parse_json::<LocalCopy>(path, bytes).map(|c| c.state),
-        }
-    }
-}
-
-impl From<LocalCopy> for LoginCopy {
-    fn from(c: LocalCopy) -> LoginCopy {
-        LoginCopy {
-            copied_at: c.copied_at,
-            policy: c.policy,
-            service_uid: c.service_uid,
-            state: CopiedState::Built(c.state),
-        }
     }
 }
 
@@ -1178,6 +1109,82 @@ mod tests {
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink(t.path().join("nowhere"), &path).unwrap();
         assert!(read_trusted_if_any(&path, &trust).is_err());
+    }
+
+    #[test]
+    fn only_enoent_means_no_such_node() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let absent = NodeName::new("n2").unwrap();
+        assert_eq!(s.node_if_any(&absent).unwrap(), None);
+        let dir = s.node_dir(&n);
+        let moved = t.path().join("n1-moved");
+        fs::rename(&dir, &moved).unwrap();
+        // nodes/<node> a regular file, a symlink loop, a link to a real
+        // node directory: errors, never "no such node".
+        fs::write(&dir, b"").unwrap();
+        let e = s.node_if_any(&n).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::NotDirectory, path } if *path == dir),
+            "{e:?}"
+        );
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&dir, &dir).unwrap();
+        let e = s.node_if_any(&n).unwrap_err();
+        assert!(
+            matches!(
+                &e,
+                Error::Untrusted {
+                    why: Untrust::Symlink,
+                    ..
+                }
+            ),
+            "{e:?}"
+        );
+        fs::remove_file(&dir).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(s.node_if_any(&n).is_err());
+        fs::remove_file(&dir).unwrap();
+        fs::rename(&moved, &dir).unwrap();
+        assert!(s.node_if_any(&n).unwrap().is_some());
+        // `nodes` itself a regular file: an error for every node, absent or not.
+        let nodes = s.nodes_dir();
+        fs::rename(&nodes, t.path().join("nodes-moved")).unwrap();
+        fs::write(&nodes, b"").unwrap();
+        for node in [&n, &absent] {
+            let e = s.node_if_any(node).unwrap_err();
+            assert!(
+                matches!(&e, Error::Untrusted { why: Untrust::NotDirectory, path } if *path == nodes),
+                "{e:?}"
+            );
+        }
+        // No `nodes` at all: the tree is not whole, an error too.
+        fs::remove_file(&nodes).unwrap();
+        let e = s.node_if_any(&absent).unwrap_err();
+        assert_eq!(e.errno(), Some(nix::libc::ENOENT), "{e:?}");
+    }
+
+    #[test]
+    fn errors_keep_their_errno_and_retries_follow_it() {
+        let missing = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::ENOENT));
+        let stale = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::ESTALE));
+        let eio = Error::io("/x", &io::Error::from_raw_os_error(nix::libc::EIO));
+        assert_eq!(eio.errno(), Some(nix::libc::EIO));
+        assert!(transient(&missing) && transient(&stale) && !transient(&eio));
+        // A message that merely reads like ENOENT is not one.
+        let worded = Error::Storage {
+            path: "/x".into(),
+            msg: io::Error::from_raw_os_error(nix::libc::ENOENT).to_string(),
+        };
+        assert!(!transient(&worded));
+        let t = tempfile::tempdir().unwrap();
+        let s = Store::new(t.path().join("absent"), Trust::service(me()));
+        assert!(matches!(s.login_policy(), Err(Error::NotMounted { .. })));
+        assert!(matches!(
+            check_mounted(s.root()),
+            Err(Error::NotMounted { .. })
+        ));
     }
 
     #[test]
@@ -1361,7 +1368,7 @@ mod tests {
                 ))
             })
             .unwrap_err();
-        assert!(matches!(e, Error::Storage { .. }), "{e}");
+        assert_eq!(e.errno(), Some(nix::libc::EEXIST), "{e}");
         assert_eq!(fs::read(&journal).unwrap(), before);
         assert_eq!(s.node(&n).unwrap().seq, 0);
         fs::remove_dir(&blocker).unwrap();
@@ -1381,41 +1388,5 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path(), Trust::service(1).also(me()));
         assert!(s.policy().unwrap_err().to_string().contains("not mounted"));
-    }
-
-    #[test]
-    fn login_copy_reads_the_head_and_leaves_the_state_for_later() {
-        let n = NodeName::new("n1").unwrap();
-        let st = NodeState::new(NodeSpec::new(n.clone(), CpuSet::parse("0-3").unwrap()));
-        let now: Timestamp = "2026-11-23T11:00:00Z".parse().unwrap();
-        let c =
-            LocalCopy::new(now, Policy::default(), Some(st.clone())).with_service_uid(Some(999));
-        let path = Path::new("/var/lib/kloigos/state.json");
-        let read = LoginCopy::parse(path, to_json(&c)).unwrap();
-        assert_eq!(
-            (read.copied_at, &read.policy, read.service_uid),
-            (now, &c.policy, Some(999))
-        );
-        assert_eq!(read.state().unwrap(), Some(st));
-        assert_eq!(LoginCopy::from(c.clone()).state().unwrap(), c.state);
-        assert!(
-            read.is_fresh(now, 0) && !read.is_fresh(now + jiff::SignedDuration::from_secs(61), 60)
-        );
-        // A bad head fails at once, as parse_json words it; a bad state
-        // only when asked for.
-        let text = String::from_utf8(to_json(&c)).unwrap();
-        let newer = text.replacen("\"version\": 1", "\"version\": 2", 1);
-        let e = LoginCopy::parse(path, newer.into_bytes()).unwrap_err();
-        assert!(e.to_string().contains("upgrade kloigos"), "{e}");
-        let e = LoginCopy::parse(path, b"{\"version\": 1".to_vec()).unwrap_err();
-        assert!(
-            e.to_string().contains("state.json: is not valid JSON"),
-            "{e}"
-        );
-        let broken = text.replace("\"0-3\"", "\"3-0\"");
-        let read = LoginCopy::parse(path, broken.into_bytes()).unwrap();
-        let e = read.state().unwrap_err();
-        assert!(matches!(e, Error::Corrupt { .. }), "{e}");
-        assert!(e.to_string().contains("state.json"), "{e}");
     }
 }

@@ -8,9 +8,8 @@
 //! The decision is `kloigos_core::gate::check`, the same one
 //! `kloigos check-login` shows; this crate only reads the PAM items, parses
 //! the arguments, maps the verdict to a PAM code, tells a refused user why
-//! (PAM_ERROR_MSG) and logs every decision to syslog (authpriv): sent by
-//! the decision's reader thread once its reads are done, and waited for at
-//! pam_end at the latest (see [`syslog`]).
+//! (PAM_ERROR_MSG) and logs every decision to syslog (authpriv, see
+//! [`syslog`]).
 //!
 //! Rules for code that runs inside sshd: no panic crosses the FFI boundary
 //! (every hook runs under `catch_unwind`, and `pam-bindings` adds its own
@@ -20,7 +19,6 @@
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::Duration;
 
 use kloigos_core::access::Login;
 use kloigos_core::config::Config;
@@ -89,30 +87,8 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
             return code;
         }
     };
-    // Started first: the thread's start overlaps reading the configuration.
-    let mut reader = gate::Reader::start();
-    // The log connection is opened while the share is read, when it is.
-    let mut log = None;
-    let d = decide(&args, &user, &mut reader, &mut || {
-        log = Some(syslog::Log::open())
-    });
-    let mut log = log.unwrap_or_else(syslog::Log::open);
-    let (pri, line) = (priority(&d), d.log_line(args.debug));
-    // The reader thread, its reads done, sends the line while this one
-    // answers; pam_end waits for it (see LogSent). A thread still reading
-    // (past its deadline) or never started leaves the send to this one.
-    let send = Box::new(move || log.send(pri, &prefix, &line));
-    if let Some(done) = reader.run_after(send) {
-        let sent = LogSent {
-            done,
-            pid: std::process::id(),
-        };
-        // Kept by PAM until pam_end; if PAM cannot keep it, it is dropped,
-        // so waited for, now.
-        let _ = pamh.set_data(LOG_SENT, Box::new(sent));
-    }
-    // Ends the thread once its job is done.
-    drop(reader);
+    let d = decide(&args, &user);
+    syslog::log(priority(&d), &prefix, &d.log_line(args.debug));
     if let Login::Deny(msg) = &d.login {
         if flags & PAM_SILENT == 0 {
             tell_user(pamh, msg);
@@ -121,48 +97,17 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
     code(&d.login)
 }
 
-/// The decision for `user` under `args` with `reader` (started first):
-/// configuration, then `gate::check`, which runs `meanwhile` while it waits
-/// for the share. Reads files and the account database, never the
+/// The decision for `user` under `args`: the configuration, then
+/// `gate::check_name`. Reads files and the account database, never the
 /// environment or the PAM handle.
-pub fn decide(
-    args: &Args,
-    user: &str,
-    reader: &mut gate::Reader,
-    meanwhile: &mut dyn FnMut(),
-) -> Decision {
+pub fn decide(args: &Args, user: &str) -> Decision {
     // The node-local configuration is root's: trust root-owned files only.
     let mut config = match Config::load(&args.config, &Trust::service(0)) {
         Ok(c) => c,
         Err(e) => return without_config(args, user, &e),
     };
     apply_overrides(&mut config, args);
-    let timeout = Duration::from_millis(config.pam.timeout_ms);
-    let now = jiff::Timestamp::now();
-    gate::check(&config, reader, user, None, now, timeout, meanwhile)
-}
-
-/// The PAM data key under which a decision's log line is waited for.
-const LOG_SENT: &str = "pam_kloigos_log_sent";
-
-/// A decision's log line being sent by the reader thread. Dropped by
-/// pam_end (PAM's cleanup of the data), which so waits until the line is
-/// sent: every decision is logged before the PAM handle ends, as when this
-/// thread sent it itself, only without holding the login up. A child
-/// forked meanwhile does not wait (the thread is not in it); the wait is
-/// bounded by the send timeout.
-struct LogSent {
-    done: gate::Done,
-    pid: u32,
-}
-
-impl Drop for LogSent {
-    fn drop(&mut self) {
-        if std::process::id() == self.pid {
-            self.done
-                .wait(syslog::SEND_TIMEOUT + Duration::from_millis(50));
-        }
-    }
+    gate::check_name(&config, user, jiff::Timestamp::now())
 }
 
 /// The decision when the configuration cannot be read: unknown users are
@@ -236,46 +181,6 @@ mod tests {
     }
 
     #[test]
-    fn pam_end_waits_for_the_line_the_reader_thread_sends() {
-        use std::sync::atomic::{AtomicBool, Ordering};
-        use std::sync::{mpsc, Arc};
-        // A slow daemon: the line takes a while; dropping LogSent (as
-        // pam_end does) returns only once it is sent.
-        let sent = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&sent);
-        let mut reader = gate::Reader::start();
-        let done = reader
-            .run_after(Box::new(move || {
-                std::thread::sleep(Duration::from_millis(30));
-                flag.store(true, Ordering::SeqCst);
-            }))
-            .expect("an idle reader thread takes the job");
-        drop(reader);
-        drop(LogSent {
-            done,
-            pid: std::process::id(),
-        });
-        assert!(sent.load(Ordering::SeqCst));
-        // In a forked child (another pid) the thread is not there: no wait.
-        let (release, held) = mpsc::channel::<()>();
-        let sent = Arc::new(AtomicBool::new(false));
-        let flag = Arc::clone(&sent);
-        let mut reader = gate::Reader::start();
-        let done = reader
-            .run_after(Box::new(move || {
-                let _ = held.recv();
-                flag.store(true, Ordering::SeqCst);
-            }))
-            .expect("an idle reader thread takes the job");
-        drop(LogSent {
-            done,
-            pid: std::process::id().wrapping_add(1),
-        });
-        assert!(!sent.load(Ordering::SeqCst));
-        release.send(()).unwrap();
-    }
-
-    #[test]
     fn arguments_override_the_config() {
         let mut c = Config::with_shared("/nfs/kloigos");
         let a = Args::parse(["on_error=allow", "timeout_ms=75"]);
@@ -290,15 +195,10 @@ mod tests {
     #[test]
     fn unknown_user_is_ignored_and_missing_config_denies() {
         let a = Args::parse(["config=/nonexistent/kloigos/config.json"]);
-        let d = decide(
-            &a,
-            "no-such-user-kloigos",
-            &mut gate::Reader::start(),
-            &mut || {},
-        );
+        let d = decide(&a, "no-such-user-kloigos");
         assert!(matches!(d.login, Login::Ignore(_)), "{d:?}");
         // root is known everywhere: a missing config still lets root in...
-        let d = decide(&a, "root", &mut gate::Reader::start(), &mut || {});
+        let d = decide(&a, "root");
         assert!(matches!(d.login, Login::Allow(_)), "{d:?}");
         assert!(d
             .log_line(false)

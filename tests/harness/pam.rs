@@ -198,6 +198,17 @@ impl PamService {
             module().display()
         )
     }
+
+    /// A stack in which a later module succeeds, as `pam_unix` does in a
+    /// real sshd stack: the module is `required` and `pam_permit` follows,
+    /// so a PAM_IGNORE where a denial was due shows up as a login.
+    pub fn permissive_stack(module_args: &str) -> String {
+        format!(
+            "account required {} {module_args}\n\
+             account required pam_permit.so\n",
+            module().display()
+        )
+    }
 }
 
 impl Drop for PamService {
@@ -263,7 +274,18 @@ pub fn user(name: &str, groups: &[&str]) -> TempUser {
     let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let _ = run("userdel", &["-r", "-f", name]);
     let joined = groups.join(",");
-    let mut args = vec!["-m", "-s", "/bin/bash"];
+    // No subordinate uids: useradd would hand out ranges from 100000 up,
+    // which the gate never manages, so a test user at such a uid (200000)
+    // would stop being gated while another test's user exists.
+    let mut args = vec![
+        "-m",
+        "-s",
+        "/bin/bash",
+        "-K",
+        "SUB_UID_COUNT=0",
+        "-K",
+        "SUB_GID_COUNT=0",
+    ];
     if !groups.is_empty() {
         args.extend(["-G", joined.as_str()]);
     }
@@ -437,4 +459,17 @@ impl Drop for Sshd {
 pub fn free_port() -> u16 {
     let l = std::net::TcpListener::bind(("127.0.0.1", 0)).expect("bind port 0");
     l.local_addr().expect("local addr").port()
+}
+
+/// The first uid from `uid` up that no range of /etc/subuid covers: a
+/// person's uid far above 60000 (as LDAP or sssd hand out), even on a
+/// machine where some account made by plain `useradd` holds a subordinate
+/// range there (kloigos rightly never manages those).
+pub fn person_uid_from(uid: u32) -> u32 {
+    let sub = kloigos_core::access::SubUids::read(Path::new("/etc/subuid"));
+    let mut u = uid;
+    while sub.contains(u) {
+        u += 1;
+    }
+    u
 }

@@ -18,7 +18,16 @@ impl TempUser {
     /// with a home directory and a shell, in the extra `groups` given.
     pub fn create(name: &str, groups: &[&str]) -> TempUser {
         let _ = run("userdel", &["-r", "-f", name]);
-        let mut args = vec!["-m", "-s", "/bin/bash"];
+        // No subordinate uids (see `pam::user`).
+        let mut args = vec![
+            "-m",
+            "-s",
+            "/bin/bash",
+            "-K",
+            "SUB_UID_COUNT=0",
+            "-K",
+            "SUB_GID_COUNT=0",
+        ];
         let joined = groups.join(",");
         if !groups.is_empty() {
             args.extend(["-G", joined.as_str()]);
