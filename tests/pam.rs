@@ -575,7 +575,7 @@ fn a_hung_share_is_cut_off_at_timeout_ms() {
     );
     let (r, _) = g.expect(&stranger.name, Verdict::Deny);
     assert!(r.took < Duration::from_millis(400) + SLACK, "{:?}", r.took);
-    // check-login gives the same answers.
+    // check-login reads through the same gate and gives the same answers.
     let check_login = |user: &str| {
         Run::of(
             std::process::Command::new(kloigos_tests::bin("kloigos"))
@@ -585,6 +585,10 @@ fn a_hung_share_is_cut_off_at_timeout_ms() {
                 .env("NO_COLOR", "1"),
         )
     };
+    check_login(&booked.name)
+        .ok()
+        .out_has("allow")
+        .out_has("decided from: local-copy");
     check_login(&stranger.name).code(1).out_has("deny");
 
     // Without a copy, on_error, as fast.

@@ -21,13 +21,13 @@ use crate::error::{CliError, Result};
 use crate::output::{escape, print_json};
 
 /// The login decision for `user` on `node`: the PAM module's own gate and
-/// reads, with this command's store and trust. On a caller's own tree
-/// (`--shared`, `--config`) no local copy applies: one on this host belongs
-/// to the installed cluster.
+/// reads, with this command's store and trust. The local copy a config
+/// names serves that config's share only: on another tree (`--shared`) it
+/// does not apply.
 fn decide(ctx: &Ctx, user: &users::Account, node: &NodeName) -> Decision {
     let mut from = Sources::of(&ctx.config, ctx.store.trust());
     from.shared = ctx.store.root();
-    if ctx.overridden {
+    if from.shared != ctx.config.shared.as_path() {
         from.copy = None;
     }
     // The instant as PAM takes it (not cut to whole seconds as for display),
