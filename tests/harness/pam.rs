@@ -267,46 +267,9 @@ pub fn pamtester(sink: &SyslogSink, service: &str, user: &str, env: &[(&str, &st
     Pamtested { verdict, run, took }
 }
 
-/// `useradd` under a lock and with retries: parallel tests (and other
-/// suites) lock /etc/passwd at the same time.
+/// A throwaway user (see [`TempUser::create_with`]).
 pub fn user(name: &str, groups: &[&str]) -> TempUser {
-    static LOCK: Mutex<()> = Mutex::new(());
-    let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let _ = run("userdel", &["-r", "-f", name]);
-    let joined = groups.join(",");
-    // No subordinate uids: useradd would hand out ranges from 100000 up,
-    // which the gate never manages, so a test user at such a uid (200000)
-    // would stop being gated while another test's user exists.
-    let mut args = vec![
-        "-m",
-        "-s",
-        "/bin/bash",
-        "-K",
-        "SUB_UID_COUNT=0",
-        "-K",
-        "SUB_GID_COUNT=0",
-    ];
-    if !groups.is_empty() {
-        args.extend(["-G", joined.as_str()]);
-    }
-    args.push(name);
-    let mut last = None;
-    for _ in 0..50 {
-        let r = run("useradd", &args);
-        if r.code == 0 {
-            let u = nix::unistd::User::from_name(name)
-                .expect("getpwnam")
-                .expect("user just created");
-            return TempUser {
-                name: name.to_string(),
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-            };
-        }
-        last = Some(r);
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("useradd {name} kept failing: {last:?}");
+    TempUser::create(name, groups)
 }
 
 /// `groupadd` with the same lock and retries as [`user`].

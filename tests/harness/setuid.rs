@@ -262,23 +262,5 @@ impl Install {
 /// --badname`, retried while another test holds the passwd lock. Removed
 /// on drop like any [`TempUser`].
 pub fn domain_user(name: &str) -> TempUser {
-    let _ = run("userdel", &["-r", "-f", name]);
-    let mut last = None;
-    for _ in 0..50 {
-        let r = run("useradd", &["--badname", "-m", "-s", "/bin/bash", name]);
-        if r.code == 0 {
-            let u = nix::unistd::User::from_name(name)
-                .expect("getpwnam")
-                .expect("user just created");
-            return TempUser {
-                name: name.to_string(),
-                uid: u.uid.as_raw(),
-                gid: u.gid.as_raw(),
-            };
-        }
-        last = Some(r);
-        // useradd found /etc/passwd locked by a parallel test: try again shortly.
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
-    panic!("useradd --badname {name} kept failing: {last:?}");
+    TempUser::create_with(name, &[], &["--badname"])
 }

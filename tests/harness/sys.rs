@@ -1,6 +1,9 @@
 //! System fixtures for root-only tests: throwaway users and network
 //! namespaces, created for a test and removed when dropped.
 
+use std::sync::Mutex;
+use std::time::Duration;
+
 use crate::cmd::{must, run};
 
 /// A local user created with `useradd` and removed (with its home) on drop.
@@ -17,8 +20,19 @@ impl TempUser {
     /// Creates user `name` (deleting a leftover of the same name first),
     /// with a home directory and a shell, in the extra `groups` given.
     pub fn create(name: &str, groups: &[&str]) -> TempUser {
+        TempUser::create_with(name, groups, &[])
+    }
+
+    /// [`TempUser::create`] with `extra` useradd options (`--badname`,
+    /// `-u UID`). Retried while useradd finds /etc/passwd locked: parallel
+    /// tests (and other suites) add users at the same time.
+    pub fn create_with(name: &str, groups: &[&str], extra: &[&str]) -> TempUser {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let _ = run("userdel", &["-r", "-f", name]);
-        // No subordinate uids (see `pam::user`).
+        // No subordinate uids: useradd would hand out ranges from 100000 up,
+        // which the gate never manages, so a test user at such a uid (200000)
+        // would stop being gated while another test's user exists.
         let mut args = vec![
             "-m",
             "-s",
@@ -32,16 +46,25 @@ impl TempUser {
         if !groups.is_empty() {
             args.extend(["-G", joined.as_str()]);
         }
+        args.extend(extra);
         args.push(name);
-        must("useradd", &args);
-        let u = nix::unistd::User::from_name(name)
-            .expect("getpwnam")
-            .expect("user just created");
-        TempUser {
-            name: name.to_string(),
-            uid: u.uid.as_raw(),
-            gid: u.gid.as_raw(),
+        let mut last = None;
+        for _ in 0..50 {
+            let r = run("useradd", &args);
+            if r.code == 0 {
+                let u = nix::unistd::User::from_name(name)
+                    .expect("getpwnam")
+                    .expect("user just created");
+                return TempUser {
+                    name: name.to_string(),
+                    uid: u.uid.as_raw(),
+                    gid: u.gid.as_raw(),
+                };
+            }
+            last = Some(r);
+            std::thread::sleep(Duration::from_millis(100));
         }
+        panic!("useradd {args:?} kept failing: {last:?}");
     }
 }
 
