@@ -16,6 +16,7 @@ use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, LocalCopy, Store, Trust};
 use kloigos_core::users;
 
+use crate::deadline::{self, Pass};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::nft::{self, NftRecord};
@@ -23,6 +24,9 @@ use crate::procfs;
 use crate::record::Record;
 use crate::slices::Backend;
 use crate::{hooks, kill, log, metrics, warn};
+
+/// Longest pass deadline accepted (`housekeeper.pass_deadline_s`).
+const MAX_PASS_DEADLINE_S: u64 = 3600;
 
 /// What the command line asked of this pass.
 #[derive(Debug, Clone)]
@@ -46,6 +50,8 @@ pub struct Report {
     pub degraded: Option<String>,
     /// Time the pass took.
     pub elapsed: Duration,
+    /// Steps not started because the pass deadline had passed.
+    pub unfinished: Vec<String>,
 }
 
 /// The local lock that keeps passes from overlapping; released on drop.
@@ -80,6 +86,7 @@ struct Inputs {
     service: Option<(u32, u32)>,
     state_dir: PathBuf,
     copy_name: String,
+    deadline: Duration,
 }
 
 fn inputs(opts: &Options) -> Result<Inputs> {
@@ -100,7 +107,15 @@ fn inputs(opts: &Options) -> Result<Inputs> {
             copy.display()
         )));
     }
+    let secs = cfg.housekeeper.pass_deadline_s;
+    if !(1..=MAX_PASS_DEADLINE_S).contains(&secs) {
+        return Err(Error::Usage(format!(
+            "housekeeper.pass_deadline_s is {secs} in {}; it must be 1 to {MAX_PASS_DEADLINE_S} seconds (45 by default)",
+            opts.config.display()
+        )));
+    }
     Ok(Inputs {
+        deadline: Duration::from_secs(secs),
         state_dir: dir.to_path_buf(),
         copy_name: name.to_string(),
         cfg,
@@ -115,6 +130,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
     let now = Timestamp::now();
     let inp = inputs(opts)?;
+    let pass = deadline::begin(inp.deadline);
+    pass.at("taking the pass lock");
     // An uninstall on a node whose state directory is already gone must not recreate it.
     let no_dir = opts.uninstall && !inp.state_dir.exists();
     if !opts.dry_run && !no_dir {
@@ -129,6 +146,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     if opts.uninstall {
         return uninstall(&inp, &mut record, opts.dry_run);
     }
+    pass.at("reading /proc");
     let procs = procfs::scan();
     let by_uid = procfs::by_uid(&procs);
     let names: BTreeMap<u32, UserName> = by_uid
@@ -138,6 +156,10 @@ pub fn run(opts: &Options) -> Result<Report> {
         .collect();
 
     // 1. Policy and this node's state, lock-free. Failing that: nothing destructive.
+    pass.at(format!(
+        "reading the shared policy and state under {}",
+        inp.store.root().display()
+    ));
     let read = inp.store.policy().and_then(|p| {
         if inp.store.has_node(&inp.node) {
             inp.store.node(&inp.node).map(|s| (p, Some(s)))
@@ -188,6 +210,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
 
     // 2. Desired state, and what is in place.
+    pass.at("observing slices and the nftables generation");
     let hk = &inp.cfg.housekeeper;
     let host = Host {
         mem_total: procfs::meminfo().0,
@@ -272,15 +295,23 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
     }
 
-    // 3-7. Apply.
+    // 3-7. Apply, each step only while the deadline has not passed.
     let mut report = Report::default();
     if let Some(b) = &backend {
-        apply_slices(b, &plan, &desired, &procs);
+        apply_slices(b, &plan, &desired, &procs, &pass);
     }
     if let Some(action) = &plan.nft {
-        report.nft_changed = apply_nft(action, &mut record);
+        if pass.may_start("loading the nftables table") {
+            report.nft_changed = apply_nft(action, &mut record);
+        }
     }
+    let mut warned_next = plan.warned_next.clone();
     for w in &plan.warn {
+        if !pass.may_start(format!("warning {} about {}", w.user, w.booking)) {
+            // Not given: to be given by the next pass.
+            warned_next.retain(|(id, _)| *id != w.booking);
+            continue;
+        }
         let n = warn::to_terminals(w.uid, &procs, &w.message);
         log::event(&format!(
             "warned {} that {} ends at {} ({n} terminal(s))",
@@ -292,8 +323,10 @@ pub fn run(opts: &Options) -> Result<Report> {
             || format!("uid {}", k.uid),
             |u| format!("{u} (uid {})", k.uid),
         );
-        let gid = users::by_uid(k.uid).ok().flatten().map_or(k.uid, |a| a.gid);
-        match kill::end_user(k.uid, gid) {
+        if !pass.may_start(format!("ending the processes of {who}")) {
+            continue;
+        }
+        match kill::end_user(k.uid, pass.deadline()) {
             Ok(out) => {
                 report.killed += out.killed;
                 record.killed_total += out.killed;
@@ -306,7 +339,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 ));
                 if out.remaining > 0 {
                     log::error(&format!(
-                        "{} process(es) of {who} are still there (stuck in the kernel?); the next pass tries again",
+                        "{} process(es) of {who} are still there (stuck in the kernel, or the deadline came); the next pass tries again",
                         out.remaining
                     ));
                 }
@@ -314,13 +347,23 @@ pub fn run(opts: &Options) -> Result<Report> {
             Err(e) => log::error(&e.to_string()),
         }
     }
-    record.warned = plan.warned_next.clone();
-    let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
-        .with_service_uid(inp.service.map(|s| s.0));
-    write_copy(&inp, &copy);
-    write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+    record.warned = warned_next;
+    if pass.may_start("writing the local state copy") {
+        let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
+            .with_service_uid(inp.service.map(|s| s.0));
+        write_copy(&inp, &copy);
+    }
+    if pass.may_start("writing facts.json") {
+        write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+    }
+    let mut hooks_done = plan.hooks_done_next.clone();
     for b in &plan.hooks {
         for h in &hook_list {
+            if !pass.may_start(format!("release hook {} for {}", h.display(), b.id)) {
+                // Run by the next pass.
+                hooks_done.remove(&b.id);
+                continue;
+            }
             match hooks::run(h, b, &inp.state_dir) {
                 Ok(true) => {}
                 Ok(false) => record.hooks_failed_total += 1,
@@ -331,9 +374,19 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
         }
     }
-    record.hooks_done = Some(plan.hooks_done_next.clone());
-    let m = node_metrics(&state, now, &record);
+    record.hooks_done = Some(hooks_done);
+    report.unfinished = pass.undone();
+    let mut m = node_metrics(&state, now, &record);
+    m.ok = report.unfinished.is_empty();
+    pass.at("writing metrics and the housekeeper record");
     finish(&inp, &mut record, m, now, started);
+    if !report.unfinished.is_empty() {
+        log::error(&format!(
+            "the pass reached its deadline of {} s; not done this pass (the next one tries again): {}",
+            inp.deadline.as_secs(),
+            report.unfinished.join("; ")
+        ));
+    }
     report.elapsed = started.elapsed();
     Ok(report)
 }
@@ -353,9 +406,21 @@ fn node_metrics(state: &NodeState, now: Timestamp, record: &Record) -> Metrics {
     }
 }
 
-fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[procfs::Proc]) {
+fn apply_slices(
+    b: &Backend,
+    plan: &Plan,
+    desired: &enforce::Desired,
+    procs: &[procfs::Proc],
+    pass: &Pass,
+) {
     let mut clear = Vec::new();
     for a in &plan.slices {
+        let uid = match a {
+            SliceAction::Set { uid, .. } | SliceAction::Clear { uid } => uid,
+        };
+        if !pass.may_start(format!("the limits of uid {uid}")) {
+            continue;
+        }
         match a {
             SliceAction::Set { uid, limits } => match b.set(*uid, limits) {
                 Ok(()) => log::event(&format!(
@@ -368,7 +433,7 @@ fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[p
             SliceAction::Clear { uid } => clear.push(*uid),
         }
     }
-    if !clear.is_empty() {
+    if !clear.is_empty() && pass.may_start(format!("removing the limits of uid(s) {clear:?}")) {
         match b.clear(&clear) {
             Ok(()) => log::event(&format!(
                 "slice {} limits removed for uid(s) {clear:?}",
@@ -378,6 +443,9 @@ fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[p
         }
     }
     for uid in desired.users.keys() {
+        if !pass.may_start(format!("moving the processes of uid {uid} into its cgroup")) {
+            continue;
+        }
         let pids: Vec<i32> = procs
             .iter()
             .filter(|p| p.is_live_of(*uid))

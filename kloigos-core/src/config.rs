@@ -78,6 +78,9 @@ pub struct HousekeeperConfig {
     pub metrics_dir: Option<PathBuf>,
     /// Directory holding `release.d/` hooks.
     pub hooks_dir: Option<PathBuf>,
+    /// Seconds a pass may take: past them it starts nothing new, and a
+    /// watchdog ends a pass still blocked a little later (1 to 3600).
+    pub pass_deadline_s: u64,
 }
 
 impl Default for HousekeeperConfig {
@@ -91,6 +94,7 @@ impl Default for HousekeeperConfig {
             state_copy: PathBuf::from("/var/lib/kloigos/state.json"),
             metrics_dir: None,
             hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
+            pass_deadline_s: 45,
         }
     }
 }

@@ -9,8 +9,11 @@
 //! only tests whose passes kill go highest, so no pass of one test can reach
 //! another test's users.
 
+use std::io::{Read, Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kloigos_core::booking::{Booking, BookingId};
@@ -20,6 +23,7 @@ use kloigos_core::state::{Request, Size};
 
 use crate::cluster::TempCluster;
 use crate::cmd::{run, Run};
+use crate::poll::wait_until;
 use crate::sys::TempUser;
 
 /// A user with a fixed uid (see the module docs), removed with its
@@ -243,5 +247,96 @@ impl Drop for Reaped {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Runs `cmd` to its end, with stdout and stderr captured in files (no pipe
+/// to fill up), or kills it once `limit` has passed: a wide bound for a
+/// process that must not hang. `Err` holds what it printed until then.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Run, String> {
+    let out = tempfile::tempfile().expect("tempfile");
+    let err = tempfile::tempfile().expect("tempfile");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let read = |mut f: &std::fs::File| {
+        let mut s = String::new();
+        let _ = f.seek(SeekFrom::Start(0));
+        let _ = f.read_to_string(&mut s);
+        s
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(read(&err));
+    };
+    Ok(Run {
+        code: status.code().unwrap_or(-1),
+        stdout: read(&out),
+        stderr: read(&err),
+    })
+}
+
+/// Whether process `pid` is gone (or a zombie): for checking that a
+/// process group was killed.
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s
+            .lines()
+            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains("X (dead)"))),
+        Err(_) => true,
+    }
+}
+
+/// A FUSE file system that never answers, mounted over a directory: any
+/// access below it blocks (killably) in the kernel, as on a hung NFS
+/// share. No FUSE library or server is needed: the connection is opened
+/// and never read, so not even its INIT is answered. Dropping it aborts
+/// the connection (blocked callers get ENOTCONN) and detaches the mount.
+pub struct HungMount {
+    dir: PathBuf,
+    fuse: Option<std::fs::File>,
+}
+
+impl HungMount {
+    /// Mounts over `dir`; `None` when this host has no /dev/fuse.
+    pub fn over(dir: &Path) -> Option<HungMount> {
+        let fuse = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/fuse")
+            .ok()?;
+        let data = format!(
+            "fd={},rootmode=40000,user_id=0,group_id=0,allow_other",
+            fuse.as_raw_fd()
+        );
+        nix::mount::mount(
+            Some("kloigos-hung"),
+            dir,
+            Some("fuse"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
+            Some(data.as_str()),
+        )
+        .unwrap_or_else(|e| panic!("mounting a FUSE file system over {}: {e}", dir.display()));
+        Some(HungMount {
+            dir: dir.to_path_buf(),
+            fuse: Some(fuse),
+        })
+    }
+}
+
+impl Drop for HungMount {
+    fn drop(&mut self) {
+        // Closing the only descriptor of the connection aborts it.
+        drop(self.fuse.take());
+        let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
