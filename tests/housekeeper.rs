@@ -14,6 +14,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
+use kloigos_core::cpuset::CpuSet;
+use kloigos_core::enforce;
 use kloigos_core::facts::Facts;
 use kloigos_core::names::UserName;
 use kloigos_core::policy::Policy;
@@ -911,6 +913,71 @@ fn cgroup_backend_confines_a_booked_user_to_their_cpus() {
         sleeper.alive() && second.alive(),
         "kill is off; nothing may die"
     );
+}
+
+#[test]
+fn a_node_spec_naming_cpus_the_host_lacks_is_confined_to_those_it_has() {
+    kloigos_tests::require_root!();
+    let v1 = Path::new("/sys/fs/cgroup/cpuset/cpuset.cpus");
+    let v2 = std::fs::read_to_string("/sys/fs/cgroup/cgroup.controllers").unwrap_or_default();
+    if !v1.exists() && !v2.contains("cpuset") {
+        eprintln!("SKIPPED: no cpuset controller on this host");
+        return;
+    }
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let online = CpuSet::parse(online.trim()).unwrap();
+    if !online.cpus().contains(&1) {
+        eprintln!("SKIPPED: CPU 1 is not online; confinement cannot be observed");
+        return;
+    }
+    let _serial = host_cpuset();
+    let user = user_with_uid("khk-cpus", 59942);
+    // CPUs 1 to two past the last one here: it lacks the top two, and
+    // leaving CPU 0 out makes the confinement visible.
+    let last = *online.cpus().last().unwrap();
+    let spec = CpuSet::parse(&format!("1-{}", last + 2)).unwrap();
+    let has = enforce::present(&spec, &online).unwrap();
+    let lacks = enforce::missing_cpus(&spec, Some(&online)).unwrap();
+    let n = HkNode::new(
+        "hk-cpus",
+        policy(59940),
+        &spec.to_string(),
+        Some(1),
+        None,
+        json!({"slices": "cgroup"}),
+    );
+    let _clean = CgroupLeftovers::remove(user.uid);
+    let sleeper = Reaped(spawn_as(&user, &["sleep", "600"]));
+    assert!(wait_until(Duration::from_secs(5), || live_processes(
+        user.uid
+    ) == 1));
+    let bk = n.book(&user, spec.len() as u32, now(), 3600);
+    assert_eq!(bk.cpus, spec);
+
+    // The old pass wrote the whole spec to cpuset.cpus, which the kernel
+    // refused (ERANGE), every pass: nobody was ever confined.
+    let r = n.pass(&[]);
+    r.ok()
+        .err_has(&format!("names CPUs {lacks} that this host does not have"))
+        .err_has(&format!("kloigos admin set-node hk-cpus --cpus {has}"));
+    assert_eq!(
+        cpus_allowed(sleeper.0.id()),
+        has.to_string(),
+        "not confined to the CPUs that exist:\n{}",
+        r.stderr
+    );
+    let facts =
+        || -> Facts { serde_json::from_slice(&std::fs::read(n.facts_path()).unwrap()).unwrap() };
+    assert_eq!(facts().missing_cpus, Some(lacks.clone()));
+
+    // Said once in the log; facts keep saying it.
+    let r = n.pass(&[]);
+    r.ok();
+    assert!(!r.stderr.contains("does not have"), "{}", r.stderr);
+    assert_eq!(facts().missing_cpus, Some(lacks));
+
+    n.release(&bk.id);
+    n.pass(&[]).ok().err_has("limits removed");
 }
 
 // ---------------------------------------------------------------- slices: systemd

@@ -215,6 +215,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     let host = Host {
         mem_total: procfs::meminfo().0,
         numa: procfs::numa(),
+        cpus_online: procfs::cpus_online(),
     };
     let rules = Rules::new(
         &policy,
@@ -223,6 +224,18 @@ pub fn run(opts: &Options) -> Result<Report> {
         hk.warn_before_s.as_deref(),
     );
     let mut desired = enforce::desired(&policy, &state, now, &host, rules);
+    if let (Some(missing), Some(online)) = (&desired.missing_cpus, &host.cpus_online) {
+        // Said when it changes, and in facts.json every pass.
+        if record.missing_cpus.as_ref() != Some(missing) || opts.dry_run {
+            log::error(&format!(
+                "the spec of {node} names CPUs {missing} that this host does not have (online: {online}); \
+                 bookings are confined to the CPUs that exist; fix: {}",
+                enforce::set_node_cpus_fix(inp.node.as_str(), &state.node.cpus, online),
+                node = inp.node
+            ));
+        }
+    }
+    record.missing_cpus = desired.missing_cpus.clone();
     let backend = match Backend::select(hk.slices) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -515,6 +528,8 @@ fn write_facts(
     let mut facts: Facts =
         crate::facts::gather(&inp.node, by_uid, names, policy.min_uid, record, now);
     facts.enforcing = error.is_none();
+    // Known only from a state that could be read, as this pass's.
+    facts.missing_cpus = record.missing_cpus.clone().filter(|_| error.is_none());
     facts.error = error.map(String::from);
     match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {
         Ok(Ok(())) => {}
