@@ -340,6 +340,10 @@ pub fn run(opts: &Options) -> Result<Report> {
             continue;
         }
         match kill::end_user(k.uid, pass.deadline()) {
+            // Nothing of the user's own was left: gone meanwhile, or only
+            // processes borrowing the uid as their effective one (a root
+            // daemon acting for the user), which are not the user's to end.
+            Ok(out) if out.killed == 0 && out.remaining == 0 => {}
             Ok(out) => {
                 report.killed += out.killed;
                 record.killed_total += out.killed;
@@ -373,7 +377,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     for b in &plan.hooks {
         for h in &hook_list {
             if !pass.may_start(format!("release hook {} for {}", h.display(), b.id)) {
-                // Run by the next pass.
+                // The booking's hooks run again next pass, the ones that
+                // ran already included (hooks are to be idempotent).
                 hooks_done.remove(&b.id);
                 continue;
             }

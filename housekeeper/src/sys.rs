@@ -284,3 +284,71 @@ pub fn run_for<S: AsRef<OsStr>>(
     }
     Ok(read(&mut out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_is_fed_its_input_and_killed_with_its_group_at_the_timeout() {
+        assert_eq!(
+            run_for(
+                "cat",
+                &[] as &[&str],
+                Some(b"table"),
+                Duration::from_secs(30)
+            )
+            .unwrap(),
+            "table"
+        );
+        match run_for(
+            "sh",
+            &["-c", "echo nope >&2; exit 3"],
+            None,
+            Duration::from_secs(30),
+        ) {
+            Err(Error::Command { status, output, .. }) => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(output, "nope");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A program left running past its timeout is killed, with what it started.
+        let t = Instant::now();
+        match run_for(
+            "sh",
+            &["-c", "sleep 600 & wait"],
+            None,
+            Duration::from_millis(300),
+        ) {
+            Err(Error::Timeout { reaped, .. }) => assert!(reaped),
+            other => panic!("{other:?}"),
+        }
+        // Far below the 600 s the program wanted.
+        assert!(t.elapsed() < Duration::from_secs(60));
+        // A child left behind holding stdout does not keep the run waiting
+        // (with a pipe, reading to its end would have waited 600 s).
+        let pid = run_for(
+            "sh",
+            &["-c", "sleep 600 & echo $!"],
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let pid: i32 = pid.trim().parse().unwrap();
+        PidFd::open(pid).unwrap().signal(libc::SIGKILL).unwrap();
+    }
+
+    #[test]
+    fn a_signal_through_a_pidfd_reaches_the_process_and_the_wait_sees_it_exit() {
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let fd = PidFd::open(child.id() as i32).unwrap();
+        let held = [fd];
+        assert_eq!(wait_exited(&held, Duration::ZERO), 1, "still running");
+        held[0].signal(libc::SIGKILL).unwrap();
+        assert_eq!(wait_exited(&held, Duration::from_secs(60)), 0);
+        assert!(!child.wait().unwrap().success());
+        // Reaped: the pidfd reaches nothing, and says so without error.
+        held[0].signal(libc::SIGKILL).unwrap();
+    }
+}

@@ -1,10 +1,13 @@
-//! Benchmark of kloigos-housekeeper, as root:
+//! Benchmark of kloigos-housekeeper, as root. Every goal is a ratio against
+//! a baseline measured in the same run, so a loaded machine moves both:
 //! - an idle pass (a booked user, the table loaded, the slice set, nothing to
-//!   change): goal ≤ 20 ms and no external program run, beside `cat` of the
-//!   files the pass reads, started the same way (inside the same network
-//!   namespace, via nsenter --net);
-//! - ending a user who forks in a loop (300 sleepers + a forking shell):
-//!   goal < 1 s, beside `pkill -KILL -u` repeated until /proc shows none.
+//!   change): goal at most 10x `cat` of the files the pass reads, started the
+//!   same way (inside the same network namespace, via nsenter --net), and no
+//!   external program run;
+//! - ending a user who forks in a loop (300 sleepers + a forking shell), one
+//!   process at a time through pidfds from root: goal at most 3x
+//!   `pkill -KILL -u` repeated until /proc shows none (which signals by pid
+//!   number and keeps no pass, lock or deadline).
 //!
 //! uid band 59980-59989 (see tests/harness/housekeeper.rs).
 
@@ -157,8 +160,8 @@ fn main() {
         "cat of the state files (same way)",
         cat_ms,
         "ms",
-        "<= 20 ms",
-        idle_ms <= 20.0,
+        "<= 10x",
+        idle_ms <= 10.0 * cat_ms,
     );
     report(
         "housekeeper idle pass (inside, from its metrics)",
@@ -166,8 +169,8 @@ fn main() {
         "cat of the state files",
         cat_ms,
         "ms",
-        "<= 20 ms",
-        inner_ms <= 20.0,
+        "<= 10x",
+        inner_ms <= 10.0 * cat_ms,
     );
     println!(
         "bench housekeeper idle pass: external programs run in 21 idle passes: {external} | goal 0: {}",
@@ -209,8 +212,8 @@ fn main() {
         "pkill -KILL -u until none left",
         pkill_ms[1],
         "ms",
-        "< 1000 ms",
-        pass_ms[1] < 1000.0,
+        "<= 3x",
+        pass_ms[1] <= 3.0 * pkill_ms[1],
     );
 
     // Clean up: the booking ends, the slice and the table go.
