@@ -7,7 +7,8 @@
 //! signal sent with `pidfd_send_signal`. Nothing of the housekeeper ever
 //! runs as the user, so the user can stop, trace or outwait nothing of it.
 //!
-//! SIGTERM to all of them, a short wait, then SIGKILL rounds: each round
+//! SIGTERM (and SIGCONT, so that stopped processes act on it) to all of
+//! them, a short wait, then SIGKILL rounds: each round
 //! scans /proc afresh (a forking user's new children are found by the next
 //! one) and waits on the pidfds for the processes to die. The rounds are
 //! bounded in number and by the pass deadline.
@@ -100,10 +101,15 @@ fn signal_round(uid: u32, signal: i32, wait: Duration, seen: &mut BTreeSet<i32>)
         if !procfs::is_to_end(pid, uid) {
             continue;
         }
-        fd.signal(signal).map_err(|e| Error::Kill {
-            uid,
-            msg: format!("pidfd_send_signal({pid}, {signal}): {e}"),
-        })?;
+        // A stopped process acts on SIGTERM only once continued (as
+        // systemd does, SIGCONT follows it); SIGKILL needs no help.
+        let also_cont = (signal == libc::SIGTERM).then_some(libc::SIGCONT);
+        for sig in std::iter::once(signal).chain(also_cont) {
+            fd.signal(sig).map_err(|e| Error::Kill {
+                uid,
+                msg: format!("pidfd_send_signal({pid}, {sig}): {e}"),
+            })?;
+        }
         seen.insert(pid);
         if held.len() < MAX_HELD {
             held.push(fd);

@@ -7,7 +7,11 @@
 //! - ending a user who forks in a loop (300 sleepers + a forking shell), one
 //!   process at a time through pidfds from root: goal at most 3x
 //!   `pkill -KILL -u` repeated until /proc shows none (which signals by pid
-//!   number and keeps no pass, lock or deadline).
+//!   number and keeps no pass, lock or deadline);
+//! - ending a user who runs the SIGSTOP loop of issue 15, beside the same
+//!   pkill: the goal is that the pass ends with none left (the old kill
+//!   path never ended); the loop ignores SIGTERM, so the pass waits out its
+//!   SIGTERM grace of 300 ms, which dominates the ratio.
 //!
 //! uid band 59980-59989 (see tests/harness/housekeeper.rs).
 
@@ -18,7 +22,9 @@ use jiff::Timestamp;
 use kloigos_core::policy::Policy;
 use kloigos_tests::bench::{median_ms, report};
 use kloigos_tests::cmd::{must, run};
-use kloigos_tests::housekeeper::{live_processes, spawn_as, user_with_uid, HkNode, Reaped};
+use kloigos_tests::housekeeper::{
+    build_stopper, live_processes, spawn_as, user_with_uid, HkNode, Reaped,
+};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::{Netns, TempUser};
 use serde_json::json;
@@ -45,6 +51,22 @@ fn forking_user(u: &TempUser) -> (Reaped, Reaped) {
         "the user never reached 300 processes"
     );
     (spawner, forker)
+}
+
+/// The stopper running as `u` with 20 sleepers for it to stop; the
+/// processes to reap afterwards.
+fn stopping_user(u: &TempUser, stopper: &str) -> Vec<Reaped> {
+    let sleepers: Vec<Reaped> = (0..20)
+        .map(|_| Reaped(spawn_as(u, &["sleep", "600"])))
+        .collect();
+    // The launcher may itself be stopped by its child before it returns.
+    let mut all = sleepers;
+    all.push(Reaped(spawn_as(u, &[stopper])));
+    assert!(
+        wait_until(Duration::from_secs(20), || live_processes(u.uid) >= 21),
+        "the stopper and its sleepers never all ran"
+    );
+    all
 }
 
 fn main() {
@@ -214,6 +236,45 @@ fn main() {
         "ms",
         "<= 3x",
         pass_ms[1] <= 3.0 * pkill_ms[1],
+    );
+
+    // A user stopping everything of theirs in a loop (the attack on the old
+    // kill path, whose pass then never ended): one pass against pkill.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stopper = build_stopper(dir.path());
+    let mut pass_ms = Vec::new();
+    let mut pkill_ms = Vec::new();
+    for _ in 0..3 {
+        let _s = stopping_user(&victim, &stopper);
+        let t = Instant::now();
+        pass();
+        pass_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert_eq!(
+            live_processes(victim.uid),
+            0,
+            "the stopper's processes survived the pass"
+        );
+        let _s = stopping_user(&victim, &stopper);
+        let uid = victim.uid.to_string();
+        let t = Instant::now();
+        let gone = wait_until(Duration::from_secs(10), || {
+            let _ = Command::new("pkill").args(["-KILL", "-u", &uid]).status();
+            live_processes(victim.uid) == 0
+        });
+        pkill_ms.push(t.elapsed().as_secs_f64() * 1000.0);
+        assert!(gone, "pkill never got them all");
+    }
+    pass_ms.sort_by(f64::total_cmp);
+    pkill_ms.sort_by(f64::total_cmp);
+    report(
+        "housekeeper pass ending a user who SIGSTOPs the rest (median of 3)",
+        pass_ms[1],
+        "pkill -KILL -u until none left",
+        pkill_ms[1],
+        "ms",
+        "ends with none left (the old pass never ended)",
+        // Asserted above, each time.
+        true,
     );
 
     // Clean up: the booking ends, the slice and the table go.

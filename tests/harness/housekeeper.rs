@@ -340,3 +340,35 @@ impl Drop for HungMount {
         let _ = nix::mount::umount2(&self.dir, nix::mount::MntFlags::MNT_DETACH);
     }
 }
+
+/// A user's attack on the kill path (issue 15, item 1, as written there):
+/// ignore SIGTERM, fork, and in a new session stop every other process of
+/// the user, forever.
+const STOPPER_C: &str = r#"
+#include <signal.h>
+#include <unistd.h>
+int main(void) {
+    signal(SIGTERM, SIG_IGN);
+    if (fork()) return 0;
+    setsid();
+    for (;;) kill(-1, SIGSTOP);
+}
+"#;
+
+/// Compiles the stopper into `dir` (made readable and searchable for the
+/// user who runs it); returns its path.
+pub fn build_stopper(dir: &Path) -> String {
+    std::fs::write(dir.join("stopper.c"), STOPPER_C).expect("write stopper.c");
+    let bin = dir.join("stopper");
+    crate::cmd::must(
+        "cc",
+        &[
+            "-O2",
+            "-o",
+            &bin.to_string_lossy(),
+            &dir.join("stopper.c").to_string_lossy(),
+        ],
+    );
+    crate::cmd::must("chmod", &["755", &dir.to_string_lossy()]);
+    bin.to_string_lossy().into_owned()
+}
