@@ -16,6 +16,8 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use kloigos_core::cpuset::CpuSet;
+use kloigos_core::enforce;
 use kloigos_core::names::NodeName;
 use kloigos_core::store::{Store, Trust};
 use kloigos_tests::poll::wait_until;
@@ -899,6 +901,26 @@ fn doctor_reports_a_good_install_and_names_what_breaks_it() {
             .collect()
     };
     let bob = As::User(&i.bob);
+    // The node spec (0-3) names CPUs a smaller host lacks: doctor names
+    // them and the set-node fix; after the fix the CPUs check is silent.
+    let online = std::fs::read_to_string("/sys/devices/system/cpu/online").unwrap();
+    let online = CpuSet::parse(online.trim()).unwrap();
+    let spec = CpuSet::parse("0-3").unwrap();
+    if let Some(lacks) = enforce::missing_cpus(&spec, Some(&online)) {
+        let fit = enforce::present(&spec, &online).unwrap_or(online);
+        i.kloigos(bob, &["doctor"])
+            .code(1)
+            .out_has(&format!(
+                "FAIL  cpus: the spec of {} names CPUs {lacks} that this host does not have",
+                i.node
+            ))
+            .out_has(&format!("kloigos admin set-node {} --cpus {fit}", i.node));
+        i.kloigos(
+            As::User(&i.admin),
+            &["admin", "set-node", &i.node, "--cpus", &fit.to_string()],
+        )
+        .ok();
+    }
     let r = i.kloigos(bob, &["--json", "doctor"]);
     let all_ok: Vec<(String, String)> = [
         "config",

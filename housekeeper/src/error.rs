@@ -42,6 +42,16 @@ pub enum Error {
         /// What it printed on stderr.
         output: String,
     },
+    /// An external program ran past its time and was killed.
+    #[error("{program} ran longer than {secs:.0} s and was killed{}", if *reaped { "" } else { " (it is stuck in the kernel and was left behind)" })]
+    Timeout {
+        /// The program and its arguments.
+        program: String,
+        /// The time it was given.
+        secs: f64,
+        /// Whether it could be reaped after the kill.
+        reaped: bool,
+    },
     /// Another pass holds the local lock.
     #[error("another housekeeper pass holds {0}; this one is skipped (passes never overlap)")]
     Busy(PathBuf),

@@ -54,6 +54,7 @@ pub fn gather(
         heartbeat: now,
         kloigos_version: env!("CARGO_PKG_VERSION").to_string(),
         cpus_online: procfs::cpus_online(),
+        missing_cpus: None,
         numa: procfs::numa(),
         mem_total,
         mem_available,

@@ -8,16 +8,15 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kloigos_core::booking::Booking;
 use kloigos_core::store::Trust;
-use nix::sys::signal::{killpg, Signal};
-use nix::unistd::Pid;
 
 use crate::error::{Error, Result};
 
-/// How long one hook may run before its process group is killed.
+/// How long one hook may run before its process group is killed (less
+/// when the pass deadline is nearer).
 pub const HOOK_TIMEOUT: Duration = Duration::from_secs(30);
 /// Most output logged per hook.
 const MAX_OUTPUT: usize = 4096;
@@ -105,17 +104,11 @@ pub fn run(hook: &Path, b: &Booking, scratch_dir: &Path) -> Result<bool> {
             program: hook.display().to_string(),
             source,
         })?;
-    let deadline = Instant::now() + HOOK_TIMEOUT;
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(s)) => break Some(s),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
-            Ok(None) | Err(_) => {
-                let _ = killpg(Pid::from_raw(child.id() as i32), Signal::SIGKILL);
-                let _ = child.wait();
-                break None;
-            }
-        }
+    // The hook's own limit, or less when the pass deadline is nearer.
+    let timeout = crate::deadline::bound(HOOK_TIMEOUT);
+    let (status, reaped) = match crate::sys::wait_timeout(&mut child, timeout) {
+        Ok(Some(s)) => (Some(s), true),
+        Ok(None) | Err(_) => (None, crate::sys::kill_group(&mut child)),
     };
     let mut text = Vec::new();
     let _ = out.rewind();
@@ -138,11 +131,20 @@ pub fn run(hook: &Path, b: &Booking, scratch_dir: &Path) -> Result<bool> {
             Ok(false)
         }
         None => {
-            crate::log::error(&format!(
-                "release hook {name} for {} ran longer than {} s and was killed",
-                b.id,
-                HOOK_TIMEOUT.as_secs()
-            ));
+            let why = if timeout < HOOK_TIMEOUT {
+                "was killed at the pass deadline".to_string()
+            } else {
+                format!(
+                    "ran longer than {} s and was killed",
+                    HOOK_TIMEOUT.as_secs()
+                )
+            };
+            let stuck = if reaped {
+                ""
+            } else {
+                " (it is stuck in the kernel and was left behind)"
+            };
+            crate::log::error(&format!("release hook {name} for {} {why}{stuck}", b.id));
             Ok(false)
         }
     }

@@ -1,11 +1,23 @@
 //! Ending every process of a user who holds no booking.
 //!
-//! SIGTERM to all of them at once, a short wait, then SIGKILL to all of them
-//! at once, each from a helper that has become the user (see
-//! [`crate::sys::signal_all_as`]); after each round /proc is checked, and the
-//! round repeated while anything of the user is left. The loop is bounded by
-//! rounds, never by `kill(-1)` returning ESRCH: that never comes while any
-//! other process exists in the PID namespace.
+//! Root signals each process of the user itself, through a pidfd: /proc is
+//! scanned for the user's processes, each is opened with `pidfd_open`, its
+//! owner checked again through the open pidfd's pid (a pid number may have
+//! been reused between the scan and the open; the pidfd cannot be), and the
+//! signal sent with `pidfd_send_signal`. Nothing of the housekeeper ever
+//! runs as the user, so the user can stop, trace or outwait nothing of it.
+//!
+//! SIGTERM (and SIGCONT, so that stopped processes act on it) to all of
+//! them, a short wait, then SIGKILL rounds: each round
+//! scans /proc afresh (a forking user's new children are found by the next
+//! one) and waits on the pidfds for the processes to die. The rounds are
+//! bounded in number and by the pass deadline.
+//!
+//! Why not `cgroup.kill`: a user's session cgroup (and user@.service) also
+//! holds root processes, such as the sshd session process or a `sudo`, and
+//! cgroup.kill ends everything in the group whatever its owner; on hosts
+//! without systemd there is no per-user cgroup at all; and users without a
+//! booking, the ones ended here, have no kloigos cgroup.
 
 use std::collections::BTreeSet;
 use std::path::Path;
@@ -13,13 +25,17 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::procfs;
+use crate::sys::{self, PidFd};
 
 /// How long processes get to exit after SIGTERM.
 pub const TERM_WAIT: Duration = Duration::from_millis(300);
-/// How long each SIGKILL round waits for /proc to empty.
+/// How long each SIGKILL round waits for the processes signalled to die.
 const KILL_WAIT: Duration = Duration::from_millis(200);
 /// SIGKILL rounds before giving up until the next pass.
-const KILL_ROUNDS: u32 = 8;
+const KILL_ROUNDS: u32 = 64;
+/// Most pidfds held open at once for waiting (the rest are signalled and
+/// closed at once): bounded below any descriptor limit.
+const MAX_HELD: usize = 256;
 
 /// What ending a user's processes achieved.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -34,21 +50,8 @@ pub struct Outcome {
     pub elapsed: Duration,
 }
 
-/// Waits up to `wait` for `uid` to have no live process; records the pids seen.
-fn wait_gone(uid: u32, wait: Duration, seen: &mut BTreeSet<i32>) -> usize {
-    let deadline = Instant::now() + wait;
-    loop {
-        let left = procfs::live_pids_of(uid);
-        seen.extend(&left);
-        if left.is_empty() || Instant::now() >= deadline {
-            return left.len();
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
-/// Ends every process of `uid` (primary group `gid`, used by the helper).
-pub fn end_user(uid: u32, gid: u32) -> Result<Outcome> {
+/// Ends every process of `uid`, starting no new round after `until`.
+pub fn end_user(uid: u32, until: Instant) -> Result<Outcome> {
     if uid == 0 {
         return Err(Error::Kill {
             uid,
@@ -56,18 +59,17 @@ pub fn end_user(uid: u32, gid: u32) -> Result<Outcome> {
         });
     }
     let start = Instant::now();
-    let mut seen: BTreeSet<i32> = procfs::live_pids_of(uid).into_iter().collect();
-    if seen.is_empty() {
+    if procfs::pids_to_end(uid).is_empty() {
         return Ok(Outcome::default());
     }
     logind_terminate(uid);
-    crate::sys::signal_all_as(uid, gid, libc::SIGTERM)?;
-    let mut remaining = wait_gone(uid, TERM_WAIT, &mut seen);
+    let mut seen = BTreeSet::new();
+    let term_wait = TERM_WAIT.min(until.saturating_duration_since(Instant::now()));
+    let mut remaining = signal_round(uid, libc::SIGTERM, term_wait, &mut seen)?;
     let mut rounds = 0;
-    while remaining > 0 && rounds < KILL_ROUNDS {
+    while remaining > 0 && rounds < KILL_ROUNDS && Instant::now() < until {
         rounds += 1;
-        crate::sys::signal_all_as(uid, gid, libc::SIGKILL)?;
-        remaining = wait_gone(uid, KILL_WAIT, &mut seen);
+        remaining = signal_round(uid, libc::SIGKILL, KILL_WAIT, &mut seen)?;
     }
     Ok(Outcome {
         killed: seen.len() as u64,
@@ -77,13 +79,53 @@ pub fn end_user(uid: u32, gid: u32) -> Result<Outcome> {
     })
 }
 
+/// Sends `signal` to every process of `uid` seen now, waits up to `wait`
+/// for them to exit, and returns how many processes of `uid` are live then.
+fn signal_round(uid: u32, signal: i32, wait: Duration, seen: &mut BTreeSet<i32>) -> Result<usize> {
+    let mut held: Vec<PidFd> = Vec::new();
+    for pid in procfs::pids_to_end(uid) {
+        let fd = match PidFd::open(pid) {
+            Ok(fd) => fd,
+            // Exited since the scan.
+            Err(e) if e.raw_os_error() == Some(libc::ESRCH) => continue,
+            Err(e) => {
+                return Err(Error::Kill {
+                    uid,
+                    msg: format!("pidfd_open({pid}): {e} (Linux 5.3 or later is needed)"),
+                })
+            }
+        };
+        // The pidfd now pins the process: if the pid was reused, this reads
+        // the new process, which is then left alone; if the process is
+        // reaped meanwhile, the signal below reaches nothing.
+        if !procfs::is_to_end(pid, uid) {
+            continue;
+        }
+        // A stopped process acts on SIGTERM only once continued (as
+        // systemd does, SIGCONT follows it); SIGKILL needs no help.
+        let also_cont = (signal == libc::SIGTERM).then_some(libc::SIGCONT);
+        for sig in std::iter::once(signal).chain(also_cont) {
+            fd.signal(sig).map_err(|e| Error::Kill {
+                uid,
+                msg: format!("pidfd_send_signal({pid}, {sig}): {e}"),
+            })?;
+        }
+        seen.insert(pid);
+        if held.len() < MAX_HELD {
+            held.push(fd);
+        }
+    }
+    sys::wait_exited(&held, wait);
+    Ok(procfs::pids_to_end(uid).len())
+}
+
 /// Where logind tracks the user, ends their sessions and their user@
 /// service (and so lingering units) the supported way first.
 fn logind_terminate(uid: u32) {
     if !Path::new(&format!("/run/systemd/users/{uid}")).exists() {
         return;
     }
-    if let Err(e) = crate::sys::run("loginctl", &["terminate-user", &uid.to_string()], None) {
+    if let Err(e) = sys::run("loginctl", &["terminate-user", &uid.to_string()], None) {
         crate::log::error(&format!(
             "loginctl terminate-user {uid}: {e}; ending the processes directly"
         ));

@@ -42,6 +42,11 @@ pub fn error(msg: &str) {
     to_syslog(Severity::LOG_ERR, msg);
 }
 
+/// A problem sent to syslog only (for the watchdog, which writes stderr itself).
+pub fn to_syslog_error(msg: &str) {
+    to_syslog(Severity::LOG_ERR, msg);
+}
+
 /// A note for whoever watches stderr.
 pub fn note(msg: &str) {
     eprintln!("kloigos-housekeeper: {msg}");

@@ -12,6 +12,7 @@ use std::os::fd::AsRawFd;
 
 use kloigos_core::enforce::NftSeen;
 use nix::sys::socket::{self, AddressFamily, MsgFlags, SockFlag, SockProtocol, SockType};
+use nix::sys::time::TimeVal;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -88,6 +89,9 @@ pub fn generation() -> Result<u32> {
         SockProtocol::NetlinkNetFilter,
     )
     .map_err(|e| err(format!("socket: {e}")))?;
+    // The kernel answers at once; the bound is for the day it does not.
+    socket::setsockopt(&fd, socket::sockopt::ReceiveTimeout, &TimeVal::new(2, 0))
+        .map_err(|e| err(format!("setsockopt SO_RCVTIMEO: {e}")))?;
     // nlmsghdr (16 bytes) + nfgenmsg (4 bytes: family, version, res_id).
     let mut req = Vec::with_capacity(20);
     req.extend_from_slice(&20u32.to_ne_bytes());

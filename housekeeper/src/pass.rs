@@ -17,6 +17,7 @@ use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, LocalCopy, Store, Trust};
 use kloigos_core::users;
 
+use crate::deadline::{self, Pass};
 use crate::error::{Error, Result};
 use crate::metrics::Metrics;
 use crate::nft::{self, NftRecord};
@@ -24,6 +25,9 @@ use crate::procfs;
 use crate::record::Record;
 use crate::slices::Backend;
 use crate::{hooks, kill, log, metrics, warn};
+
+/// Longest pass deadline accepted (`housekeeper.pass_deadline_s`).
+const MAX_PASS_DEADLINE_S: u64 = 3600;
 
 /// What the command line asked of this pass.
 #[derive(Debug, Clone)]
@@ -47,6 +51,8 @@ pub struct Report {
     pub degraded: Option<String>,
     /// Time the pass took.
     pub elapsed: Duration,
+    /// Steps not started because the pass deadline had passed.
+    pub unfinished: Vec<String>,
 }
 
 /// The local lock that keeps passes from overlapping; released on drop.
@@ -79,6 +85,7 @@ struct Inputs {
     service: Option<(u32, u32)>,
     state_dir: PathBuf,
     copy_name: String,
+    deadline: Duration,
 }
 
 fn inputs(opts: &Options) -> Result<Inputs> {
@@ -99,7 +106,15 @@ fn inputs(opts: &Options) -> Result<Inputs> {
             copy.display()
         )));
     }
+    let secs = cfg.housekeeper.pass_deadline_s;
+    if !(1..=MAX_PASS_DEADLINE_S).contains(&secs) {
+        return Err(Error::Usage(format!(
+            "housekeeper.pass_deadline_s is {secs} in {}; it must be 1 to {MAX_PASS_DEADLINE_S} seconds (45 by default)",
+            opts.config.display()
+        )));
+    }
     Ok(Inputs {
+        deadline: Duration::from_secs(secs),
         state_dir: dir.to_path_buf(),
         copy_name: name.to_string(),
         cfg,
@@ -114,6 +129,8 @@ pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
     let now = Timestamp::now();
     let inp = inputs(opts)?;
+    let pass = deadline::begin(inp.deadline);
+    pass.at("taking the pass lock");
     // An uninstall on a node whose state directory is already gone must not recreate it.
     let no_dir = opts.uninstall && !inp.state_dir.exists();
     if !opts.dry_run && !no_dir {
@@ -128,6 +145,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     if opts.uninstall {
         return uninstall(&inp, &mut record, opts.dry_run);
     }
+    pass.at("reading /proc");
     let procs = procfs::scan();
     let by_uid = procfs::by_uid(&procs);
     let names: BTreeMap<u32, UserName> = by_uid
@@ -139,6 +157,10 @@ pub fn run(opts: &Options) -> Result<Report> {
     // 1. Policy and this node's state, lock-free. Failing that: nothing
     // destructive. Only ENOENT for nodes/<node> is "not a node" (see
     // Store::node_if_any); any other failure is a degraded pass.
+    pass.at(format!(
+        "reading the shared policy and state under {}",
+        inp.store.root().display()
+    ));
     let read = inp
         .store
         .policy()
@@ -186,10 +208,12 @@ pub fn run(opts: &Options) -> Result<Report> {
     };
 
     // 2. Desired state, and what is in place.
+    pass.at("observing slices and the nftables generation");
     let hk = &inp.cfg.housekeeper;
     let host = Host {
         mem_total: procfs::meminfo().0,
         numa: procfs::numa(),
+        cpus_online: procfs::cpus_online(),
     };
     let mut rules = Rules::new(
         &policy,
@@ -202,6 +226,18 @@ pub fn run(opts: &Options) -> Result<Report> {
         log::error(why);
     }
     let mut desired = enforce::desired(&policy, &state, now, &host, rules);
+    if let (Some(missing), Some(online)) = (&desired.missing_cpus, &host.cpus_online) {
+        // Said when it changes, and in facts.json every pass.
+        if record.missing_cpus.as_ref() != Some(missing) || opts.dry_run {
+            log::error(&format!(
+                "the spec of {node} names CPUs {missing} that this host does not have (online: {online}); \
+                 bookings are confined to the CPUs that exist; fix: {}",
+                enforce::set_node_cpus_fix(inp.node.as_str(), &state.node.cpus, online),
+                node = inp.node
+            ));
+        }
+    }
+    record.missing_cpus = desired.missing_cpus.clone();
     let backend = match Backend::select(hk.slices) {
         Ok(b) => Some(b),
         Err(e) => {
@@ -274,15 +310,23 @@ pub fn run(opts: &Options) -> Result<Report> {
         });
     }
 
-    // 3-7. Apply.
+    // 3-7. Apply, each step only while the deadline has not passed.
     let mut report = Report::default();
     if let Some(b) = &backend {
-        apply_slices(b, &plan, &desired, &procs);
+        apply_slices(b, &plan, &desired, &procs, &pass);
     }
     if let Some(action) = &plan.nft {
-        report.nft_changed = apply_nft(action, &mut record);
+        if pass.may_start("loading the nftables table") {
+            report.nft_changed = apply_nft(action, &mut record);
+        }
     }
+    let mut warned_next = plan.warned_next.clone();
     for w in &plan.warn {
+        if !pass.may_start(format!("warning {} about {}", w.user, w.booking)) {
+            // Not given: to be given by the next pass.
+            warned_next.retain(|(id, _)| *id != w.booking);
+            continue;
+        }
         let n = warn::to_terminals(w.uid, &procs, &w.message);
         log::event(&format!(
             "warned {} that {} ends at {} ({n} terminal(s))",
@@ -294,8 +338,14 @@ pub fn run(opts: &Options) -> Result<Report> {
             || format!("uid {}", k.uid),
             |u| format!("{u} (uid {})", k.uid),
         );
-        let gid = users::by_uid(k.uid).ok().flatten().map_or(k.uid, |a| a.gid);
-        match kill::end_user(k.uid, gid) {
+        if !pass.may_start(format!("ending the processes of {who}")) {
+            continue;
+        }
+        match kill::end_user(k.uid, pass.deadline()) {
+            // Nothing of the user's own was left: gone meanwhile, or only
+            // processes borrowing the uid as their effective one (a root
+            // daemon acting for the user), which are not the user's to end.
+            Ok(out) if out.killed == 0 && out.remaining == 0 => {}
             Ok(out) => {
                 report.killed += out.killed;
                 record.killed_total += out.killed;
@@ -308,7 +358,7 @@ pub fn run(opts: &Options) -> Result<Report> {
                 ));
                 if out.remaining > 0 {
                     log::error(&format!(
-                        "{} process(es) of {who} are still there (stuck in the kernel?); the next pass tries again",
+                        "{} process(es) of {who} are still there (stuck in the kernel, or the deadline came); the next pass tries again",
                         out.remaining
                     ));
                 }
@@ -316,13 +366,24 @@ pub fn run(opts: &Options) -> Result<Report> {
             Err(e) => log::error(&e.to_string()),
         }
     }
-    record.warned = plan.warned_next.clone();
-    let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
-        .with_service_uid(inp.service.map(|s| s.0));
-    write_copy(&inp, &copy);
-    write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+    record.warned = warned_next;
+    if pass.may_start("writing the local state copy") {
+        let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
+            .with_service_uid(inp.service.map(|s| s.0));
+        write_copy(&inp, &copy);
+    }
+    if pass.may_start("writing facts.json") {
+        write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+    }
+    let mut hooks_done = plan.hooks_done_next.clone();
     for b in &plan.hooks {
         for h in &hook_list {
+            if !pass.may_start(format!("release hook {} for {}", h.display(), b.id)) {
+                // The booking's hooks run again next pass, the ones that
+                // ran already included (hooks are to be idempotent).
+                hooks_done.remove(&b.id);
+                continue;
+            }
             match hooks::run(h, b, &inp.state_dir) {
                 Ok(true) => {}
                 Ok(false) => record.hooks_failed_total += 1,
@@ -333,11 +394,23 @@ pub fn run(opts: &Options) -> Result<Report> {
             }
         }
     }
-    record.hooks_done = Some(plan.hooks_done_next.clone());
-    let m = node_metrics(&state, now, &record);
-    finish(&inp, &mut record, m, now, started);
+    record.hooks_done = Some(hooks_done);
     if let Some(dir) = &inp.cfg.housekeeper.dashboard_dir {
-        crate::dashboard::regenerate(dir, &inp.store, inp.service, now);
+        if pass.may_start("regenerating the dashboard") {
+            crate::dashboard::regenerate(dir, &inp.store, inp.service, now);
+        }
+    }
+    report.unfinished = pass.undone();
+    let mut m = node_metrics(&state, now, &record);
+    m.ok = report.unfinished.is_empty();
+    pass.at("writing metrics and the housekeeper record");
+    finish(&inp, &mut record, m, now, started);
+    if !report.unfinished.is_empty() {
+        log::error(&format!(
+            "the pass reached its deadline of {} s; not done this pass (the next one tries again): {}",
+            inp.deadline.as_secs(),
+            report.unfinished.join("; ")
+        ));
     }
     report.elapsed = started.elapsed();
     Ok(report)
@@ -358,9 +431,21 @@ fn node_metrics(state: &NodeState, now: Timestamp, record: &Record) -> Metrics {
     }
 }
 
-fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[procfs::Proc]) {
+fn apply_slices(
+    b: &Backend,
+    plan: &Plan,
+    desired: &enforce::Desired,
+    procs: &[procfs::Proc],
+    pass: &Pass,
+) {
     let mut clear = Vec::new();
     for a in &plan.slices {
+        let uid = match a {
+            SliceAction::Set { uid, .. } | SliceAction::Clear { uid } => uid,
+        };
+        if !pass.may_start(format!("the limits of uid {uid}")) {
+            continue;
+        }
         match a {
             SliceAction::Set { uid, limits } => match b.set(*uid, limits) {
                 Ok(()) => log::event(&format!(
@@ -373,7 +458,7 @@ fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[p
             SliceAction::Clear { uid } => clear.push(*uid),
         }
     }
-    if !clear.is_empty() {
+    if !clear.is_empty() && pass.may_start(format!("removing the limits of uid(s) {clear:?}")) {
         match b.clear(&clear) {
             Ok(()) => log::event(&format!(
                 "slice {} limits removed for uid(s) {clear:?}",
@@ -383,6 +468,9 @@ fn apply_slices(b: &Backend, plan: &Plan, desired: &enforce::Desired, procs: &[p
         }
     }
     for uid in desired.users.keys() {
+        if !pass.may_start(format!("moving the processes of uid {uid} into its cgroup")) {
+            continue;
+        }
         let pids: Vec<i32> = procs
             .iter()
             .filter(|p| p.is_live_of(*uid))
@@ -453,6 +541,8 @@ fn write_facts(
     let managed = |uid| rules.unmanaged(uid).is_none();
     let mut facts: Facts = crate::facts::gather(&inp.node, by_uid, names, &managed, record, now);
     facts.enforcing = error.is_none();
+    // Known only from a state that could be read, as this pass's.
+    facts.missing_cpus = record.missing_cpus.clone().filter(|_| error.is_none());
     facts.error = error.map(String::from);
     match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {
         Ok(Ok(())) => {}

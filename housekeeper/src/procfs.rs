@@ -87,21 +87,41 @@ pub fn pids() -> Vec<i32> {
         .collect()
 }
 
-/// Live processes of `uid` now: pids, read through /proc/PID/status only
-/// (the kill loop's confirmation, kept cheap).
-pub fn live_pids_of(uid: u32) -> Vec<i32> {
+/// Largest /proc status file read (they are a few KiB).
+const MAX_STATUS: u64 = 64 * 1024;
+
+/// Reads /proc/PID/status, bounded; `None` if the process is gone.
+fn status_of(pid: i32) -> Option<String> {
+    use std::io::Read;
+    let f = fs::File::open(format!("/proc/{pid}/status")).ok()?;
+    let mut text = String::new();
+    f.take(MAX_STATUS).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
+/// Whether a process with this status is one the kill path ends for
+/// `uid`: not a zombie, with `uid` as its real or saved uid. Those are the
+/// processes `uid` itself may signal; one that only borrows `uid` as its
+/// effective uid (a root daemon acting for the user) is not the user's.
+fn is_to_end_status(status: &str, uid: u32) -> bool {
+    let zombie = status
+        .lines()
+        .find(|l| l.starts_with("State:"))
+        .is_some_and(|l| l.contains('Z') || l.contains("X (dead)"));
+    !zombie && parse_status_uids(status).is_some_and(|[r, _, s]| r == uid || s == uid)
+}
+
+/// Whether process `pid` is now one to end for `uid` (see [`pids_to_end`]).
+pub fn is_to_end(pid: i32, uid: u32) -> bool {
+    status_of(pid).is_some_and(|s| is_to_end_status(&s, uid))
+}
+
+/// The processes to end for `uid` now: live, with `uid` as real or saved
+/// uid, read through /proc/PID/status only (the kill loop's scan, kept cheap).
+pub fn pids_to_end(uid: u32) -> Vec<i32> {
     pids()
         .into_iter()
-        .filter(|pid| {
-            let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
-            let zombie = status
-                .lines()
-                .find(|l| l.starts_with("State:"))
-                .is_some_and(|l| l.contains('Z') || l.contains("X (dead)"));
-            !zombie && parse_status_uids(&status).is_some_and(|u| u.contains(&uid))
-        })
+        .filter(|pid| is_to_end(*pid, uid))
         .collect()
 }
 
@@ -215,6 +235,26 @@ mod tests {
     fn status_uids() {
         let s = "Name:\tsh\nState:\tS (sleeping)\nUid:\t1001\t1001\t0\t1001\nGid:\t1\t1\t1\t1\n";
         assert_eq!(parse_status_uids(s), Some([1001, 1001, 0]));
+    }
+
+    #[test]
+    fn only_real_or_saved_uid_makes_a_process_the_users() {
+        let st = |state: &str, uids: &str| format!("Name:\tx\nState:\t{state}\nUid:\t{uids}\t0\n");
+        assert!(is_to_end_status(
+            &st("S (sleeping)", "1001\t1001\t1001"),
+            1001
+        ));
+        assert!(is_to_end_status(&st("T (stopped)", "1001\t0\t0"), 1001));
+        assert!(is_to_end_status(&st("R (running)", "0\t0\t1001"), 1001));
+        assert!(!is_to_end_status(&st("S (sleeping)", "0\t1001\t0"), 1001));
+        assert!(!is_to_end_status(
+            &st("Z (zombie)", "1001\t1001\t1001"),
+            1001
+        ));
+        assert!(!is_to_end_status(
+            &st("S (sleeping)", "1002\t1002\t1002"),
+            1001
+        ));
     }
 
     #[test]

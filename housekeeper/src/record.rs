@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use kloigos_core::booking::BookingId;
+use kloigos_core::cpuset::CpuSet;
 use kloigos_core::store::{self, Trust};
 use serde::{Deserialize, Serialize};
 
@@ -40,6 +41,9 @@ pub struct Record {
     pub cpu_ticks: BTreeMap<u32, u64>,
     /// GPU names and when nvidia-smi was last asked.
     pub gpus: Option<(Timestamp, Vec<String>)>,
+    /// CPUs of the node spec this host lacked at the last pass (said in the
+    /// log when this changes).
+    pub missing_cpus: Option<CpuSet>,
 }
 
 impl Record {

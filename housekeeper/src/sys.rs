@@ -1,120 +1,155 @@
-//! The system edge: the one `fork` (for the kill helper), the switch to the
-//! service account, and running external programs without a shell. The
-//! rest of the housekeeper never says `unsafe`.
+//! The system edge: pidfds (signals that reach exactly the process meant),
+//! bounded waits on processes, the switch to the service account, and
+//! running external programs without a shell and with a timeout. The rest
+//! of the housekeeper never says `unsafe`.
 
 use std::ffi::OsStr;
-use std::io::Write;
+use std::fs::File;
+use std::io::{Read, Seek, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
-use nix::sys::wait::{waitpid, WaitStatus};
-use nix::unistd::{Gid, Pid, Uid};
+use nix::unistd::{Gid, Uid};
 
 use crate::error::{Error, Result};
 
 /// PATH used to find programs when the environment has none.
 const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// Exit codes of the kill helper, one per step that can fail.
-const HELPER_SETGROUPS: i32 = 10;
-const HELPER_SETRESGID: i32 = 11;
-const HELPER_SETRESUID: i32 = 12;
-const HELPER_STILL_PRIVILEGED: i32 = 13;
-const HELPER_KILL: i32 = 14;
+/// How long an external program (nft, systemctl, loginctl, nvidia-smi) may
+/// run, at most; less when the pass deadline is nearer.
+pub const PROGRAM_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a program's process group gets to die after SIGKILL before it
+/// is left behind (a process stuck in the kernel cannot be waited for).
+const KILL_GRACE: Duration = Duration::from_secs(2);
+/// Most of a program's stdout and stderr kept.
+const MAX_PROGRAM_OUTPUT: u64 = 1 << 20;
 
-/// Sends `signal` to every process of `uid` at once, from a child that has
-/// become `uid`: supplementary groups dropped, then gid, then uid, each
-/// checked, then `kill(-1, signal)`, which reaches exactly the processes
-/// that user may signal (its own), all of them in one kernel walk, however
-/// fast they fork. Returns once the helper has exited.
-///
-/// The helper is a plain `fork` whose child makes only raw system calls
-/// (async-signal-safe, and safe after fork even if the parent had threads):
-/// no allocation, no locks, no exec of anything a user could have changed.
-/// The raw `setgroups`/`setresgid`/`setresuid` syscalls act on the calling
-/// thread only, which in the child is the whole process.
-pub fn signal_all_as(uid: u32, gid: u32, signal: i32) -> Result<()> {
-    if uid == 0 {
-        // kill(-1) as root would hit every process on the machine.
-        return Err(Error::Kill {
-            uid,
-            msg: "refusing to signal as root".into(),
-        });
+/// A process held by a pid file descriptor: a signal sent through it
+/// reaches that process or, once it has been reaped, none (a pid number
+/// could meanwhile name another process; a pidfd cannot).
+#[derive(Debug)]
+pub struct PidFd {
+    fd: OwnedFd,
+}
+
+impl PidFd {
+    /// Opens the process `pid` now is. `ErrorKind::NotFound` (ESRCH): no
+    /// such process any more.
+    pub fn open(pid: i32) -> std::io::Result<PidFd> {
+        // SAFETY: pidfd_open takes a pid and flags by value and touches no
+        // memory of ours; on success it returns a new descriptor we own.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0 as libc::c_uint) };
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+        Ok(PidFd { fd })
     }
-    let (u, g) = (uid as libc::uid_t, gid as libc::gid_t);
-    // SAFETY: fork has no memory-safety preconditions; the child below only
-    // calls async-signal-safe raw syscalls and `_exit`, never returning into
-    // Rust code that could observe state copied mid-update.
-    let pid = unsafe { libc::fork() };
-    if pid < 0 {
-        return Err(Error::Kill {
-            uid,
-            msg: format!("fork failed: {}", std::io::Error::last_os_error()),
-        });
+
+    /// Sends `signal` to the process. ESRCH (it has exited) is success:
+    /// the process is gone either way.
+    pub fn signal(&self, signal: i32) -> std::io::Result<()> {
+        // SAFETY: a valid descriptor, a signal number, a null siginfo (the
+        // kernel fills in a kill-like one) and flags 0; no memory is shared.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_pidfd_send_signal,
+                self.fd.as_raw_fd(),
+                signal,
+                std::ptr::null::<libc::siginfo_t>(),
+                0 as libc::c_uint,
+            )
+        };
+        if r < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::ESRCH) {
+                return Err(e);
+            }
+        }
+        Ok(())
     }
-    if pid == 0 {
-        // SAFETY: raw syscalls with plain integer arguments and a null list
-        // of length 0; `_exit` never returns. Each step is checked and the
-        // child exits before `kill` unless it holds exactly `uid`.
-        unsafe {
-            if libc::syscall(
-                libc::SYS_setgroups,
-                0 as libc::size_t,
-                std::ptr::null::<libc::gid_t>(),
-            ) != 0
-            {
-                libc::_exit(HELPER_SETGROUPS);
+}
+
+/// Waits up to `timeout` for every process in `procs` to exit (a pidfd
+/// becomes readable when its process has exited); returns how many have
+/// not. Bounded, never a sleep: `poll` returns as soon as they are gone.
+pub fn wait_exited(procs: &[PidFd], timeout: Duration) -> usize {
+    let deadline = Instant::now() + timeout;
+    let mut fds: Vec<libc::pollfd> = procs
+        .iter()
+        .map(|p| libc::pollfd {
+            fd: p.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    while !fds.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ms = libc::c_int::try_from(left.as_micros().div_ceil(1000)).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `fds` is a live, exclusively borrowed array of
+        // `fds.len()` pollfd structs for the duration of the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, ms) };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
             }
-            if libc::syscall(libc::SYS_setresgid, g, g, g) != 0 {
-                libc::_exit(HELPER_SETRESGID);
-            }
-            if libc::syscall(libc::SYS_setresuid, u, u, u) != 0 {
-                libc::_exit(HELPER_SETRESUID);
-            }
-            if libc::syscall(libc::SYS_getuid) as libc::uid_t != u
-                || libc::syscall(libc::SYS_geteuid) as libc::uid_t != u
-            {
-                libc::_exit(HELPER_STILL_PRIVILEGED);
-            }
-            // ESRCH: nothing left to signal, which is success here.
-            if libc::kill(-1, signal) != 0 && *libc::__errno_location() != libc::ESRCH {
-                libc::_exit(HELPER_KILL);
-            }
-            libc::_exit(0);
+            break;
+        }
+        fds.retain(|f| f.revents == 0);
+        if n == 0 || left.is_zero() {
+            break;
         }
     }
-    let child = Pid::from_raw(pid);
-    let status = loop {
-        match waitpid(child, None) {
-            Err(nix::errno::Errno::EINTR) => continue,
-            other => break other,
-        }
-    };
-    match status {
-        Ok(WaitStatus::Exited(_, 0)) => Ok(()),
-        Ok(WaitStatus::Exited(_, code)) => {
-            let step = match code {
-                HELPER_SETGROUPS => "setgroups",
-                HELPER_SETRESGID => "setresgid",
-                HELPER_SETRESUID => "setresuid",
-                HELPER_STILL_PRIVILEGED => "checking the uid after setresuid",
-                HELPER_KILL => "kill(-1)",
-                _ => "an unknown step",
-            };
-            Err(Error::Kill {
-                uid,
-                msg: format!("the kill helper failed at {step} (exit {code})"),
-            })
-        }
-        Ok(other) => Err(Error::Kill {
-            uid,
-            msg: format!("the kill helper ended abnormally: {other:?}"),
-        }),
-        Err(e) => Err(Error::Kill {
-            uid,
-            msg: format!("waiting for the kill helper: {e}"),
-        }),
+    fds.len()
+}
+
+/// Waits up to `timeout` for `child` to exit and reaps it; `None` if it
+/// still runs.
+pub fn wait_timeout(child: &mut Child, timeout: Duration) -> std::io::Result<Option<ExitStatus>> {
+    if let Some(s) = child.try_wait()? {
+        return Ok(Some(s));
     }
+    // Our own unreaped child: its pid cannot name another process.
+    let fd = PidFd::open(child.id() as i32)?;
+    wait_exited(std::slice::from_ref(&fd), timeout);
+    child.try_wait()
+}
+
+/// Ends `child` and its process group (it was started as the leader of its
+/// own) and reaps it, waiting at most [`KILL_GRACE`]; false if it is still
+/// there (stuck in the kernel), and then left behind.
+pub fn kill_group(child: &mut Child) -> bool {
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    matches!(wait_timeout(child, KILL_GRACE), Ok(Some(_)))
+}
+
+/// Ends this process at once, without unwinding, flushing or running exit
+/// handlers (any of which could block behind the stuck thread); the kernel
+/// closes every descriptor, which releases the pass lock.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: `_exit` has no preconditions and never returns.
+    unsafe { libc::_exit(code) }
+}
+
+/// An anonymous file (memfd) for a program's input or output: no pipe that
+/// can fill up or stay open, no name in any directory.
+fn scratch(name: &std::ffi::CStr) -> std::io::Result<File> {
+    // SAFETY: `name` is a valid NUL-terminated string for the duration of
+    // the call; on success the kernel returns a new descriptor we own.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just returned by the kernel and is owned by no one else.
+    Ok(File::from(unsafe { OwnedFd::from_raw_fd(fd) }))
 }
 
 /// Runs `f` with effective uid/gid and groups of the service account, then
@@ -171,8 +206,21 @@ pub fn is_executable(path: &Path) -> bool {
 }
 
 /// Runs `program` with `args` (no shell), optionally feeding `stdin`;
-/// returns stdout, or an error with its stderr.
+/// returns stdout, or an error with its stderr. The program runs in a
+/// process group of its own, killed whole after [`PROGRAM_TIMEOUT`] or at
+/// the pass deadline, whichever comes first.
 pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S], stdin: Option<&[u8]>) -> Result<String> {
+    let timeout = crate::deadline::bound(PROGRAM_TIMEOUT);
+    run_for(program, args, stdin, timeout)
+}
+
+/// [`run`] with an explicit timeout.
+pub fn run_for<S: AsRef<OsStr>>(
+    program: &str,
+    args: &[S],
+    stdin: Option<&[u8]>,
+    timeout: Duration,
+) -> Result<String> {
     let path = find_program(program).ok_or_else(|| Error::Spawn {
         program: program.into(),
         source: std::io::Error::from(std::io::ErrorKind::NotFound),
@@ -185,34 +233,122 @@ pub fn run<S: AsRef<OsStr>>(program: &str, args: &[S], stdin: Option<&[u8]>) -> 
         }
         s
     };
-    let mut child = Command::new(&path)
-        .args(args)
-        .stdin(if stdin.is_some() {
-            Stdio::piped()
-        } else {
-            Stdio::null()
-        })
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|source| Error::Spawn {
-            program: program.into(),
-            source,
-        })?;
-    if let (Some(input), Some(mut pipe)) = (stdin, child.stdin.take()) {
-        // A write error shows up as the program's failure below.
-        let _ = pipe.write_all(input);
-    }
-    let out = child.wait_with_output().map_err(|source| Error::Spawn {
+    let spawn_err = |source| Error::Spawn {
         program: program.into(),
         source,
-    })?;
-    if !out.status.success() {
+    };
+    let input = match stdin {
+        Some(bytes) => {
+            let mut f = scratch(c"kloigos-stdin").map_err(spawn_err)?;
+            f.write_all(bytes)
+                .and_then(|()| f.rewind())
+                .map_err(spawn_err)?;
+            Stdio::from(f)
+        }
+        None => Stdio::null(),
+    };
+    let mut out = scratch(c"kloigos-stdout").map_err(spawn_err)?;
+    let mut err = scratch(c"kloigos-stderr").map_err(spawn_err)?;
+    let mut child = Command::new(&path)
+        .args(args)
+        .stdin(input)
+        .stdout(out.try_clone().map_err(spawn_err)?)
+        .stderr(err.try_clone().map_err(spawn_err)?)
+        .process_group(0)
+        .spawn()
+        .map_err(spawn_err)?;
+    let status = match wait_timeout(&mut child, timeout) {
+        Ok(Some(s)) => s,
+        Ok(None) | Err(_) => {
+            let reaped = kill_group(&mut child);
+            return Err(Error::Timeout {
+                program: shown(),
+                secs: timeout.as_secs_f64(),
+                reaped,
+            });
+        }
+    };
+    let read = |f: &mut File| {
+        let mut text = Vec::new();
+        let _ = f
+            .rewind()
+            .and_then(|()| (&*f).take(MAX_PROGRAM_OUTPUT).read_to_end(&mut text));
+        String::from_utf8_lossy(&text).into_owned()
+    };
+    if !status.success() {
         return Err(Error::Command {
             program: shown(),
-            status: out.status.to_string(),
-            output: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            status: status.to_string(),
+            output: read(&mut err).trim().to_string(),
         });
     }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    Ok(read(&mut out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_program_is_fed_its_input_and_killed_with_its_group_at_the_timeout() {
+        assert_eq!(
+            run_for(
+                "cat",
+                &[] as &[&str],
+                Some(b"table"),
+                Duration::from_secs(30)
+            )
+            .unwrap(),
+            "table"
+        );
+        match run_for(
+            "sh",
+            &["-c", "echo nope >&2; exit 3"],
+            None,
+            Duration::from_secs(30),
+        ) {
+            Err(Error::Command { status, output, .. }) => {
+                assert!(status.contains('3'), "{status}");
+                assert_eq!(output, "nope");
+            }
+            other => panic!("{other:?}"),
+        }
+        // A program left running past its timeout is killed, with what it started.
+        let t = Instant::now();
+        match run_for(
+            "sh",
+            &["-c", "sleep 600 & wait"],
+            None,
+            Duration::from_millis(300),
+        ) {
+            Err(Error::Timeout { reaped, .. }) => assert!(reaped),
+            other => panic!("{other:?}"),
+        }
+        // Far below the 600 s the program wanted.
+        assert!(t.elapsed() < Duration::from_secs(60));
+        // A child left behind holding stdout does not keep the run waiting
+        // (with a pipe, reading to its end would have waited 600 s).
+        let pid = run_for(
+            "sh",
+            &["-c", "sleep 600 & echo $!"],
+            None,
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let pid: i32 = pid.trim().parse().unwrap();
+        PidFd::open(pid).unwrap().signal(libc::SIGKILL).unwrap();
+    }
+
+    #[test]
+    fn a_signal_through_a_pidfd_reaches_the_process_and_the_wait_sees_it_exit() {
+        let mut child = Command::new("sleep").arg("600").spawn().unwrap();
+        let fd = PidFd::open(child.id() as i32).unwrap();
+        let held = [fd];
+        assert_eq!(wait_exited(&held, Duration::ZERO), 1, "still running");
+        held[0].signal(libc::SIGKILL).unwrap();
+        assert_eq!(wait_exited(&held, Duration::from_secs(60)), 0);
+        assert!(!child.wait().unwrap().success());
+        // Reaped: the pidfd reaches nothing, and says so without error.
+        held[0].signal(libc::SIGKILL).unwrap();
+    }
 }

@@ -85,6 +85,9 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
         not_checked("housekeeper")
     });
     findings.push(nft);
+    if configured {
+        findings.extend(cpus(ctx));
+    }
     if ctx.json {
         print_json(&findings);
     } else {
@@ -345,6 +348,17 @@ fn heartbeat(ctx: &Ctx) -> Finding {
         read.as_ref().map(Option::as_ref).map_err(String::as_str),
         Timestamp::now(),
     )
+}
+
+/// The CPUs of this host's node spec that the host lacks, if any (no line
+/// otherwise: a node whose CPUs all exist needs no mention).
+fn cpus(ctx: &Ctx) -> Option<Finding> {
+    let node = ctx.config.node_name().ok()?;
+    let spec = ctx.store.node(&node).ok()?.node.cpus;
+    // A sysfs file of one short line; unreadable means not known, not missing.
+    let text = fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
+    let online = kloigos_core::cpuset::CpuSet::parse(text.trim()).ok()?;
+    doctor::check_cpus(node.as_str(), &spec, &online)
 }
 
 /// Whether this node needs the nft table (it has ports and the housekeeper

@@ -81,6 +81,9 @@ pub struct HousekeeperConfig {
     /// Where this node regenerates the dashboard site on every pass (give
     /// one node this job); none: no dashboard.
     pub dashboard_dir: Option<PathBuf>,
+    /// Seconds a pass may take: past them it starts nothing new, and a
+    /// watchdog ends a pass still blocked a little later (1 to 3600).
+    pub pass_deadline_s: u64,
 }
 
 impl Default for HousekeeperConfig {
@@ -95,6 +98,7 @@ impl Default for HousekeeperConfig {
             metrics_dir: None,
             hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
             dashboard_dir: None,
+            pass_deadline_s: 45,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::Serialize;
 
+use crate::cpuset::CpuSet;
 use crate::facts::{Facts, STALE_AFTER_SECS};
 
 /// How a check came out.
@@ -892,6 +893,24 @@ pub fn check_heartbeat(
     Finding::ok("housekeeper", format!("heartbeat of {node} {age} s ago"))
 }
 
+/// The node spec's CPUs against the CPUs this host has online: a finding
+/// only when the spec names CPUs the host lacks (the housekeeper then
+/// confines their bookings to the CPUs that exist), `None` otherwise.
+pub fn check_cpus(node: &str, spec: &CpuSet, online: &CpuSet) -> Option<Finding> {
+    let missing = crate::enforce::missing_cpus(spec, Some(online))?;
+    Some(Finding::fail(
+        "cpus",
+        format!(
+            "the spec of {node} names CPUs {missing} that this host does not have \
+             (its CPUs {spec}; online here {online}): bookings of them are confined to the CPUs that exist"
+        ),
+        format!(
+            "`{}` (bookings that hold the missing CPUs must end or be released first)",
+            crate::enforce::set_node_cpus_fix(node, spec, online)
+        ),
+    ))
+}
+
 /// What the CLI could learn about the nftables table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NftProbe {
@@ -1287,5 +1306,24 @@ mod tests {
         let json = serde_json::to_value(&f).unwrap();
         assert_eq!(json["status"], "fail");
         assert_eq!(json["check"], "x");
+    }
+
+    #[test]
+    fn cpus_the_host_lacks_are_named_with_the_set_node_fix() {
+        let spec = CpuSet::parse("0-3").unwrap();
+        let two = CpuSet::parse("0-1").unwrap();
+        let f = check_cpus("vm", &spec, &two).unwrap();
+        assert_eq!(f.status, Status::Fail);
+        assert!(f.detail.contains("names CPUs 2-3"), "{}", f.detail);
+        assert!(f.detail.contains("online here 0-1"), "{}", f.detail);
+        assert!(
+            f.fix
+                .as_deref()
+                .unwrap()
+                .contains("kloigos admin set-node vm --cpus 0-1"),
+            "{:?}",
+            f.fix
+        );
+        assert_eq!(check_cpus("vm", &two, &spec), None);
     }
 }

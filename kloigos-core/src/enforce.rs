@@ -39,6 +39,38 @@ pub struct Host {
     pub mem_total: u64,
     /// NUMA nodes and their CPUs (empty: unknown).
     pub numa: Vec<Numa>,
+    /// CPUs online (`None`: unknown, and then the booked CPUs are used as
+    /// they are).
+    pub cpus_online: Option<CpuSet>,
+}
+
+/// The CPUs of `cpus` that are in `online`; `None` when there are none.
+pub fn present(cpus: &CpuSet, online: &CpuSet) -> Option<CpuSet> {
+    CpuSet::from_cpus(
+        cpus.cpus()
+            .iter()
+            .copied()
+            .filter(|c| online.cpus().binary_search(c).is_ok()),
+    )
+}
+
+/// The command that makes the spec of node `node` name only CPUs that
+/// `online` has (all of them, if it names none of those).
+pub fn set_node_cpus_fix(node: &str, spec: &CpuSet, online: &CpuSet) -> String {
+    let keep = present(spec, online).unwrap_or_else(|| online.clone());
+    format!("kloigos admin set-node {node} --cpus {keep}")
+}
+
+/// The CPUs of a node spec this host does not have online; `None` when it
+/// has them all, or when it is not known which it has.
+pub fn missing_cpus(spec: &CpuSet, online: Option<&CpuSet>) -> Option<CpuSet> {
+    let online = online?;
+    CpuSet::from_cpus(
+        spec.cpus()
+            .iter()
+            .copied()
+            .filter(|c| online.cpus().binary_search(c).is_err()),
+    )
 }
 
 /// Node-local rules of the housekeeper (from the node's config and the policy).
@@ -144,6 +176,9 @@ pub struct Desired {
     pub ended: Vec<Booking>,
     /// Node-local rules.
     pub rules: Rules,
+    /// CPUs of the node spec this host lacks (see [`missing_cpus`]): the
+    /// users are confined to those it has.
+    pub missing_cpus: Option<CpuSet>,
 }
 
 /// Memory in whole pages.
@@ -195,6 +230,12 @@ pub fn desired(
         }
     }
     for u in users.values_mut() {
+        // A cpuset naming CPUs the host lacks cannot be written at all; the
+        // CPUs that exist can. A user whose booked CPUs all are missing is
+        // confined to the host's CPUs, so that memory and task limits hold.
+        if let Some(online) = &host.cpus_online {
+            u.slice.cpus = present(&u.slice.cpus, online).unwrap_or_else(|| online.clone());
+        }
         let units = u64::from(u.units);
         u.ports.sort();
         u.ports.dedup();
@@ -235,6 +276,7 @@ pub fn desired(
             .collect(),
         ended,
         rules,
+        missing_cpus: missing_cpus(&state.node.cpus, host.cpus_online.as_ref()),
     }
 }
 
@@ -592,6 +634,7 @@ mod tests {
 
     fn host() -> Host {
         Host {
+            cpus_online: None,
             mem_total: 64 << 30,
             numa: vec![
                 Numa {
@@ -980,5 +1023,52 @@ mod tests {
             ..Observed::default()
         };
         assert!(plan(&d, &obs).hooks.is_empty());
+    }
+
+    #[test]
+    fn cpus_the_host_lacks_are_left_out_of_the_slice_and_named() {
+        let mut st = node();
+        let a = book(
+            &mut st,
+            "alice",
+            1001,
+            1,
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T12:00:00Z",
+        );
+        let b = book(
+            &mut st,
+            "bob",
+            1002,
+            2,
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T12:00:00Z",
+        );
+        assert_eq!(a.cpus.to_string(), "0-3");
+        assert_eq!(b.cpus.to_string(), "4-11");
+        let p = Policy::default();
+        // A host with CPUs 0-5 online: the spec's 0-15 names 6-15 it lacks.
+        let h = Host {
+            cpus_online: Some(CpuSet::parse("0-5").unwrap()),
+            ..host()
+        };
+        let d = desired(&p, &st, ts(NOW), &h, rules(&p));
+        assert_eq!(d.users[&1001].slice.cpus.to_string(), "0-3");
+        assert_eq!(d.users[&1002].slice.cpus.to_string(), "4-5");
+        assert_eq!(d.users[&1002].slice.mem_nodes, vec![0]);
+        assert_eq!(d.missing_cpus.map(|c| c.to_string()), Some("6-15".into()));
+        // Booked only CPUs the host lacks: confined to those it has.
+        let h = Host {
+            cpus_online: Some(CpuSet::parse("0-1").unwrap()),
+            ..host()
+        };
+        let d = desired(&p, &st, ts(NOW), &h, rules(&p));
+        assert_eq!(d.users[&1002].slice.cpus.to_string(), "0-1");
+        // All there, or not known: nothing missing, the booked CPUs as they are.
+        let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
+        assert_eq!(d.missing_cpus, None);
+        assert_eq!(d.users[&1002].slice.cpus.to_string(), "4-11");
+        let all = CpuSet::parse("0-31").unwrap();
+        assert_eq!(missing_cpus(&st.node.cpus, Some(&all)), None);
     }
 }

@@ -48,6 +48,10 @@ pub struct Facts {
     /// CPUs online.
     #[serde(default)]
     pub cpus_online: Option<CpuSet>,
+    /// CPUs of the node spec this host does not have: its users are
+    /// confined to the others (`kloigos admin set-node` fixes the spec).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub missing_cpus: Option<CpuSet>,
     /// NUMA layout.
     #[serde(default)]
     pub numa: Vec<Numa>,

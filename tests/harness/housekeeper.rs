@@ -9,8 +9,10 @@
 //! only tests whose passes kill go highest, so no pass of one test can reach
 //! another test's users.
 
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use kloigos_core::booking::{Booking, BookingId};
@@ -20,6 +22,7 @@ use kloigos_core::state::{Request, Size};
 
 use crate::cluster::TempCluster;
 use crate::cmd::{run, Run};
+use crate::poll::wait_until;
 use crate::sys::TempUser;
 
 /// A user with a fixed uid (see the module docs), removed with its
@@ -257,4 +260,82 @@ impl Drop for Reaped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Runs `cmd` to its end, with stdout and stderr captured in files (no pipe
+/// to fill up), or kills it once `limit` has passed: a wide bound for a
+/// process that must not hang. `Err` holds what it printed until then.
+pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Result<Run, String> {
+    let out = tempfile::tempfile().expect("tempfile");
+    let err = tempfile::tempfile().expect("tempfile");
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone().expect("dup"))
+        .stderr(err.try_clone().expect("dup"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let mut status = None;
+    wait_until(limit, || {
+        status = child.try_wait().expect("try_wait");
+        status.is_some()
+    });
+    let read = |mut f: &std::fs::File| {
+        let mut s = String::new();
+        let _ = f.seek(SeekFrom::Start(0));
+        let _ = f.read_to_string(&mut s);
+        s
+    };
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err(read(&err));
+    };
+    Ok(Run {
+        code: status.code().unwrap_or(-1),
+        stdout: read(&out),
+        stderr: read(&err),
+    })
+}
+
+/// Whether process `pid` is gone (or a zombie): for checking that a
+/// process group was killed.
+pub fn is_gone(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
+        Ok(s) => s
+            .lines()
+            .any(|l| l.starts_with("State:") && (l.contains('Z') || l.contains("X (dead)"))),
+        Err(_) => true,
+    }
+}
+
+/// A user's attack on the kill path (issue 15, item 1, as written there):
+/// ignore SIGTERM, fork, and in a new session stop every other process of
+/// the user, forever.
+const STOPPER_C: &str = r#"
+#include <signal.h>
+#include <unistd.h>
+int main(void) {
+    signal(SIGTERM, SIG_IGN);
+    if (fork()) return 0;
+    setsid();
+    for (;;) kill(-1, SIGSTOP);
+}
+"#;
+
+/// Compiles the stopper into `dir` (made readable and searchable for the
+/// user who runs it); returns its path.
+pub fn build_stopper(dir: &Path) -> String {
+    std::fs::write(dir.join("stopper.c"), STOPPER_C).expect("write stopper.c");
+    let bin = dir.join("stopper");
+    crate::cmd::must(
+        "cc",
+        &[
+            "-O2",
+            "-o",
+            &bin.to_string_lossy(),
+            &dir.join("stopper.c").to_string_lossy(),
+        ],
+    );
+    crate::cmd::must("chmod", &["755", &dir.to_string_lossy()]);
+    bin.to_string_lossy().into_owned()
 }
