@@ -493,7 +493,7 @@ fi
 PAM_SO="$BIN_DIR/libpam_kloigos.so"
 [ -f "$PAM_SO" ] || PAM_SO="$BIN_DIR/pam_kloigos.so"
 if [ "$DRY_RUN" = 0 ] || [ -d "$BIN_DIR" ]; then
-    for f in "$BIN_DIR/kloigos" "$BIN_DIR/kloigos-housekeeper" "$BIN_DIR/kloigos-dashboard" "$PAM_SO"; do
+    for f in "$BIN_DIR/kloigos" "$BIN_DIR/kloigos-housekeeper" "$PAM_SO"; do
         [ -f "$f" ] || die "$f is missing: build with cargo build --release --workspace, or pass --bin-dir DIR"
     done
 fi
@@ -539,8 +539,13 @@ make_dir "$STATE_DIR"
 
 # 4. Programs and the PAM module.
 put_file "$BIN_DIR/kloigos" "$ROOT$PREFIX/bin/kloigos" 4755 "$SVC_UID" "$SVC_GID"
-# The dashboard's read-only server, beside kloigos, which execs it (never setuid).
-put_file "$BIN_DIR/kloigos-dashboard" "$ROOT$PREFIX/bin/kloigos-dashboard" 755 0 0
+# The dashboard's read-only server, beside kloigos, which execs it (never
+# setuid). Optional: only `kloigos dashboard --serve` needs it.
+if [ -f "$BIN_DIR/kloigos-dashboard" ]; then
+    put_file "$BIN_DIR/kloigos-dashboard" "$ROOT$PREFIX/bin/kloigos-dashboard" 755 0 0
+else
+    say "skipped: kloigos-dashboard is not in $BIN_DIR (only kloigos dashboard --serve needs it)"
+fi
 put_file "$BIN_DIR/kloigos-housekeeper" "$ROOT$PREFIX/sbin/kloigos-housekeeper" 755 0 0
 record housekeeper "$ROOT$PREFIX/sbin/kloigos-housekeeper"
 put_file "$PAM_SO" "$ROOT$MOD_DIR/pam_kloigos.so" 644 0 0
