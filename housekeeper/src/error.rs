@@ -51,6 +51,22 @@ pub enum Error {
     /// The cgroup hierarchy cannot be used as configured.
     #[error("cgroups: {0}")]
     Cgroup(String),
+    /// A file is larger than the housekeeper reads.
+    #[error("{path}: larger than {max} bytes; not read (is this the file it should be?)")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The bound, bytes.
+        max: u64,
+    },
+    /// A directory holds more entries than the housekeeper reads.
+    #[error("{dir}: more than {max} entries; not read (is this the directory it should be?)")]
+    TooMany {
+        /// The directory.
+        dir: PathBuf,
+        /// The bound.
+        max: usize,
+    },
     /// Ending a user's processes failed.
     #[error("ending the processes of uid {uid}: {msg}")]
     Kill {

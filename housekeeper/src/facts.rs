@@ -4,21 +4,20 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
+use kloigos_core::config::GpuConfig;
 use kloigos_core::enforce::MAX_MANAGED_UID;
-use kloigos_core::facts::{Facts, UserUse};
+use kloigos_core::facts::{Facts, Gpu, UserUse};
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::FORMAT_VERSION;
 
 use crate::procfs;
 use crate::record::Record;
 
-/// How long the GPU list is reused before nvidia-smi is asked again.
-const GPU_REFRESH_SECS: i64 = 3600;
-
-/// Builds the facts at `now` from /proc, /sys and the record (which keeps
-/// CPU ticks and the GPU list between passes).
+/// Builds the facts at `now` from /proc, /sys, the GPU driver's tree
+/// (`gpu`) and the record (which keeps CPU ticks between passes).
 pub fn gather(
     node: &NodeName,
+    gpu: &GpuConfig,
     by_uid: &BTreeMap<u32, (u32, u64)>,
     names: &BTreeMap<u32, UserName>,
     min_uid: u32,
@@ -60,40 +59,17 @@ pub fn gather(
         mem_available,
         load: procfs::loadavg(),
         uptime_s: procfs::uptime(),
-        gpus: gpus(record, now),
+        gpus: gpus(gpu),
         users,
         enforcing: true,
         error: None,
     }
 }
 
-/// GPU names from `nvidia-smi` when it exists, refreshed hourly.
-fn gpus(record: &mut Record, now: Timestamp) -> Vec<String> {
-    if let Some((at, list)) = &record.gpus {
-        if now.as_second() - at.as_second() < GPU_REFRESH_SECS {
-            return list.clone();
-        }
-    }
-    let list = if crate::sys::find_program("nvidia-smi").is_some() {
-        match crate::sys::run(
-            "nvidia-smi",
-            &["--query-gpu=name", "--format=csv,noheader"],
-            None,
-        ) {
-            Ok(out) => out
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect(),
-            Err(e) => {
-                crate::log::error(&format!("GPU list: {e}"));
-                Vec::new()
-            }
-        }
-    } else {
+/// The GPU inventory, or none (logged) when the driver's tree cannot be read.
+fn gpus(cfg: &GpuConfig) -> Vec<Gpu> {
+    crate::gpu::inventory(cfg).unwrap_or_else(|e| {
+        crate::log::error(&format!("GPU inventory: {e}"));
         Vec::new()
-    };
-    record.gpus = Some((now, list.clone()));
-    list
+    })
 }

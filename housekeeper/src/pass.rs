@@ -444,8 +444,15 @@ fn write_facts(
     if !inp.store.has_node(&inp.node) {
         return;
     }
-    let mut facts: Facts =
-        crate::facts::gather(&inp.node, by_uid, names, policy.min_uid, record, now);
+    let mut facts: Facts = crate::facts::gather(
+        &inp.node,
+        &inp.cfg.housekeeper.gpu,
+        by_uid,
+        names,
+        policy.min_uid,
+        record,
+        now,
+    );
     facts.enforcing = error.is_none();
     facts.error = error.map(String::from);
     match crate::sys::as_service(inp.service, || inp.store.write_facts(&facts)) {

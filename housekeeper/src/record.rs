@@ -1,6 +1,6 @@
 //! What the housekeeper remembers between passes, in a root-owned file next
 //! to the local state copy: warnings given, hooks run, counters, the
-//! nftables table it loaded, CPU time per user, the GPU list.
+//! nftables table it loaded, CPU time per user.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -38,8 +38,6 @@ pub struct Record {
     pub nft: Option<NftRecord>,
     /// CPU ticks per uid at the last pass, for CPU use.
     pub cpu_ticks: BTreeMap<u32, u64>,
-    /// GPU names and when nvidia-smi was last asked.
-    pub gpus: Option<(Timestamp, Vec<String>)>,
 }
 
 impl Record {

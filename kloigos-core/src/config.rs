@@ -58,6 +58,26 @@ pub enum SliceBackend {
     None,
 }
 
+/// The `housekeeper.gpu` section: where the GPU inventory is read, so that
+/// tests (and odd installs) can point it at another tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// The proc root holding `driver/nvidia/gpus/<bus>/information`.
+    pub proc_dir: PathBuf,
+    /// The sysfs root holding `bus/pci/devices/<bus>/numa_node`.
+    pub sys_dir: PathBuf,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            proc_dir: PathBuf::from("/proc"),
+            sys_dir: PathBuf::from("/sys"),
+        }
+    }
+}
+
 /// The `housekeeper` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -78,6 +98,8 @@ pub struct HousekeeperConfig {
     pub metrics_dir: Option<PathBuf>,
     /// Directory holding `release.d/` hooks.
     pub hooks_dir: Option<PathBuf>,
+    /// GPU inventory and fence.
+    pub gpu: GpuConfig,
 }
 
 impl Default for HousekeeperConfig {
@@ -91,6 +113,7 @@ impl Default for HousekeeperConfig {
             state_copy: PathBuf::from("/var/lib/kloigos/state.json"),
             metrics_dir: None,
             hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
+            gpu: GpuConfig::default(),
         }
     }
 }

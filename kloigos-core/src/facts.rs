@@ -2,10 +2,11 @@
 //! pass. Written only by that node; read by `info` and placement.
 
 use jiff::Timestamp;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::names::{NodeName, UserName};
+use crate::state::Topology;
 
 /// A heartbeat older than this marks the node stale in `info`.
 pub const STALE_AFTER_SECS: i64 = 180;
@@ -17,6 +18,100 @@ pub struct Numa {
     pub id: u32,
     /// Its CPUs.
     pub cpus: CpuSet,
+}
+
+/// One GPU of the node, from the driver's inventory (NVIDIA:
+/// `/proc/driver/nvidia/gpus/<bus>/information` and the PCI device in sysfs).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Gpu {
+    /// Its index: its place in PCI bus order, as `nvidia-smi` numbers it.
+    pub index: u32,
+    /// The minor number of its device node (`/dev/nvidiaN`, major 195).
+    pub minor: u32,
+    /// Its UUID (`GPU-...`), when the driver gives one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uuid: Option<String>,
+    /// Its model name.
+    #[serde(default)]
+    pub name: String,
+    /// Its PCI bus id (`0000:3b:00.0`).
+    pub bus_id: String,
+    /// The NUMA node it hangs off, when the platform says.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub numa_node: Option<u32>,
+    /// Utilization in percent, when a recent sample exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization: Option<u32>,
+    /// Memory in use, bytes, when a recent sample exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used: Option<u64>,
+    /// Memory in total, bytes, when known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total: Option<u64>,
+}
+
+/// What one NVIDIA `information` file says: `(device minor, UUID, model)`.
+/// The minor is required (it names the device node); a UUID that is not
+/// plain `[A-Za-z0-9-]` text of at most 80 bytes is left out, and the model
+/// loses control characters and is cut at 96 characters, since both are
+/// printed and passed on.
+pub fn parse_nvidia_information(text: &str) -> Option<(u32, Option<String>, String)> {
+    let mut minor = None;
+    let mut uuid = None;
+    let mut model = String::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let value = value.trim();
+        match key.trim() {
+            "Device Minor" => minor = value.parse::<u32>().ok(),
+            "GPU UUID" => {
+                uuid = (!value.is_empty()
+                    && value.len() <= 80
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+                .then(|| value.to_string())
+            }
+            "Model" => {
+                model = value
+                    .chars()
+                    .filter(|c| !crate::printable::is_control(*c))
+                    .take(96)
+                    .collect()
+            }
+            _ => {}
+        }
+    }
+    // Minors above 254 are the driver's control nodes, never a GPU.
+    let minor = minor.filter(|m| *m <= crate::gpuset::MAX_GPU)?;
+    Some((minor, uuid, model))
+}
+
+/// Whether `name` is a PCI address as the kernel writes it
+/// (`0000:3b:00.0`): the only directory names the inventory follows.
+pub fn is_pci_address(name: &str) -> bool {
+    let b = name.as_bytes();
+    let hex = |r: std::ops::Range<usize>| b[r].iter().all(u8::is_ascii_hexdigit);
+    b.len() == 12
+        && hex(0..4)
+        && b[4] == b':'
+        && hex(5..7)
+        && b[7] == b':'
+        && hex(8..10)
+        && b[10] == b'.'
+        && (b'0'..=b'7').contains(&b[11])
+}
+
+/// Reads the GPU list, skipping entries that are not [`Gpu`] objects:
+/// older housekeepers wrote bare model names there.
+fn gpus_lenient<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<Gpu>, D::Error> {
+    let raw: Vec<serde_json::Value> = Vec::deserialize(d)?;
+    Ok(raw
+        .into_iter()
+        .filter_map(|v| serde_json::from_value(v).ok())
+        .collect())
 }
 
 /// Per-user activity seen on the node.
@@ -63,9 +158,9 @@ pub struct Facts {
     /// Seconds since boot.
     #[serde(default)]
     pub uptime_s: u64,
-    /// GPU names, when nvidia-smi reports any.
-    #[serde(default)]
-    pub gpus: Vec<String>,
+    /// The GPU inventory, by index.
+    #[serde(default, deserialize_with = "gpus_lenient")]
+    pub gpus: Vec<Gpu>,
     /// Users with processes on the node.
     #[serde(default)]
     pub users: Vec<UserUse>,
@@ -86,5 +181,86 @@ impl Facts {
     /// The NUMA CPU sets, for placement.
     pub fn numa_sets(&self) -> Vec<CpuSet> {
         self.numa.iter().map(|n| n.cpus.clone()).collect()
+    }
+
+    /// Where the CPUs and GPUs sit, for placement and GPU UUIDs.
+    pub fn topology(&self) -> Topology {
+        let near = |g: &Gpu| {
+            let id = g.numa_node?;
+            self.numa
+                .iter()
+                .find(|n| n.id == id)
+                .map(|n| n.cpus.clone())
+        };
+        Topology {
+            numa: self.numa_sets(),
+            gpu_numa: self
+                .gpus
+                .iter()
+                .filter_map(|g| Some((g.index, near(g)?)))
+                .collect(),
+            gpu_uuid: self
+                .gpus
+                .iter()
+                .filter_map(|g| Some((g.index, g.uuid.clone()?)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nvidia_information_files_parse_and_hostile_text_is_cleaned() {
+        let text = "Model: \t\t Tesla T4\nIRQ:   \t\t 40\nGPU UUID: \t GPU-4b1f3c2a-0000-1111-2222-333344445555\nBus Location: \t 0000:3b:00.0\nDevice Minor: \t 2\nGPU Excluded:\t No\n";
+        assert_eq!(
+            parse_nvidia_information(text),
+            Some((
+                2,
+                Some("GPU-4b1f3c2a-0000-1111-2222-333344445555".into()),
+                "Tesla T4".into()
+            ))
+        );
+        let bad = "Model: A\u{1b}[2J\nGPU UUID: GPU-1;rm -rf\nDevice Minor: 7\n";
+        assert_eq!(
+            parse_nvidia_information(bad),
+            Some((7, None, "A[2J".into()))
+        );
+        assert_eq!(parse_nvidia_information("Model: T4\n"), None);
+        assert_eq!(parse_nvidia_information("Device Minor: 255\n"), None);
+        assert!(is_pci_address("0000:3b:00.0"));
+        for bad in [
+            "0000:3b:00.8",
+            "../../etc",
+            "0000:3b:00.0/",
+            "0000:3g:00.0",
+            "",
+        ] {
+            assert!(!is_pci_address(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn old_gpu_names_are_skipped_and_the_topology_maps_gpus_to_numa_cpus() {
+        let f: Facts = serde_json::from_value(serde_json::json!({
+            "version": 1, "node": "n1", "heartbeat": "2026-01-01T00:00:00Z",
+            "numa": [{"id": 0, "cpus": "0-3"}, {"id": 1, "cpus": "4-7"}],
+            "gpus": ["Tesla T4",
+                     {"index": 0, "minor": 0, "uuid": "GPU-a", "name": "T4", "bus_id": "0000:01:00.0", "numa_node": 1},
+                     {"index": 1, "minor": 1, "name": "T4", "bus_id": "0000:02:00.0"}]
+        }))
+        .unwrap();
+        assert_eq!(f.gpus.len(), 2);
+        let t = f.topology();
+        assert_eq!(t.gpu_numa.get(&0).unwrap().to_string(), "4-7");
+        assert!(!t.gpu_numa.contains_key(&1));
+        assert_eq!(t.gpu_uuid.get(&0).map(String::as_str), Some("GPU-a"));
+        let text = serde_json::to_string(&f.gpus[1]).unwrap();
+        assert!(
+            !text.contains("utilization") && !text.contains("uuid"),
+            "{text}"
+        );
     }
 }

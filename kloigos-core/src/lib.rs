@@ -10,6 +10,7 @@ pub mod cpuset;
 pub mod duration;
 pub mod enforce;
 pub mod error;
+pub mod gpuset;
 pub mod names;
 pub mod node;
 pub mod policy;

@@ -982,7 +982,7 @@ pub struct LoginCopy {
 #[derive(Debug, Clone, PartialEq)]
 enum CopiedState {
     /// Already built (a copy made in memory).
-    Built(Option<NodeState>),
+    Built(Option<Box<NodeState>>),
     /// The copy's file, whose `state` is parsed when asked for.
     File(PathBuf, Vec<u8>),
 }
@@ -1030,7 +1030,7 @@ impl LoginCopy {
     /// not what kloigos writes.
     pub fn state(&self) -> Result<Option<NodeState>> {
         match &self.state {
-            CopiedState::Built(st) => Ok(st.clone()),
+            CopiedState::Built(st) => Ok(st.as_deref().cloned()),
             CopiedState::File(path, bytes) => parse_json::<LocalCopy>(path, bytes).map(|c| c.state),
         }
     }
@@ -1042,7 +1042,7 @@ impl From<LocalCopy> for LoginCopy {
             copied_at: c.copied_at,
             policy: c.policy,
             service_uid: c.service_uid,
-            state: CopiedState::Built(c.state),
+            state: CopiedState::Built(c.state.map(Box::new)),
         }
     }
 }

@@ -1,0 +1,211 @@
+//! The GPU inventory, read from the driver's files on every pass (no
+//! external program): NVIDIA's `<proc>/driver/nvidia/gpus/<bus>/information`
+//! for the device minor, UUID and model, and the PCI device's
+//! `<sys>/bus/pci/devices/<bus>/numa_node`. Every read is bounded: a
+//! driver tree that is not what it should be fails the inventory with an
+//! error instead of costing the pass.
+
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use kloigos_core::config::GpuConfig;
+use kloigos_core::facts::{is_pci_address, parse_nvidia_information, Gpu};
+
+use crate::error::{Error, Result};
+
+/// The most entries read from the driver's GPU directory.
+pub const MAX_ENTRIES: usize = 64;
+
+/// The most bytes read from one `information` file (the driver writes ~400).
+pub const MAX_INFO_BYTES: u64 = 4096;
+
+/// The most bytes read from a `numa_node` file.
+pub const MAX_NUMA_BYTES: u64 = 16;
+
+/// The driver's GPU directory under `proc_dir`.
+pub fn nvidia_dir(cfg: &GpuConfig) -> PathBuf {
+    cfg.proc_dir.join("driver/nvidia/gpus")
+}
+
+/// The node's GPUs, indexed in PCI bus order. No driver directory (ENOENT):
+/// no GPUs. Any other failure is an error naming the file.
+pub fn inventory(cfg: &GpuConfig) -> Result<Vec<Gpu>> {
+    let dir = nvidia_dir(cfg);
+    let entries = match fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(&dir, e)),
+    };
+    let mut buses = Vec::new();
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(Error::TooMany {
+                dir,
+                max: MAX_ENTRIES,
+            });
+        }
+        let entry = entry.map_err(|e| Error::io(&dir, e))?;
+        // Only a PCI address becomes part of a path.
+        if let Some(name) = entry.file_name().to_str().filter(|n| is_pci_address(n)) {
+            buses.push(name.to_string());
+        }
+    }
+    buses.sort();
+    let mut out = Vec::with_capacity(buses.len());
+    for bus in buses {
+        let info = dir.join(&bus).join("information");
+        let text = read_bounded(&info, MAX_INFO_BYTES)?;
+        let Some((minor, uuid, name)) = parse_nvidia_information(&text) else {
+            crate::log::error(&format!(
+                "{}: no valid \"Device Minor\" line; this GPU is left out",
+                info.display()
+            ));
+            continue;
+        };
+        let numa_path = cfg
+            .sys_dir
+            .join("bus/pci/devices")
+            .join(&bus)
+            .join("numa_node");
+        let numa_node = match read_bounded(&numa_path, MAX_NUMA_BYTES) {
+            // -1: the platform does not say.
+            Ok(t) => t.trim().parse::<u32>().ok(),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        out.push(Gpu {
+            index: out.len() as u32,
+            minor,
+            uuid,
+            name,
+            bus_id: bus,
+            numa_node,
+            utilization: None,
+            memory_used: None,
+            memory_total: None,
+        });
+    }
+    Ok(out)
+}
+
+/// Reads at most `max` bytes of `path` as text; a longer file is an error.
+fn read_bounded(path: &Path, max: u64) -> Result<String> {
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut buf = Vec::new();
+    f.take(max + 1)
+        .read_to_end(&mut buf)
+        .map_err(|e| Error::io(path, e))?;
+    if buf.len() as u64 > max {
+        return Err(Error::TooLarge {
+            path: path.into(),
+            max,
+        });
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fake driver tree: GPUs `(bus, minor, numa)`.
+    fn tree(gpus: &[(&str, u32, &str)]) -> (tempfile::TempDir, GpuConfig) {
+        let d = tempfile::tempdir().unwrap();
+        let cfg = GpuConfig {
+            proc_dir: d.path().join("proc"),
+            sys_dir: d.path().join("sys"),
+        };
+        for (bus, minor, numa) in gpus {
+            let g = nvidia_dir(&cfg).join(bus);
+            fs::create_dir_all(&g).unwrap();
+            fs::write(
+                g.join("information"),
+                format!("Model: \t\t Tesla T4\nGPU UUID: \t GPU-{minor}-uuid\nBus Location: \t {bus}\nDevice Minor: \t {minor}\n"),
+            )
+            .unwrap();
+            let p = cfg.sys_dir.join("bus/pci/devices").join(bus);
+            fs::create_dir_all(&p).unwrap();
+            fs::write(p.join("numa_node"), format!("{numa}\n")).unwrap();
+        }
+        (d, cfg)
+    }
+
+    #[test]
+    fn gpus_are_indexed_in_bus_order_with_their_numa_node() {
+        let (_d, cfg) = tree(&[("0000:b1:00.0", 3, "1"), ("0000:3b:00.0", 0, "-1")]);
+        fs::create_dir_all(nvidia_dir(&cfg).join("not-a-bus")).unwrap();
+        let g = inventory(&cfg).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].index, g[0].minor, g[0].numa_node), (0, 0, None));
+        assert_eq!(g[0].bus_id, "0000:3b:00.0");
+        assert_eq!((g[1].index, g[1].minor, g[1].numa_node), (1, 3, Some(1)));
+        assert_eq!(g[1].uuid.as_deref(), Some("GPU-3-uuid"));
+        assert_eq!(g[1].name, "Tesla T4");
+    }
+
+    #[test]
+    fn no_driver_is_no_gpus_and_an_unreadable_tree_is_an_error() {
+        let (_d, cfg) = tree(&[]);
+        assert!(inventory(&cfg).unwrap().is_empty());
+        let (_d, cfg) = tree(&[("0000:3b:00.0", 0, "0")]);
+        fs::remove_file(nvidia_dir(&cfg).join("0000:3b:00.0/information")).unwrap();
+        assert!(matches!(inventory(&cfg), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn each_bound_holds() {
+        // An information file one byte too long.
+        let (_d, cfg) = tree(&[("0000:3b:00.0", 0, "0")]);
+        let info = nvidia_dir(&cfg).join("0000:3b:00.0/information");
+        let mut text = fs::read_to_string(&info).unwrap();
+        text.push_str(&"x".repeat(MAX_INFO_BYTES as usize + 1 - text.len()));
+        fs::write(&info, &text).unwrap();
+        let e = inventory(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TooLarge {
+                    max: MAX_INFO_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        text.pop();
+        fs::write(&info, &text).unwrap();
+        assert_eq!(inventory(&cfg).unwrap().len(), 1);
+        // A numa_node file too long.
+        let numa = cfg.sys_dir.join("bus/pci/devices/0000:3b:00.0/numa_node");
+        fs::write(&numa, "0".repeat(MAX_NUMA_BYTES as usize + 1)).unwrap();
+        let e = inventory(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TooLarge {
+                    max: MAX_NUMA_BYTES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        // One entry too many in the driver's directory.
+        let (_d, cfg) = tree(&[]);
+        for i in 0..=MAX_ENTRIES {
+            fs::create_dir_all(nvidia_dir(&cfg).join(format!("junk{i}"))).unwrap();
+        }
+        let e = inventory(&cfg).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::TooMany {
+                    max: MAX_ENTRIES,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        fs::remove_dir(nvidia_dir(&cfg).join("junk0")).unwrap();
+        assert!(inventory(&cfg).unwrap().is_empty());
+    }
+}
