@@ -231,3 +231,238 @@ fn history_summary_counts_gpu_hours() {
         .out_has("GPU-HOURS")
         .out_has("4.00");
 }
+
+// The fence, with the kernel as the oracle: opening a character device
+// 195:M that the device controller allows fails with ENXIO (no driver
+// here), one it denies fails with EPERM. uid band 59900-59909 (passes here
+// end nobody: "kill" stays off).
+
+/// A process of `user` that, for each line on its stdin, opens each of
+/// `names` in `dir` and answers one line: the errno name (or OPEN) of each.
+struct Probe {
+    child: kloigos_tests::housekeeper::Reaped,
+    out: std::io::BufReader<std::process::ChildStdout>,
+}
+
+const PROBE: &str = r#"
+import errno, os, sys
+d, names = sys.argv[1], sys.argv[2:]
+for _ in sys.stdin:
+    out = []
+    for n in names:
+        try:
+            os.close(os.open(os.path.join(d, n), os.O_RDWR))
+            out.append("OPEN")
+        except OSError as e:
+            out.append(errno.errorcode.get(e.errno, str(e.errno)))
+    print(" ".join(out), flush=True)
+"#;
+
+impl Probe {
+    fn start(user: &kloigos_tests::sys::TempUser, dir: &std::path::Path, names: &[&str]) -> Probe {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--init-groups")
+            .args(["/usr/bin/python3", "-u", "-c", PROBE])
+            .arg(dir)
+            .args(names)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start the probe");
+        let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        Probe {
+            child: kloigos_tests::housekeeper::Reaped(child),
+            out,
+        }
+    }
+
+    /// What opening each device gives now.
+    fn ask(&mut self) -> Vec<String> {
+        use std::io::{BufRead, Write};
+        let stdin = self.child.0.stdin.as_mut().expect("stdin");
+        stdin
+            .write_all(b"\n")
+            .and_then(|_| stdin.flush())
+            .expect("ask the probe");
+        let mut line = String::new();
+        self.out.read_line(&mut line).expect("the probe's answer");
+        assert!(!line.is_empty(), "the probe ended");
+        line.split_whitespace().map(String::from).collect()
+    }
+}
+
+/// Removes the test's device groups, whatever happened to the test.
+struct Groups(Vec<std::path::PathBuf>);
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir(d);
+        }
+    }
+}
+
+#[test]
+fn the_kernel_fences_each_users_gpus_by_booking() {
+    use kloigos_core::booking::BookingId;
+    use kloigos_core::gpuset::GpuSet;
+    use kloigos_core::names::UserName;
+    use kloigos_core::policy::Policy;
+    use kloigos_core::state::{Request, Size};
+    use kloigos_tests::cmd::must;
+    use kloigos_tests::housekeeper::{live_processes, user_with_uid, HkNode};
+    use kloigos_tests::poll::wait_until;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Duration;
+
+    kloigos_tests::require_root!();
+    let devices = Path::new("/sys/fs/cgroup/devices");
+    if !devices.join("devices.deny").exists() {
+        eprintln!("SKIPPED (no cgroup v1 devices hierarchy): the GPU fence test");
+        return;
+    }
+    let alice = user_with_uid("khg-alice", 59901);
+    let bob = user_with_uid("khg-bob", 59902);
+    let _groups = Groups(vec![
+        devices.join("kloigos/user-59901"),
+        devices.join("kloigos/user-59902"),
+    ]);
+    let n = HkNode::new(
+        "gpunode",
+        Policy {
+            min_uid: 59900,
+            ..Policy::default()
+        },
+        "0-3",
+        Some(1),
+        None,
+        json!({}),
+    );
+    // A driver tree with 4 GPUs whose minors (4-7) are not their indices.
+    let root = n.cluster.dir.path();
+    for i in 0..4u32 {
+        let bus = format!("0000:{:02x}:00.0", 0x10 + i);
+        let g = root.join("proc/driver/nvidia/gpus").join(&bus);
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(
+            g.join("information"),
+            format!("Model: \t\t Fake GPU\nGPU UUID: \t GPU-fake-{i}\nBus Location: \t {bus}\nDevice Minor: \t {}\n", i + 4),
+        )
+        .unwrap();
+    }
+    n.write_config(
+        &n.config,
+        json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}}),
+    );
+    n.cluster
+        .store
+        .update_node(&n.node, Timestamp::now(), |st| {
+            st.node.gpus = Some(GpuSet::parse("0-3")?);
+            Ok(((), vec![]))
+        })
+        .unwrap();
+    // The device nodes, where the users can reach them.
+    let dev = tempfile::Builder::new()
+        .prefix("kloigos-gpu-dev-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dev.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let names = ["nvidia4", "nvidia5", "nvidia6", "nvidia7", "nvidiactl"];
+    for (name, minor) in names.iter().zip([4, 5, 6, 7, 255]) {
+        let p = dev.path().join(name);
+        must(
+            "mknod",
+            &[
+                "-m",
+                "666",
+                &p.to_string_lossy(),
+                "c",
+                "195",
+                &minor.to_string(),
+            ],
+        );
+    }
+    // carol (no account, no processes) holds GPU 0; alice then gets GPU 1.
+    let now = Timestamp::now();
+    let book = |user: &str, uid: u32| {
+        let name = UserName::new(user).unwrap();
+        let req = Request {
+            user: name.clone(),
+            uid,
+            created_by: name,
+            size: Size::Gpus(1),
+            start: now,
+            end: kloigos_core::when::plus_secs(now, 3600),
+            note: Default::default(),
+            held_elsewhere: 0,
+        };
+        n.cluster
+            .store
+            .update_node(&n.node, now, |st| {
+                Ok((st.book(&req, &Policy::default(), now, &[])?, vec![]))
+            })
+            .unwrap()
+    };
+    let carol = book("khg-carol", 59903);
+    let a = book("khg-alice", 59901);
+    assert_eq!(
+        (
+            carol.gpus.unwrap().to_string(),
+            a.gpus.clone().unwrap().to_string()
+        ),
+        ("0".into(), "1".into())
+    );
+
+    let mut pa = Probe::start(&alice, dev.path(), &names);
+    let mut pb = Probe::start(&bob, dev.path(), &names);
+    let all_open = ["ENXIO"; 5];
+    // Without the fence every device number is allowed: the oracle's other side.
+    assert_eq!(pa.ask(), all_open);
+    assert_eq!(pb.ask(), all_open);
+
+    n.pass(&[]).ok();
+    // alice: her GPU (minor 5) and the control node; carol's GPU is shut to her.
+    assert_eq!(pa.ask(), ["EPERM", "ENXIO", "EPERM", "EPERM", "ENXIO"]);
+    // bob, booked nowhere: every GPU shut, the control node open.
+    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+    // A process alice starts from inside is born in the group.
+    let child = std::process::Command::new("setpriv")
+        .arg(format!("--reuid={}", alice.uid))
+        .arg(format!("--regid={}", alice.gid))
+        .arg("--init-groups")
+        .args(["cat", "/proc/self/cgroup"])
+        .output()
+        .unwrap();
+    assert!(
+        !String::from_utf8_lossy(&child.stdout).contains("devices:/kloigos/"),
+        "a process started from outside is not in the group until a pass"
+    );
+    let procs = std::fs::read_to_string(devices.join("kloigos/user-59901/cgroup.procs")).unwrap();
+    assert!(
+        procs
+            .lines()
+            .any(|l| l.trim() == pa.child.0.id().to_string()),
+        "{procs}"
+    );
+
+    // Released: alice is shut out of every GPU at the next pass.
+    n.release(&BookingId::parse(&a.id.to_string()).unwrap());
+    n.pass(&[]).ok();
+    assert_eq!(pa.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+
+    // Once their processes are gone, a pass removes their groups.
+    drop(pa);
+    drop(pb);
+    assert!(wait_until(Duration::from_secs(20), || {
+        live_processes(alice.uid) + live_processes(bob.uid) == 0
+    }));
+    n.pass(&[]).ok();
+    assert!(!devices.join("kloigos/user-59901").exists());
+    assert!(!devices.join("kloigos/user-59902").exists());
+}

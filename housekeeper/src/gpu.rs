@@ -115,6 +115,7 @@ mod tests {
         let cfg = GpuConfig {
             proc_dir: d.path().join("proc"),
             sys_dir: d.path().join("sys"),
+            ..GpuConfig::default()
         };
         for (bus, minor, numa) in gpus {
             let g = nvidia_dir(&cfg).join(bus);

@@ -9,6 +9,7 @@
 
 mod error;
 mod facts;
+mod fence;
 mod gpu;
 mod hooks;
 mod kill;

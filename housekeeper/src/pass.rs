@@ -277,6 +277,14 @@ pub fn run(opts: &Options) -> Result<Report> {
     if let Some(b) = &backend {
         apply_slices(b, &plan, &desired, &procs);
     }
+    crate::fence::apply(
+        &hk.gpu,
+        &desired.rules,
+        &state,
+        now,
+        &observed.processes,
+        &procs,
+    );
     if let Some(action) = &plan.nft {
         report.nft_changed = apply_nft(action, &mut record);
     }

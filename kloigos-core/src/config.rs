@@ -67,6 +67,9 @@ pub struct GpuConfig {
     pub proc_dir: PathBuf,
     /// The sysfs root holding `bus/pci/devices/<bus>/numa_node`.
     pub sys_dir: PathBuf,
+    /// Whether to fence the GPUs: a user's processes may open only the
+    /// device nodes of the GPUs they hold (cgroup v1 device controller).
+    pub fence: bool,
 }
 
 impl Default for GpuConfig {
@@ -74,6 +77,7 @@ impl Default for GpuConfig {
         GpuConfig {
             proc_dir: PathBuf::from("/proc"),
             sys_dir: PathBuf::from("/sys"),
+            fence: true,
         }
     }
 }

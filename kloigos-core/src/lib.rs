@@ -24,6 +24,7 @@ pub mod access;
 pub mod config;
 pub mod doctor;
 pub mod facts;
+pub mod fence;
 pub mod gate;
 pub mod journal;
 pub mod placement;

@@ -1,0 +1,258 @@
+//! The GPU fence on cgroup v1: each managed user with processes gets
+//! `kloigos/user-UID` in the v1 devices hierarchy (under PID 1's group),
+//! with `devices.deny` for the minors of GPUs they do not hold and
+//! `devices.allow` for those they do (kloigos-core's [`fence::plan`]). The
+//! group keeps the kernel's open default, so no other device changes; the
+//! rules are written before any process is moved in, so a process never
+//! sits in the group without them. Then the user's processes not yet in the
+//! group are moved in; their children are born there.
+//!
+//! The v1 device controller cannot show its exceptions while the default is
+//! "allow" (`devices.list` says `a *:* rwm`), so the rules are written on
+//! every pass for every such user: a few small writes, no program run. A
+//! node without GPUs in its inventory does nothing here at all.
+//!
+//! What this does not cover: cgroup v2 (a `BPF_PROG_TYPE_CGROUP_DEVICE`
+//! program), a process forked between the pass's /proc scan and the move
+//! (it is moved on the next pass), and devices opened before the fence
+//! tightened (the kernel checks at open).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use kloigos_core::config::GpuConfig;
+use kloigos_core::enforce::{ProcOwner, Rules};
+use kloigos_core::fence::{self, DeviceRules};
+use kloigos_core::state::NodeState;
+
+use crate::error::{Error, Result};
+use crate::procfs::Proc;
+
+/// The v1 devices hierarchy's group for kloigos: `<mount>/<PID 1's group>/kloigos`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Devices {
+    group: PathBuf,
+    /// Whether other controllers share the hierarchy (then groups are
+    /// left for the slice backend to remove).
+    shared: bool,
+}
+
+impl Devices {
+    /// Finds the v1 devices hierarchy from the mount table and PID 1's
+    /// cgroups; `None` when there is none.
+    pub fn locate(mountinfo: &str, pid1: &str) -> Option<Devices> {
+        let (mount, root, opts) = mountinfo.lines().find_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mut l = left.split_whitespace().skip(3);
+            let (root, mount) = (l.next()?, l.next()?);
+            let mut r = right.split_whitespace();
+            let (fstype, _src, opts) = (r.next()?, r.next()?, r.next()?);
+            (fstype == "cgroup" && opts.split(',').any(|o| o == "devices"))
+                .then(|| (PathBuf::from(mount), root.to_string(), opts.to_string()))
+        })?;
+        let rel = pid1
+            .lines()
+            .find_map(|l| {
+                let mut f = l.splitn(3, ':');
+                let (_, ctrls, path) = (f.next()?, f.next()?, f.next()?);
+                ctrls.split(',').any(|c| c == "devices").then_some(path)
+            })
+            .unwrap_or("/");
+        // Inside a container the mount's root is PID 1's group already.
+        let rel = rel.strip_prefix(root.as_str()).unwrap_or(rel);
+        let rel = rel.trim_start_matches('/');
+        let base = if rel.is_empty() {
+            mount
+        } else {
+            mount.join(rel)
+        };
+        let shared = opts
+            .split(',')
+            .any(|o| ["cpuset", "memory", "pids"].contains(&o));
+        Some(Devices {
+            group: base.join("kloigos"),
+            shared,
+        })
+    }
+
+    /// The hierarchy of this host.
+    pub fn here() -> Result<Option<Devices>> {
+        let read = |p: &str| fs::read_to_string(p).map_err(|e| Error::io(p, e));
+        Ok(Devices::locate(
+            &read("/proc/self/mountinfo")?,
+            &read("/proc/1/cgroup")?,
+        ))
+    }
+
+    /// The group of `uid`.
+    pub fn user_dir(&self, uid: u32) -> PathBuf {
+        self.group.join(format!("user-{uid}"))
+    }
+
+    /// Writes `rules` into `uid`'s group (created if missing), then moves
+    /// `pids` that are not in it yet. Returns how many were moved.
+    pub fn set(&self, uid: u32, rules: &DeviceRules, pids: &[i32]) -> Result<usize> {
+        let dir = self.user_dir(uid);
+        fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let (deny, allow) = rules.v1_lines();
+        for (file, lines) in [("devices.deny", deny), ("devices.allow", allow)] {
+            let path = dir.join(file);
+            for l in lines {
+                fs::write(&path, &l).map_err(|e| Error::io(&path, e))?;
+            }
+        }
+        let procs = dir.join("cgroup.procs");
+        let inside = pids_in(&procs)?;
+        let mut moved = 0;
+        for pid in pids.iter().filter(|p| !inside.contains(p)) {
+            match fs::write(&procs, pid.to_string()) {
+                Ok(()) => moved += 1,
+                // Gone since the scan.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                Err(e) => return Err(Error::io(&procs, e)),
+            }
+        }
+        Ok(moved)
+    }
+
+    /// Removes the empty groups of users not in `keep` (their processes are
+    /// gone); a group with processes left stays for the next pass.
+    pub fn prune(&self, keep: &[u32]) -> Result<Vec<u32>> {
+        if self.shared {
+            return Ok(Vec::new());
+        }
+        let entries = match fs::read_dir(&self.group) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.group, e)),
+        };
+        let mut removed = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.group, e))?;
+            let Some(uid) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("user-"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if keep.contains(&uid) {
+                continue;
+            }
+            let dir = self.user_dir(uid);
+            match fs::remove_dir(&dir) {
+                Ok(()) => removed.push(uid),
+                // Processes still inside: the next pass.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// The pids listed in a `cgroup.procs` file.
+fn pids_in(path: &Path) -> Result<Vec<i32>> {
+    let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+}
+
+/// One pass of the fence: the inventory, the plan, the groups. Errors are
+/// logged; nothing here ends a process.
+pub fn apply(
+    cfg: &GpuConfig,
+    rules: &Rules,
+    state: &NodeState,
+    now: Timestamp,
+    owners: &[ProcOwner],
+    procs: &[Proc],
+) {
+    if !cfg.fence {
+        return;
+    }
+    let gpus = match crate::gpu::inventory(cfg) {
+        Ok(g) if g.is_empty() => return,
+        Ok(g) => g,
+        Err(e) => {
+            // The rules already in the kernel stay as they are.
+            crate::log::error(&format!("GPU fence not updated: inventory: {e}"));
+            return;
+        }
+    };
+    let plan = fence::plan(rules, state, now, &gpus, owners);
+    let dev = match Devices::here() {
+        Ok(Some(d)) => d,
+        Ok(None) => {
+            crate::log::error(
+                "GPU fence not applied: no cgroup v1 devices hierarchy on this host (cgroup v2 is not supported yet)",
+            );
+            return;
+        }
+        Err(e) => {
+            crate::log::error(&format!("GPU fence not applied: {e}"));
+            return;
+        }
+    };
+    for (uid, r) in &plan {
+        let pids: Vec<i32> = procs
+            .iter()
+            .filter(|p| p.is_live_of(*uid))
+            .map(|p| p.pid)
+            .collect();
+        match dev.set(*uid, r, &pids) {
+            Ok(0) => {}
+            Ok(n) => crate::log::note(&format!(
+                "GPU fence: moved {n} process(es) of uid {uid} into {} (GPU minors open: {:?})",
+                dev.user_dir(*uid).display(),
+                r.allow
+            )),
+            Err(e) => crate::log::error(&format!("GPU fence of uid {uid}: {e}")),
+        }
+    }
+    let keep: Vec<u32> = plan.keys().copied().collect();
+    if let Err(e) = dev.prune(&keep) {
+        crate::log::error(&format!("GPU fence: removing groups: {e}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MOUNTS: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
+36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices
+41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw";
+
+    #[test]
+    fn the_devices_hierarchy_is_found_under_pid1s_group() {
+        let d = Devices::locate(MOUNTS, "5:devices:/\n3:cpuset:/\n0::/\n").unwrap();
+        assert_eq!(
+            d.user_dir(7),
+            PathBuf::from("/sys/fs/cgroup/devices/kloigos/user-7")
+        );
+        assert!(!d.shared);
+        let d = Devices::locate(MOUNTS, "5:devices:/lxc/box\n").unwrap();
+        assert_eq!(
+            d.group,
+            PathBuf::from("/sys/fs/cgroup/devices/lxc/box/kloigos")
+        );
+        // A container whose mount's root is its own group.
+        let inner =
+            "36 31 0:33 /lxc/box /sys/fs/cgroup/devices rw - cgroup cgroup rw,devices,cpuset";
+        let d = Devices::locate(inner, "5:devices,cpuset:/lxc/box\n").unwrap();
+        assert_eq!(d.group, PathBuf::from("/sys/fs/cgroup/devices/kloigos"));
+        assert!(d.shared);
+        assert_eq!(
+            Devices::locate(
+                "41 31 0:38 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw",
+                "0::/\n"
+            ),
+            None
+        );
+    }
+}
