@@ -466,3 +466,70 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     assert!(!devices.join("kloigos/user-59901").exists());
     assert!(!devices.join("kloigos/user-59902").exists());
 }
+
+/// A stand-in for ssh that records the booking's variables it was given.
+fn env_ssh(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use std::os::unix::fs::PermissionsExt;
+    let p = dir.join("env-ssh");
+    let log = dir.join("env.log");
+    std::fs::write(
+        &p,
+        format!(
+            "#!/bin/sh\nenv | grep -E '^(CUDA_VISIBLE_DEVICES|KLOIGOS_)' | sort > {}\necho \"$@\" >> {}\n",
+            log.display(),
+            log.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (p, log)
+}
+
+#[test]
+fn run_sets_cuda_visible_devices_and_the_booking_variables() {
+    let c = cluster();
+    c.run(&["admin", "set-node", "gpu4", "--ports", "20000-20399"])
+        .ok();
+    let (ssh, log) = env_ssh(c.dir.path());
+    let ssh = ssh.to_str().unwrap();
+    // The caller's own CUDA_VISIBLE_DEVICES names GPUs they do not hold: replaced.
+    let mut cmd = c.kloigos();
+    cmd.env("CUDA_VISIBLE_DEVICES", "0,1,2,3").args([
+        "run",
+        "--ssh",
+        ssh,
+        "-w",
+        "gpu4",
+        "--gpus",
+        "2",
+        "-t",
+        "10m",
+        "--",
+        "nvidia-smi",
+    ]);
+    kloigos_tests::cmd::Run::of(&mut cmd).ok();
+    let got = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        got,
+        "CUDA_VISIBLE_DEVICES=0,1\nKLOIGOS_BOOKING=gpu4:1\nKLOIGOS_CPUS=0-31\nKLOIGOS_PORTS=20000-20199\ngpu4 -- nvidia-smi\n"
+    );
+    // With UUIDs in the node's facts, the UUIDs (they survive renumbering).
+    facts(&c, "gpu4", &[(0, 0), (1, 0), (2, 1), (3, 1)]);
+    c.run(&[
+        "run", "--ssh", ssh, "-w", "gpu4", "--gpus", "1", "--", "true",
+    ])
+    .ok();
+    let got = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        got.starts_with("CUDA_VISIBLE_DEVICES=GPU-0-gpu4\nKLOIGOS_BOOKING=gpu4:2\n"),
+        "{got}"
+    );
+    // A node without GPUs: the booking's variables, no CUDA_VISIBLE_DEVICES.
+    c.run(&["run", "--ssh", ssh, "-w", "plain", "--", "true"])
+        .ok();
+    let got = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        got,
+        "KLOIGOS_BOOKING=plain:1\nKLOIGOS_CPUS=0-7\nKLOIGOS_PORTS=\nplain -- true\n"
+    );
+}

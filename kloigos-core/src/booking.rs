@@ -202,6 +202,37 @@ impl Booking {
         (self.end.as_second() - self.start.as_second()).max(0) as f64 / 3600.0
     }
 
+    /// The value of `CUDA_VISIBLE_DEVICES` for this booking: the GPUs'
+    /// UUIDs when known (they name the right GPUs whatever the numbering a
+    /// process sees), else their indices; `None` without GPUs.
+    pub fn cuda_visible_devices(&self) -> Option<String> {
+        let gpus = self.gpus.as_ref()?;
+        Some(if self.gpu_uuids.len() == gpus.len() {
+            self.gpu_uuids.join(",")
+        } else {
+            let v: Vec<String> = gpus.indices().iter().map(u32::to_string).collect();
+            v.join(",")
+        })
+    }
+
+    /// The environment a session inside this booking gets:
+    /// `KLOIGOS_BOOKING`, `KLOIGOS_CPUS`, `KLOIGOS_PORTS` (empty without
+    /// ports) and, with GPUs, `CUDA_VISIBLE_DEVICES`.
+    pub fn session_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("KLOIGOS_BOOKING", self.id.to_string()),
+            ("KLOIGOS_CPUS", self.cpus.to_string()),
+            (
+                "KLOIGOS_PORTS",
+                self.ports.map(|p| p.to_string()).unwrap_or_default(),
+            ),
+        ];
+        if let Some(c) = self.cuda_visible_devices() {
+            v.push(("CUDA_VISIBLE_DEVICES", c));
+        }
+        v
+    }
+
     /// The booking as commands print it: every field present, `gpus`
     /// `null` on a node without GPUs, `gpu_uuids` only when known.
     pub fn to_json(&self) -> serde_json::Value {
@@ -266,6 +297,19 @@ mod tests {
         assert!(g.to_json().get("gpu_uuids").is_none());
         assert_eq!(g.gpu_hours(), 4.0);
         assert_eq!(g.cpu_hours(), 8.0);
+        // The session's environment: indices without UUIDs, UUIDs with them.
+        assert_eq!(b.cuda_visible_devices(), None);
+        assert_eq!(g.cuda_visible_devices().as_deref(), Some("2,3"));
+        g.gpu_uuids = vec!["GPU-a".into(), "GPU-b".into()];
+        assert_eq!(
+            g.session_env(),
+            [
+                ("KLOIGOS_BOOKING", "n1:1".to_string()),
+                ("KLOIGOS_CPUS", "0-3".into()),
+                ("KLOIGOS_PORTS", "".into()),
+                ("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b".into()),
+            ]
+        );
     }
 
     #[test]
