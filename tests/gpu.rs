@@ -533,3 +533,131 @@ fn run_sets_cuda_visible_devices_and_the_booking_variables() {
         "KLOIGOS_BOOKING=plain:1\nKLOIGOS_CPUS=0-7\nKLOIGOS_PORTS=\nplain -- true\n"
     );
 }
+
+/// A process of `user` holding `paths` open (opened before any pass).
+fn hold_open(
+    user: &kloigos_tests::sys::TempUser,
+    paths: &[&std::path::Path],
+) -> kloigos_tests::housekeeper::Reaped {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut child = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--init-groups")
+        .args([
+            "/usr/bin/python3",
+            "-c",
+            "import os, sys, time\nfds = [os.open(p, os.O_RDONLY) for p in sys.argv[1:]]\nprint('open', flush=True)\ntime.sleep(600)",
+        ])
+        .args(paths)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start a holder");
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("stdout"))
+        .read_line(&mut line)
+        .expect("the holder's word");
+    assert_eq!(line.trim(), "open", "the holder could not open {paths:?}");
+    kloigos_tests::housekeeper::Reaped(child)
+}
+
+#[test]
+fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
+    use kloigos_core::gpuset::GpuSet;
+    use kloigos_core::policy::Policy;
+    use kloigos_tests::cmd::must;
+    use kloigos_tests::housekeeper::{user_with_uid, HkNode};
+    use kloigos_tests::poll::wait_until;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+    use std::time::Duration;
+
+    kloigos_tests::require_root!();
+    let devices = Path::new("/sys/fs/cgroup/devices");
+    if !devices.join("devices.deny").exists() {
+        eprintln!("SKIPPED (no cgroup v1 devices hierarchy): the GPU stray test");
+        return;
+    }
+    let dave = user_with_uid("khg-dave", 59904);
+    let erin = user_with_uid("khg-erin", 59905);
+    let _groups = Groups(vec![
+        devices.join("kloigos/user-59904"),
+        devices.join("kloigos/user-59905"),
+    ]);
+    // Two GPUs declared by device path. Nodes without a driver cannot be
+    // held open, so they carry the numbers of /dev/full and /dev/random
+    // (fenced only inside these users' groups).
+    let dev = tempfile::Builder::new()
+        .prefix("kloigos-gpu-dev-")
+        .tempdir()
+        .unwrap();
+    std::fs::set_permissions(dev.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let gpu0 = dev.path().join("gpu0");
+    let gpu1 = dev.path().join("gpu1");
+    must(
+        "mknod",
+        &["-m", "444", &gpu0.to_string_lossy(), "c", "1", "7"],
+    );
+    must(
+        "mknod",
+        &["-m", "444", &gpu1.to_string_lossy(), "c", "1", "8"],
+    );
+    let n = HkNode::new(
+        "straynode",
+        Policy {
+            min_uid: 59900,
+            ..Policy::default()
+        },
+        "0-1",
+        Some(1),
+        None,
+        json!({}),
+    );
+    let config = |grace: u64| json!({"grace_s": grace, "gpu": {"devices": [&gpu0, &gpu1]}});
+    n.write_config(&n.config, config(3600));
+    n.cluster
+        .store
+        .update_node(&n.node, Timestamp::now(), |st| {
+            st.node.gpus = Some(GpuSet::parse("0-1")?);
+            Ok(((), vec![]))
+        })
+        .unwrap();
+    let bd = n.book(&dave, 1, Timestamp::now(), 3600);
+    let be = n.book(&erin, 1, Timestamp::now(), 3600);
+    assert_eq!(bd.gpus.unwrap().to_string(), "0");
+    assert_eq!(be.gpus.unwrap().to_string(), "1");
+    // Opened before the fence: dave's own GPU, erin's GPU by dave, erin's own.
+    let mut dave_own = hold_open(&dave, &[&gpu0]);
+    let mut stray = hold_open(&dave, &[&gpu1]);
+    let mut erin_own = hold_open(&erin, &[&gpu1]);
+    let stray_pid = stray.0.id();
+
+    let r = n.pass(&[]);
+    r.ok().err_has(&format!(
+        "GPU stray: process {stray_pid} of uid 59904 holds device 1:8"
+    ));
+    assert_eq!(
+        r.stderr.matches("GPU stray: process").count(),
+        1,
+        "{}",
+        r.stderr
+    );
+    // Within the grace: warned only, and not warned twice.
+    assert!(stray.alive());
+    let r = n.pass(&[]);
+    r.ok();
+    assert!(!r.stderr.contains("GPU stray"), "{}", r.stderr);
+    assert!(stray.alive());
+
+    // The grace is over: the stray is ended, the rightful holders stay.
+    n.write_config(&n.config, config(0));
+    n.pass(&[]).ok().err_has(&format!(
+        "GPU stray: ended process {stray_pid} of uid 59904"
+    ));
+    assert!(wait_until(Duration::from_secs(20), || !stray.alive()));
+    assert!(dave_own.alive() && erin_own.alive());
+    n.pass(&[]).ok();
+    assert!(dave_own.alive() && erin_own.alive());
+}

@@ -67,6 +67,9 @@ pub enum Error {
         /// The bound.
         max: usize,
     },
+    /// A path declared as a GPU's device node is not a character device.
+    #[error("{0}: not a character device; housekeeper.gpu.devices lists GPU device nodes such as /dev/dri/renderD128")]
+    NotDevice(PathBuf),
     /// Ending a user's processes failed.
     #[error("ending the processes of uid {uid}: {msg}")]
     Kill {

@@ -12,23 +12,34 @@
 //! every pass for every such user: a few small writes, no program run. A
 //! node without GPUs in its inventory does nothing here at all.
 //!
+//! The kernel checks a device at open, so a GPU opened before the fence
+//! tightened (under a booking that has ended, or before the first pass)
+//! stays usable: such strays are found by the device number behind each
+//! open file of the users' processes (`/proc/PID/fd`), warned on their
+//! users' terminals, and ended `grace_s` later.
+//!
 //! What this does not cover: cgroup v2 (a `BPF_PROG_TYPE_CGROUP_DEVICE`
-//! program), a process forked between the pass's /proc scan and the move
-//! (it is moved on the next pass), and devices opened before the fence
-//! tightened (the kernel checks at open).
+//! program), and a process forked between the pass's /proc scan and the
+//! move (it is moved on the next pass).
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use jiff::Timestamp;
 use kloigos_core::config::GpuConfig;
 use kloigos_core::enforce::{ProcOwner, Rules};
-use kloigos_core::fence::{self, DeviceRules};
+use kloigos_core::fence::{self, DevNum, DeviceRules, Holder};
 use kloigos_core::state::NodeState;
 
 use crate::error::{Error, Result};
 use crate::procfs::Proc;
+use crate::record::Record;
+
+/// The most open files looked at per process when looking for strays.
+pub const MAX_FDS: usize = 65_536;
 
 /// The v1 devices hierarchy's group for kloigos: `<mount>/<PID 1's group>/kloigos`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -161,15 +172,111 @@ fn pids_in(path: &Path) -> Result<Vec<i32>> {
     Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
 }
 
-/// One pass of the fence: the inventory, the plan, the groups. Errors are
-/// logged; nothing here ends a process.
+/// The processes of the users in `plan` holding one of `gpus` open.
+fn holders(
+    plan: &std::collections::BTreeMap<u32, DeviceRules>,
+    gpus: &BTreeSet<DevNum>,
+    procs: &[Proc],
+) -> Vec<Holder> {
+    let mut out = Vec::new();
+    for p in procs.iter().filter(|p| p.is_live()) {
+        let Some(uid) = p.uids.iter().find(|u| plan.contains_key(u)) else {
+            continue;
+        };
+        // Gone, or a kernel thread: nothing held.
+        let Ok(fds) = fs::read_dir(format!("/proc/{}/fd", p.pid)) else {
+            continue;
+        };
+        let mut held = BTreeSet::new();
+        for fd in fds.take(MAX_FDS).flatten() {
+            let Ok(m) = fs::metadata(fd.path()) else {
+                continue;
+            };
+            let dev = DevNum::from_rdev(m.rdev());
+            if m.file_type().is_char_device() && gpus.contains(&dev) {
+                held.insert(dev);
+            }
+        }
+        if held.is_empty() {
+            continue;
+        }
+        let Some(start) = start_time(p.pid) else {
+            continue;
+        };
+        out.extend(held.into_iter().map(|dev| Holder {
+            pid: p.pid,
+            start,
+            uid: *uid,
+            dev,
+        }));
+    }
+    out
+}
+
+/// A process's start time (`/proc/PID/stat` field 22), to tell it from a
+/// later process given the same pid.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // After the command name, which may hold spaces and parentheses.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Warns about the strays seen first, ends those past their grace (when
+/// `end` allows), and remembers the rest in `record`.
+fn handle_strays(s: fence::Strays, end: bool, grace_s: u64, procs: &[Proc], record: &mut Record) {
+    for h in &s.warn {
+        let msg = format!(
+            "kloigos: your process {} holds GPU device {}:{} open, which you do not hold (any more); it will be ended in {} s",
+            h.pid, h.dev.major, h.dev.minor, grace_s
+        );
+        let n = crate::warn::to_terminals(h.uid, procs, &msg);
+        crate::log::event(&format!(
+            "GPU stray: process {} of uid {} holds device {}:{} it does not hold; warned ({n} terminal(s)), ended after {grace_s} s",
+            h.pid, h.uid, h.dev.major, h.dev.minor
+        ));
+    }
+    let mut seen = s.seen_next;
+    for h in s.end {
+        if !end {
+            seen.insert(
+                h.key(),
+                record.gpu_strays.get(&h.key()).copied().unwrap_or_default(),
+            );
+            continue;
+        }
+        // The pid still names the process seen, not a newcomer.
+        if start_time(h.pid) != Some(h.start) {
+            continue;
+        }
+        let pid = nix::unistd::Pid::from_raw(h.pid);
+        match nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+            Ok(()) => crate::log::event(&format!(
+                "GPU stray: ended process {} of uid {} (held device {}:{})",
+                h.pid, h.uid, h.dev.major, h.dev.minor
+            )),
+            Err(nix::errno::Errno::ESRCH) => {}
+            Err(e) => crate::log::error(&format!(
+                "GPU stray: ending process {} of uid {}: {e}",
+                h.pid, h.uid
+            )),
+        }
+    }
+    record.gpu_strays = seen;
+}
+
+/// One pass of the fence: the inventory, the plan, the groups, the
+/// strays. Errors are logged; only a stray past its grace is ended.
+#[allow(clippy::too_many_arguments)]
 pub fn apply(
     cfg: &GpuConfig,
+    grace_s: u64,
     rules: &Rules,
     state: &NodeState,
     now: Timestamp,
     owners: &[ProcOwner],
     procs: &[Proc],
+    record: &mut Record,
 ) {
     if !cfg.fence {
         return;
@@ -217,6 +324,10 @@ pub fn apply(
     if let Err(e) = dev.prune(&keep) {
         crate::log::error(&format!("GPU fence: removing groups: {e}"));
     }
+    let numbers: BTreeSet<DevNum> = gpus.iter().map(DevNum::of).collect();
+    let found = holders(&plan, &numbers, procs);
+    let s = fence::strays(&plan, &found, &record.gpu_strays, grace_s, now);
+    handle_strays(s, cfg.end_strays, grace_s, procs, record);
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 
 use std::fs::{self, File};
 use std::io::{self, Read};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use kloigos_core::config::GpuConfig;
 use kloigos_core::facts::{is_pci_address, parse_nvidia_information, Gpu};
+use kloigos_core::fence::{DevNum, NVIDIA_MAJOR};
 
 use crate::error::{Error, Result};
 
@@ -28,9 +30,13 @@ pub fn nvidia_dir(cfg: &GpuConfig) -> PathBuf {
     cfg.proc_dir.join("driver/nvidia/gpus")
 }
 
-/// The node's GPUs, indexed in PCI bus order. No driver directory (ENOENT):
-/// no GPUs. Any other failure is an error naming the file.
+/// The node's GPUs: those declared by device path in `cfg.devices`, in
+/// that order, or else NVIDIA's, indexed in PCI bus order. No driver
+/// directory (ENOENT): no GPUs. Any other failure is an error naming the file.
 pub fn inventory(cfg: &GpuConfig) -> Result<Vec<Gpu>> {
+    if !cfg.devices.is_empty() {
+        return declared(&cfg.devices);
+    }
     let dir = nvidia_dir(cfg);
     let entries = match fs::read_dir(&dir) {
         Ok(e) => e,
@@ -76,6 +82,7 @@ pub fn inventory(cfg: &GpuConfig) -> Result<Vec<Gpu>> {
         };
         out.push(Gpu {
             index: out.len() as u32,
+            major: NVIDIA_MAJOR,
             minor,
             uuid,
             name,
@@ -87,6 +94,39 @@ pub fn inventory(cfg: &GpuConfig) -> Result<Vec<Gpu>> {
         });
     }
     Ok(out)
+}
+
+/// GPUs declared by the paths of their device nodes (symlinks followed).
+fn declared(paths: &[PathBuf]) -> Result<Vec<Gpu>> {
+    if paths.len() > MAX_ENTRIES {
+        return Err(Error::TooMany {
+            dir: PathBuf::from("housekeeper.gpu.devices"),
+            max: MAX_ENTRIES,
+        });
+    }
+    paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let m = fs::metadata(p).map_err(|e| Error::io(p, e))?;
+            if !p.is_absolute() || !m.file_type().is_char_device() {
+                return Err(Error::NotDevice(p.clone()));
+            }
+            let dev = DevNum::from_rdev(m.rdev());
+            Ok(Gpu {
+                index: i as u32,
+                major: dev.major,
+                minor: dev.minor,
+                uuid: None,
+                name: p.display().to_string(),
+                bus_id: String::new(),
+                numa_node: None,
+                utilization: None,
+                memory_used: None,
+                memory_total: None,
+            })
+        })
+        .collect()
 }
 
 /// Reads at most `max` bytes of `path` as text; a longer file is an error.
@@ -151,6 +191,20 @@ mod tests {
         assert!(inventory(&cfg).unwrap().is_empty());
         let (_d, cfg) = tree(&[("0000:3b:00.0", 0, "0")]);
         fs::remove_file(nvidia_dir(&cfg).join("0000:3b:00.0/information")).unwrap();
+        assert!(matches!(inventory(&cfg), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn declared_devices_replace_the_driver_tree_and_must_be_character_devices() {
+        let (_d, mut cfg) = tree(&[("0000:3b:00.0", 0, "0")]);
+        cfg.devices = vec![PathBuf::from("/dev/null"), PathBuf::from("/dev/zero")];
+        let g = inventory(&cfg).unwrap();
+        assert_eq!(g.len(), 2);
+        assert_eq!((g[0].index, g[0].major, g[0].minor), (0, 1, 3));
+        assert_eq!((g[1].index, g[1].major, g[1].minor), (1, 1, 5));
+        cfg.devices = vec![PathBuf::from("/etc/hostname")];
+        assert!(matches!(inventory(&cfg), Err(Error::NotDevice(_))));
+        cfg.devices = vec![PathBuf::from("/dev/no-such-gpu")];
         assert!(matches!(inventory(&cfg), Err(Error::Io { .. })));
     }
 

@@ -279,11 +279,13 @@ pub fn run(opts: &Options) -> Result<Report> {
     }
     crate::fence::apply(
         &hk.gpu,
+        hk.grace_s,
         &desired.rules,
         &state,
         now,
         &observed.processes,
         &procs,
+        &mut record,
     );
     if let Some(action) = &plan.nft {
         report.nft_changed = apply_nft(action, &mut record);

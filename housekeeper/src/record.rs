@@ -38,6 +38,9 @@ pub struct Record {
     pub nft: Option<NftRecord>,
     /// CPU ticks per uid at the last pass, for CPU use.
     pub cpu_ticks: BTreeMap<u32, u64>,
+    /// Processes holding a GPU their user does not hold (`pid:start`), and
+    /// when each was first seen.
+    pub gpu_strays: BTreeMap<String, Timestamp>,
 }
 
 impl Record {

@@ -70,6 +70,12 @@ pub struct GpuConfig {
     /// Whether to fence the GPUs: a user's processes may open only the
     /// device nodes of the GPUs they hold (cgroup v1 device controller).
     pub fence: bool,
+    /// Whether to end a process that holds open a GPU its user does not
+    /// hold (warned first, ended `grace_s` later).
+    pub end_strays: bool,
+    /// GPUs declared by device path, in index order (e.g. AMD render nodes
+    /// `/dev/dri/renderD128`); when given, they replace the NVIDIA inventory.
+    pub devices: Vec<PathBuf>,
 }
 
 impl Default for GpuConfig {
@@ -78,6 +84,8 @@ impl Default for GpuConfig {
             proc_dir: PathBuf::from("/proc"),
             sys_dir: PathBuf::from("/sys"),
             fence: true,
+            end_strays: true,
+            devices: Vec::new(),
         }
     }
 }

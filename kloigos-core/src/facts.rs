@@ -26,7 +26,10 @@ pub struct Numa {
 pub struct Gpu {
     /// Its index: its place in PCI bus order, as `nvidia-smi` numbers it.
     pub index: u32,
-    /// The minor number of its device node (`/dev/nvidiaN`, major 195).
+    /// The major number of its device node (NVIDIA: 195).
+    #[serde(default = "nvidia_major")]
+    pub major: u32,
+    /// The minor number of its device node (`/dev/nvidiaN`).
     pub minor: u32,
     /// Its UUID (`GPU-...`), when the driver gives one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -34,7 +37,8 @@ pub struct Gpu {
     /// Its model name.
     #[serde(default)]
     pub name: String,
-    /// Its PCI bus id (`0000:3b:00.0`).
+    /// Its PCI bus id (`0000:3b:00.0`; empty for a GPU declared by device path).
+    #[serde(default)]
     pub bus_id: String,
     /// The NUMA node it hangs off, when the platform says.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,6 +106,10 @@ pub fn is_pci_address(name: &str) -> bool {
         && hex(8..10)
         && b[10] == b'.'
         && (b'0'..=b'7').contains(&b[11])
+}
+
+fn nvidia_major() -> u32 {
+    crate::fence::NVIDIA_MAJOR
 }
 
 /// Reads the GPU list, skipping entries that are not [`Gpu`] objects:

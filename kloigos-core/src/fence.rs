@@ -17,20 +17,47 @@ use crate::state::NodeState;
 /// The character-device major of NVIDIA GPUs (`/dev/nvidiaN`, minor N).
 pub const NVIDIA_MAJOR: u32 = 195;
 
-/// One user's device rules: GPU minors to open and to shut.
+/// A character device's number.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DevNum {
+    /// Major.
+    pub major: u32,
+    /// Minor.
+    pub minor: u32,
+}
+
+impl DevNum {
+    /// Splits a `st_rdev` as Linux encodes it (glibc's `gnu_dev_major/minor`).
+    pub fn from_rdev(rdev: u64) -> DevNum {
+        DevNum {
+            major: (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)) as u32,
+            minor: ((rdev & 0xff) | ((rdev >> 12) & !0xff)) as u32,
+        }
+    }
+
+    /// The GPU's device number.
+    pub fn of(g: &Gpu) -> DevNum {
+        DevNum {
+            major: g.major,
+            minor: g.minor,
+        }
+    }
+}
+
+/// One user's device rules: GPU device numbers to open and to shut.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceRules {
-    /// Minors of the GPUs the user holds.
-    pub allow: Vec<u32>,
-    /// Minors of every other GPU of the node.
-    pub deny: Vec<u32>,
+    /// The GPUs the user holds.
+    pub allow: Vec<DevNum>,
+    /// Every other GPU of the node.
+    pub deny: Vec<DevNum>,
 }
 
 impl DeviceRules {
     /// The lines for the v1 `devices.allow` and `devices.deny` files, in
     /// the order to write them (shut first, then open).
     pub fn v1_lines(&self) -> (Vec<String>, Vec<String>) {
-        let line = |m: &u32| format!("c {NVIDIA_MAJOR}:{m} rwm");
+        let line = |d: &DevNum| format!("c {}:{} rwm", d.major, d.minor);
         (
             self.deny.iter().map(line).collect(),
             self.allow.iter().map(line).collect(),
@@ -79,17 +106,82 @@ pub fn plan(
             .collect();
         let (allow, deny): (Vec<&Gpu>, Vec<&Gpu>) =
             gpus.iter().partition(|g| held.contains(&g.index));
-        let minors = |v: Vec<&Gpu>| {
-            let mut m: Vec<u32> = v.iter().map(|g| g.minor).collect();
+        let numbers = |v: Vec<&Gpu>| {
+            let mut m: Vec<DevNum> = v.into_iter().map(DevNum::of).collect();
             m.sort_unstable();
             m.dedup();
             m
         };
-        let allow = minors(allow);
-        // A minor listed twice by a confused driver is shut, never opened.
-        let deny = minors(deny);
+        let allow = numbers(allow);
+        // A number listed twice by a confused driver is shut, never opened.
+        let deny = numbers(deny);
         let allow = allow.into_iter().filter(|m| !deny.contains(m)).collect();
         out.insert(o.uid, DeviceRules { allow, deny });
+    }
+    out
+}
+
+/// A process seen holding a GPU device open: which one, and the process
+/// (pid and start time, so a reused pid is never mistaken for it).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Holder {
+    /// The process.
+    pub pid: i32,
+    /// Its start time in clock ticks after boot (`/proc/PID/stat` field 22).
+    pub start: u64,
+    /// Its owner.
+    pub uid: u32,
+    /// The device it holds.
+    pub dev: DevNum,
+}
+
+impl Holder {
+    /// The key a stray is remembered by between passes.
+    pub fn key(&self) -> String {
+        format!("{}:{}", self.pid, self.start)
+    }
+}
+
+/// What to do about the holders of GPUs their users do not hold.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Strays {
+    /// Seen for the first time: warn their users.
+    pub warn: Vec<Holder>,
+    /// Seen for `grace_s` or longer: end them.
+    pub end: Vec<Holder>,
+    /// When each stray still around was first seen (the next pass's memory).
+    pub seen_next: BTreeMap<String, Timestamp>,
+}
+
+/// Decides about `holders` at `now`: a holder is a stray when its user's
+/// rules deny the device it holds; a stray is warned when first seen and
+/// ended once `grace_s` has passed since (at once with a grace of 0).
+/// `seen` is the previous pass's memory.
+pub fn strays(
+    plan: &BTreeMap<u32, DeviceRules>,
+    holders: &[Holder],
+    seen: &BTreeMap<String, Timestamp>,
+    grace_s: u64,
+    now: Timestamp,
+) -> Strays {
+    let mut out = Strays::default();
+    for h in holders {
+        if !plan.get(&h.uid).is_some_and(|r| r.deny.contains(&h.dev)) {
+            continue;
+        }
+        let key = h.key();
+        let first = match seen.get(&key) {
+            Some(t) => *t,
+            None => {
+                out.warn.push(h.clone());
+                now
+            }
+        };
+        if now.as_second() - first.as_second() >= grace_s as i64 {
+            out.end.push(h.clone());
+        } else {
+            out.seen_next.insert(key, first);
+        }
     }
     out
 }
@@ -112,6 +204,7 @@ mod tests {
     fn gpu(index: u32, minor: u32) -> Gpu {
         Gpu {
             index,
+            major: NVIDIA_MAJOR,
             minor,
             uuid: None,
             name: String::new(),
@@ -171,18 +264,26 @@ mod tests {
         ];
         let p = plan(&rules, &st, now, &gpus, &owners);
         assert_eq!(p.keys().copied().collect::<Vec<_>>(), [1001, 1002]);
+        let d = |m: &[u32]| -> Vec<DevNum> {
+            m.iter()
+                .map(|&minor| DevNum {
+                    major: NVIDIA_MAJOR,
+                    minor,
+                })
+                .collect()
+        };
         assert_eq!(
             p[&1001],
             DeviceRules {
-                allow: vec![4, 5],
-                deny: vec![6, 7]
+                allow: d(&[4, 5]),
+                deny: d(&[6, 7])
             }
         );
         assert_eq!(
             p[&1002],
             DeviceRules {
                 allow: vec![],
-                deny: vec![4, 5, 6, 7]
+                deny: d(&[4, 5, 6, 7])
             }
         );
         let (deny, allow) = p[&1001].v1_lines();
@@ -195,11 +296,102 @@ mod tests {
         )
         .unwrap();
         let later = ts("2026-11-23T10:31:00Z");
-        assert_eq!(
-            plan(&rules, &st, later, &gpus, &owners)[&1001].allow,
-            Vec::<u32>::new()
-        );
+        assert!(plan(&rules, &st, later, &gpus, &owners)[&1001]
+            .allow
+            .is_empty());
         // A node without GPUs in its inventory fences nothing.
         assert!(plan(&rules, &st, now, &[], &owners).is_empty());
+    }
+
+    #[test]
+    fn device_numbers_decode_as_the_kernel_encodes_them() {
+        // makedev(195, 3), makedev(226, 128), makedev(259, 300000).
+        assert_eq!(
+            DevNum::from_rdev(0xc303),
+            DevNum {
+                major: 195,
+                minor: 3
+            }
+        );
+        assert_eq!(
+            DevNum::from_rdev(0xe280),
+            DevNum {
+                major: 226,
+                minor: 128
+            }
+        );
+        let big = (300_000u64 & 0xff) | ((259u64 & 0xfff) << 8) | ((300_000u64 & !0xff) << 12);
+        assert_eq!(
+            DevNum::from_rdev(big),
+            DevNum {
+                major: 259,
+                minor: 300_000
+            }
+        );
+    }
+
+    #[test]
+    fn a_stray_is_warned_when_first_seen_and_ended_after_the_grace() {
+        let gpu0 = DevNum {
+            major: 195,
+            minor: 0,
+        };
+        let gpu1 = DevNum {
+            major: 195,
+            minor: 1,
+        };
+        let plan: BTreeMap<u32, DeviceRules> = [(
+            1001,
+            DeviceRules {
+                allow: vec![gpu0],
+                deny: vec![gpu1],
+            },
+        )]
+        .into();
+        let h = |pid, dev| Holder {
+            pid,
+            start: 7,
+            uid: 1001,
+            dev,
+        };
+        // Its own GPU is no stray; another's is; an unmanaged uid is not judged.
+        let holders = [
+            h(10, gpu0),
+            h(11, gpu1),
+            Holder {
+                uid: 0,
+                ..h(12, gpu1)
+            },
+        ];
+        let t0 = ts("2026-11-23T10:00:00Z");
+        let s = strays(&plan, &holders, &BTreeMap::new(), 60, t0);
+        assert_eq!(s.warn, [h(11, gpu1)]);
+        assert!(s.end.is_empty());
+        assert_eq!(s.seen_next.get("11:7"), Some(&t0));
+        // Within the grace: kept, not warned again.
+        let t1 = ts("2026-11-23T10:00:59Z");
+        let s1 = strays(&plan, &holders, &s.seen_next, 60, t1);
+        assert!(s1.warn.is_empty() && s1.end.is_empty());
+        assert_eq!(s1.seen_next, s.seen_next);
+        // After it: ended, and forgotten.
+        let s2 = strays(
+            &plan,
+            &holders,
+            &s1.seen_next,
+            60,
+            ts("2026-11-23T10:01:00Z"),
+        );
+        assert_eq!(s2.end, [h(11, gpu1)]);
+        assert!(s2.seen_next.is_empty());
+        // A pid reused by another process is a new stray; a grace of 0 ends at once.
+        let reused = Holder {
+            start: 8,
+            ..h(11, gpu1)
+        };
+        let s3 = strays(&plan, std::slice::from_ref(&reused), &s.seen_next, 0, t1);
+        assert_eq!(
+            (s3.warn.clone(), s3.end.clone()),
+            (vec![reused.clone()], vec![reused])
+        );
     }
 }
