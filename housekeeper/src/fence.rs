@@ -166,6 +166,64 @@ impl Devices {
     }
 }
 
+impl Devices {
+    /// Moves every process of every user's group back to the parent group
+    /// (lifting the fence) and removes the groups; returns the uids whose
+    /// group went. For `--uninstall`.
+    pub fn remove_all(&self) -> Result<Vec<u32>> {
+        let parent = self
+            .group
+            .parent()
+            .unwrap_or(&self.group)
+            .join("cgroup.procs");
+        let entries = match fs::read_dir(&self.group) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(Error::io(&self.group, e)),
+        };
+        let mut uids = Vec::new();
+        for e in entries {
+            let e = e.map_err(|e| Error::io(&self.group, e))?;
+            let Some(uid) = e
+                .file_name()
+                .to_str()
+                .and_then(|n| n.strip_prefix("user-"))
+                .and_then(|n| n.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            let dir = self.user_dir(uid);
+            for pid in pids_in(&dir.join("cgroup.procs"))? {
+                match fs::write(&parent, pid.to_string()) {
+                    Ok(()) => {}
+                    Err(e) if e.raw_os_error() == Some(libc::ESRCH) => {}
+                    Err(e) => return Err(Error::io(&parent, e)),
+                }
+            }
+            fs::remove_dir(&dir).map_err(|e| Error::io(&dir, e))?;
+            uids.push(uid);
+        }
+        if !self.shared {
+            // Busy or already gone: left for the slice backend or nobody.
+            let _ = fs::remove_dir(&self.group);
+        }
+        Ok(uids)
+    }
+}
+
+/// `--uninstall`: lifts the fence of every user (logged).
+pub fn uninstall() {
+    match Devices::here() {
+        Ok(Some(d)) => match d.remove_all() {
+            Ok(uids) if uids.is_empty() => {}
+            Ok(uids) => crate::log::event(&format!("GPU fence removed for uid(s) {uids:?}")),
+            Err(e) => crate::log::error(&format!("removing the GPU fence: {e}")),
+        },
+        Ok(None) => {}
+        Err(e) => crate::log::error(&format!("removing the GPU fence: {e}")),
+    }
+}
+
 /// The pids listed in a `cgroup.procs` file.
 fn pids_in(path: &Path) -> Result<Vec<i32>> {
     let text = fs::read_to_string(path).map_err(|e| Error::io(path, e))?;

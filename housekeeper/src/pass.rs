@@ -538,6 +538,7 @@ fn uninstall(inp: &Inputs, record: &mut Record, dry_run: bool) -> Result<Report>
     if let Err(e) = backend.clear(&uids) {
         log::error(&format!("removing limits: {e}"));
     }
+    crate::fence::uninstall();
     let _ = fs::remove_file(Record::path(&inp.state_dir));
     log::event(&format!(
         "uninstalled: table inet kloigos removed, limits of uid(s) {uids:?} removed"
