@@ -671,3 +671,89 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     n.pass(&[]).ok();
     assert!(dave_own.alive() && erin_own.alive());
 }
+
+#[test]
+fn facts_list_the_gpus_with_utilization_sampled_at_most_every_few_minutes() {
+    use kloigos_core::policy::Policy;
+    use kloigos_tests::housekeeper::HkNode;
+    use std::os::unix::fs::PermissionsExt;
+
+    kloigos_tests::require_root!();
+    let n = HkNode::new(
+        "factsnode",
+        Policy {
+            min_uid: 59900,
+            ..Policy::default()
+        },
+        "0-1",
+        Some(1),
+        None,
+        json!({}),
+    );
+    let root = n.cluster.dir.path().to_path_buf();
+    for (i, numa) in [(0u32, "1"), (1, "-1")] {
+        let bus = format!("0000:{:02x}:00.0", 0x20 + i);
+        let g = root.join("proc/driver/nvidia/gpus").join(&bus);
+        std::fs::create_dir_all(&g).unwrap();
+        std::fs::write(
+            g.join("information"),
+            format!("Model: \t\t Fake A100\nGPU UUID: \t GPU-fake-{i}\nBus Location: \t {bus}\nDevice Minor: \t {}\n", 10 + i),
+        )
+        .unwrap();
+        let p = root.join("sys/bus/pci/devices").join(&bus);
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("numa_node"), format!("{numa}\n")).unwrap();
+    }
+    n.write_config(
+        &n.config,
+        json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys"), "fence": false}}),
+    );
+    // An nvidia-smi that counts its calls.
+    let bin = root.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let calls = root.join("smi-calls");
+    std::fs::write(
+        bin.join("nvidia-smi"),
+        format!(
+            "#!/bin/sh\necho x >> {}\necho 'GPU-fake-0, 37, 1024, 16384'\necho 'GPU-fake-1, [N/A], 0, 16384'\n",
+            calls.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        bin.join("nvidia-smi"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!("{}:/usr/sbin:/usr/bin:/sbin:/bin", bin.display());
+    let pass = || {
+        let mut c = n.housekeeper(&["--once"]);
+        c.env("PATH", &path);
+        kloigos_tests::cmd::Run::of(&mut c).ok();
+    };
+    pass();
+    let f = n.cluster.store.facts(&n.node).expect("facts.json");
+    let g = &f.gpus;
+    assert_eq!(g.len(), 2);
+    assert_eq!((g[0].index, g[0].minor, g[0].major), (0, 10, 195));
+    assert_eq!(g[0].uuid.as_deref(), Some("GPU-fake-0"));
+    assert_eq!(
+        (g[0].name.as_str(), g[0].bus_id.as_str()),
+        ("Fake A100", "0000:20:00.0")
+    );
+    assert_eq!((g[0].numa_node, g[1].numa_node), (Some(1), None));
+    assert_eq!(
+        (g[0].utilization, g[0].memory_used),
+        (Some(37), Some(1 << 30))
+    );
+    assert_eq!(
+        (g[1].utilization, g[1].memory_total),
+        (None, Some(16 << 30))
+    );
+    // The next passes reuse the sample: nvidia-smi ran once.
+    pass();
+    pass();
+    assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1);
+    let f = n.cluster.store.facts(&n.node).expect("facts.json");
+    assert_eq!(f.gpus[0].utilization, Some(37));
+}

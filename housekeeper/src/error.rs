@@ -67,6 +67,14 @@ pub enum Error {
         /// The bound.
         max: usize,
     },
+    /// An external program ran past its deadline and was ended.
+    #[error("{program} did not finish within {secs} s; ended")]
+    Timeout {
+        /// The program.
+        program: String,
+        /// The deadline, seconds.
+        secs: u64,
+    },
     /// A path declared as a GPU's device node is not a character device.
     #[error("{0}: not a character device; housekeeper.gpu.devices lists GPU device nodes such as /dev/dri/renderD128")]
     NotDevice(PathBuf),

@@ -59,17 +59,20 @@ pub fn gather(
         mem_available,
         load: procfs::loadavg(),
         uptime_s: procfs::uptime(),
-        gpus: gpus(gpu),
+        gpus: gpus(gpu, record, now),
         users,
         enforcing: true,
         error: None,
     }
 }
 
-/// The GPU inventory, or none (logged) when the driver's tree cannot be read.
-fn gpus(cfg: &GpuConfig) -> Vec<Gpu> {
-    crate::gpu::inventory(cfg).unwrap_or_else(|e| {
+/// The GPU inventory, or none (logged) when the driver's tree cannot be
+/// read, with utilization and memory from a recent nvidia-smi sample.
+fn gpus(cfg: &GpuConfig, record: &mut Record, now: Timestamp) -> Vec<Gpu> {
+    let mut gpus = crate::gpu::inventory(cfg).unwrap_or_else(|e| {
         crate::log::error(&format!("GPU inventory: {e}"));
         Vec::new()
-    })
+    });
+    crate::gpu::add_samples(&mut gpus, record, now);
+    gpus
 }

@@ -9,12 +9,126 @@ use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use jiff::Timestamp;
 
 use kloigos_core::config::GpuConfig;
-use kloigos_core::facts::{is_pci_address, parse_nvidia_information, Gpu};
+use kloigos_core::facts::{
+    is_pci_address, merge_samples, parse_nvidia_information, parse_nvidia_smi, Gpu,
+};
 use kloigos_core::fence::{DevNum, NVIDIA_MAJOR};
 
 use crate::error::{Error, Result};
+use crate::record::Record;
+
+/// nvidia-smi is asked at most this often (an idle pass runs no program).
+pub const SAMPLE_EVERY_S: i64 = 300;
+
+/// A sample older than this is not shown.
+pub const SAMPLE_KEEP_S: i64 = 2 * SAMPLE_EVERY_S;
+
+/// How long nvidia-smi may take (it hangs on a wedged GPU).
+pub const SAMPLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The most output read from nvidia-smi.
+pub const MAX_SAMPLE_BYTES: usize = 64 * 1024;
+
+/// Adds utilization and memory to NVIDIA GPUs with UUIDs, from an
+/// nvidia-smi sample taken at most every [`SAMPLE_EVERY_S`] and only
+/// where nvidia-smi is installed. A failed sample is logged and not
+/// retried before the next interval.
+pub fn add_samples(gpus: &mut [Gpu], record: &mut Record, now: Timestamp) {
+    if !gpus.iter().any(|g| g.uuid.is_some()) {
+        return;
+    }
+    let due = record
+        .gpu_sample
+        .as_ref()
+        .is_none_or(|(at, _)| now.as_second() - at.as_second() >= SAMPLE_EVERY_S);
+    if due {
+        if let Some(smi) = crate::sys::find_program("nvidia-smi") {
+            let args = [
+                "--query-gpu=uuid,utilization.gpu,memory.used,memory.total",
+                "--format=csv,noheader,nounits",
+            ];
+            let samples = match run_bounded(&smi, &args, SAMPLE_TIMEOUT, MAX_SAMPLE_BYTES) {
+                Ok(out) => parse_nvidia_smi(&out),
+                Err(e) => {
+                    crate::log::error(&format!("GPU utilization: {e}"));
+                    Vec::new()
+                }
+            };
+            record.gpu_sample = Some((now, samples));
+        }
+    }
+    if let Some((at, samples)) = &record.gpu_sample {
+        if now.as_second() - at.as_second() < SAMPLE_KEEP_S {
+            merge_samples(gpus, samples);
+        }
+    }
+}
+
+/// Runs `program` (no shell, stdin and stderr closed) for at most
+/// `timeout`, reading at most `max` bytes of its output; a program that
+/// overruns either is ended and is an error.
+pub fn run_bounded(program: &Path, args: &[&str], timeout: Duration, max: usize) -> Result<String> {
+    let name = program.display().to_string();
+    let mut child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|source| Error::Spawn {
+            program: name.clone(),
+            source,
+        })?;
+    let out = child.stdout.take();
+    // The reader stops at the bound; the program then dies of SIGPIPE.
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(o) = out {
+            let _ = o.take(max as u64 + 1).read_to_end(&mut buf);
+        }
+        buf
+    });
+    let started = Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(s)) => break s,
+            Ok(None) if started.elapsed() < timeout => {
+                std::thread::sleep(Duration::from_millis(10))
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = reader.join();
+                return Err(Error::Timeout {
+                    program: name,
+                    secs: timeout.as_secs(),
+                });
+            }
+            Err(e) => return Err(Error::io(program, e)),
+        }
+    };
+    let buf = reader.join().unwrap_or_default();
+    if buf.len() > max {
+        return Err(Error::TooLarge {
+            path: program.into(),
+            max: max as u64,
+        });
+    }
+    if !status.success() {
+        return Err(Error::Command {
+            program: name,
+            status: status.to_string(),
+            output: String::new(),
+        });
+    }
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
 
 /// The most entries read from the driver's GPU directory.
 pub const MAX_ENTRIES: usize = 64;
@@ -206,6 +320,31 @@ mod tests {
         assert!(matches!(inventory(&cfg), Err(Error::NotDevice(_))));
         cfg.devices = vec![PathBuf::from("/dev/no-such-gpu")];
         assert!(matches!(inventory(&cfg), Err(Error::Io { .. })));
+    }
+
+    #[test]
+    fn an_external_program_is_bounded_in_time_and_output() {
+        let sh = Path::new("/bin/sh");
+        let ok = run_bounded(
+            sh,
+            &["-c", "echo GPU-a, 1, 2, 3"],
+            Duration::from_secs(30),
+            100,
+        )
+        .unwrap();
+        assert_eq!(ok, "GPU-a, 1, 2, 3\n");
+        let e = run_bounded(
+            sh,
+            &["-c", "exec sleep 30"],
+            Duration::from_millis(200),
+            100,
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Timeout { .. }), "{e}");
+        let e = run_bounded(sh, &["-c", "exec yes"], Duration::from_secs(30), 1000).unwrap_err();
+        assert!(matches!(e, Error::TooLarge { max: 1000, .. }), "{e}");
+        let e = run_bounded(sh, &["-c", "exit 3"], Duration::from_secs(30), 100).unwrap_err();
+        assert!(matches!(e, Error::Command { .. }), "{e}");
     }
 
     #[test]

@@ -38,6 +38,8 @@ pub struct Record {
     pub nft: Option<NftRecord>,
     /// CPU ticks per uid at the last pass, for CPU use.
     pub cpu_ticks: BTreeMap<u32, u64>,
+    /// The last nvidia-smi sample of the GPUs (taken or tried) and when.
+    pub gpu_sample: Option<(Timestamp, Vec<kloigos_core::facts::GpuSample>)>,
     /// Processes holding a GPU their user does not hold (`pid:start`), and
     /// when each was first seen.
     pub gpu_strays: BTreeMap<String, Timestamp>,

@@ -93,6 +93,56 @@ pub fn parse_nvidia_information(text: &str) -> Option<(u32, Option<String>, Stri
     Some((minor, uuid, model))
 }
 
+/// One GPU's sample from `nvidia-smi --query-gpu=uuid,utilization.gpu,
+/// memory.used,memory.total --format=csv,noheader,nounits`; a field the
+/// GPU does not report (`[N/A]`, `[Not Supported]`) is `None`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GpuSample {
+    /// The GPU's UUID.
+    pub uuid: String,
+    /// Utilization, percent.
+    pub utilization: Option<u32>,
+    /// Memory in use, bytes.
+    pub memory_used: Option<u64>,
+    /// Memory in total, bytes.
+    pub memory_total: Option<u64>,
+}
+
+/// Parses that query's output (memory in MiB); lines that do not name a
+/// GPU by a plain UUID are skipped, and at most 255 are read.
+pub fn parse_nvidia_smi(text: &str) -> Vec<GpuSample> {
+    let mib = |v: &str| v.parse::<u64>().ok().and_then(|m| m.checked_mul(1 << 20));
+    text.lines()
+        .take(crate::gpuset::MAX_GPU as usize + 1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(',').map(str::trim).collect();
+            let [uuid, util, used, total] = f[..] else {
+                return None;
+            };
+            let plain = !uuid.is_empty()
+                && uuid.len() <= 80
+                && uuid.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+            plain.then(|| GpuSample {
+                uuid: uuid.to_string(),
+                utilization: util.parse().ok().filter(|u| *u <= 100),
+                memory_used: mib(used),
+                memory_total: mib(total),
+            })
+        })
+        .collect()
+}
+
+/// Copies the samples onto the GPUs they name (by UUID).
+pub fn merge_samples(gpus: &mut [Gpu], samples: &[GpuSample]) {
+    for g in gpus {
+        if let Some(s) = samples.iter().find(|s| Some(&s.uuid) == g.uuid.as_ref()) {
+            g.utilization = s.utilization;
+            g.memory_used = s.memory_used;
+            g.memory_total = s.memory_total;
+        }
+    }
+}
+
 /// Whether `name` is a PCI address as the kernel writes it
 /// (`0000:3b:00.0`): the only directory names the inventory follows.
 pub fn is_pci_address(name: &str) -> bool {
@@ -248,6 +298,38 @@ mod tests {
         ] {
             assert!(!is_pci_address(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn nvidia_smi_samples_parse_and_merge_by_uuid() {
+        let out =
+            "GPU-aaa, 37, 1024, 16384\nGPU-bbb, [N/A], [N/A], 16384\nno, uuid\nGPU-x;rm, 1, 1, 1\n";
+        let s = parse_nvidia_smi(out);
+        assert_eq!(s.len(), 2);
+        assert_eq!(
+            s[0],
+            GpuSample {
+                uuid: "GPU-aaa".into(),
+                utilization: Some(37),
+                memory_used: Some(1 << 30),
+                memory_total: Some(16 << 30)
+            }
+        );
+        assert_eq!((s[1].utilization, s[1].memory_used), (None, None));
+        let mut gpus: Vec<Gpu> = serde_json::from_value(serde_json::json!([
+            {"index": 0, "minor": 0, "uuid": "GPU-bbb", "bus_id": "0000:01:00.0"},
+            {"index": 1, "minor": 1, "uuid": "GPU-aaa", "bus_id": "0000:02:00.0"},
+            {"index": 2, "minor": 2, "bus_id": "0000:03:00.0"}
+        ]))
+        .unwrap();
+        merge_samples(&mut gpus, &s);
+        assert_eq!(gpus[1].utilization, Some(37));
+        assert_eq!(gpus[0].memory_total, Some(16 << 30));
+        assert_eq!(gpus[2].memory_total, None);
+        assert_eq!(
+            parse_nvidia_smi(&"GPU-a, 1, 1, 1\n".repeat(1000)).len(),
+            255
+        );
     }
 
     #[test]
