@@ -715,7 +715,7 @@ fn facts_list_the_gpus_with_utilization_sampled_at_most_every_few_minutes() {
     std::fs::write(
         bin.join("nvidia-smi"),
         format!(
-            "#!/bin/sh\necho x >> {}\necho 'GPU-fake-0, 37, 1024, 16384'\necho 'GPU-fake-1, [N/A], 0, 16384'\n",
+            "#!/bin/sh\necho x >> {}\necho 'GPU-fake-0, 37, 1024, 16384'\necho 'GPU-fake-1, 0, [N/A], 16384'\n",
             calls.display()
         ),
     )
@@ -747,13 +747,56 @@ fn facts_list_the_gpus_with_utilization_sampled_at_most_every_few_minutes() {
         (Some(37), Some(1 << 30))
     );
     assert_eq!(
-        (g[1].utilization, g[1].memory_total),
-        (None, Some(16 << 30))
+        (g[1].utilization, g[1].memory_used, g[1].memory_total),
+        (Some(0), None, Some(16 << 30))
     );
+    // GPU 1 shows 0%: idle from this pass on; GPU 0 works.
+    let idle_from = g[1].idle_since.expect("GPU 1 idle");
+    assert_eq!(g[0].idle_since, None);
     // The next passes reuse the sample: nvidia-smi ran once.
     pass();
     pass();
     assert_eq!(std::fs::read_to_string(&calls).unwrap().lines().count(), 1);
     let f = n.cluster.store.facts(&n.node).expect("facts.json");
     assert_eq!(f.gpus[0].utilization, Some(37));
+    // The idle streak carries on from its start.
+    assert_eq!(f.gpus[1].idle_since, Some(idle_from));
+}
+
+#[test]
+fn info_marks_a_gpu_booking_idle_after_the_time_given() {
+    let c = cluster();
+    let b = c
+        .run(&["--json", "alloc", "-w", "gpu4", "--gpus", "2", "-t", "4h"])
+        .ok()
+        .json();
+    let uid = b["uid"].as_u64().unwrap();
+    let now = Timestamp::now();
+    let ago = |h: i64| (now - jiff::SignedDuration::from_hours(h)).to_string();
+    // GPU 0 idle for 3 h, GPU 1 for 2 h, the user's processes for 5 h.
+    let f: Facts = serde_json::from_value(json!({
+        "version": 1, "node": "gpu4", "heartbeat": now.to_string(),
+        "gpus": [{"index": 0, "minor": 0, "bus_id": "0000:01:00.0", "utilization": 0, "idle_since": ago(3)},
+                 {"index": 1, "minor": 1, "bus_id": "0000:02:00.0", "utilization": 0, "idle_since": ago(2)},
+                 {"index": 2, "minor": 2, "bus_id": "0000:03:00.0", "utilization": 90}],
+        "users": [{"user": b["user"], "uid": uid, "processes": 2, "cpu_load": 0.0, "idle_since": ago(5)}],
+    }))
+    .unwrap();
+    c.store.write_facts(&f).unwrap();
+    let idle = |after: &str| {
+        let v = c
+            .run(&["--json", "info", "gpu4", "--idle-after", after])
+            .ok()
+            .json();
+        v["nodes"][0]["idle"].clone()
+    };
+    let listed = idle("1h");
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["booking"], b["id"]);
+    assert_eq!(listed[0]["since"], ago(2));
+    assert_eq!(idle("3h"), json!([]));
+    c.run(&["info", "gpu4"]).ok().out_has("IDLE 2h");
+    c.run(&["info", "--idle-after", "soon"])
+        .code(2)
+        .err_has("--idle-after");
 }

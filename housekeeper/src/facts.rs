@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use kloigos_core::config::GpuConfig;
 use kloigos_core::enforce::MAX_MANAGED_UID;
-use kloigos_core::facts::{Facts, Gpu, UserUse};
+use kloigos_core::facts::{idle_since, Facts, Gpu, UserUse};
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::FORMAT_VERSION;
 
@@ -40,14 +40,24 @@ pub fn gather(
             (Some(secs), Some(prev)) => ticks.saturating_sub(*prev) as f64 / tps / secs,
             _ => 0.0,
         };
+        // Known only from the second pass on (no ticks to compare before).
+        let idle_now = elapsed.is_some()
+            && record.cpu_ticks.contains_key(uid)
+            && cpu_load < kloigos_core::facts::IDLE_CPU_LOAD;
+        let since = idle_since(record.user_idle.get(uid).copied(), idle_now, now);
         users.push(UserUse {
             user: user.clone(),
             uid: *uid,
             processes: *n,
             cpu_load: (cpu_load * 1000.0).round() / 1000.0,
+            idle_since: since,
         });
     }
     record.cpu_ticks = by_uid.iter().map(|(u, (_, t))| (*u, *t)).collect();
+    record.user_idle = users
+        .iter()
+        .filter_map(|u| Some((u.uid, u.idle_since?)))
+        .collect();
     Facts {
         version: FORMAT_VERSION,
         node: node.clone(),
@@ -74,5 +84,13 @@ fn gpus(cfg: &GpuConfig, record: &mut Record, now: Timestamp) -> Vec<Gpu> {
         Vec::new()
     });
     crate::gpu::add_samples(&mut gpus, record, now);
+    for g in &mut gpus {
+        let prev = record.gpu_idle.get(&g.index).copied();
+        g.idle_since = idle_since(prev, g.utilization == Some(0), now);
+    }
+    record.gpu_idle = gpus
+        .iter()
+        .filter_map(|g| Some((g.index, g.idle_since?)))
+        .collect();
     gpus
 }

@@ -205,6 +205,7 @@ pub fn inventory(cfg: &GpuConfig) -> Result<Vec<Gpu>> {
             utilization: None,
             memory_used: None,
             memory_total: None,
+            idle_since: None,
         });
     }
     Ok(out)
@@ -238,6 +239,7 @@ fn declared(paths: &[PathBuf]) -> Result<Vec<Gpu>> {
                 utilization: None,
                 memory_used: None,
                 memory_total: None,
+                idle_since: None,
             })
         })
         .collect()

@@ -40,6 +40,10 @@ pub struct Record {
     pub cpu_ticks: BTreeMap<u32, u64>,
     /// The last nvidia-smi sample of the GPUs (taken or tried) and when.
     pub gpu_sample: Option<(Timestamp, Vec<kloigos_core::facts::GpuSample>)>,
+    /// Since when each GPU (by index) has shown 0% utilization.
+    pub gpu_idle: BTreeMap<u32, Timestamp>,
+    /// Since when each user's processes have used no CPU.
+    pub user_idle: BTreeMap<u32, Timestamp>,
     /// Processes holding a GPU their user does not hold (`pid:start`), and
     /// when each was first seen.
     pub gpu_strays: BTreeMap<String, Timestamp>,

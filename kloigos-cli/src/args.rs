@@ -65,6 +65,9 @@ pub struct InfoArgs {
     /// Only nodes with a free unit now.
     #[arg(long)]
     pub free: bool,
+    /// Mark GPU bookings idle after this long with 0% GPU and no CPU use.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub idle_after: String,
 }
 
 /// What to book; shared by `alloc` and `run`.

@@ -48,7 +48,15 @@ struct NodeJson<'a> {
     state: &'static str,
     next_free: Option<Timestamp>,
     bookings: Vec<serde_json::Value>,
+    idle: Vec<IdleJson<'a>>,
     facts: Option<&'a Facts>,
+}
+
+/// A GPU booking idle for `--idle-after` or longer.
+#[derive(Serialize)]
+struct IdleJson<'a> {
+    booking: &'a kloigos_core::booking::BookingId,
+    since: Timestamp,
 }
 
 /// One GPU in `info --json`, from the node's facts.
@@ -114,6 +122,26 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
     let tz = policy.tz_or_utc();
     let now = ctx.now();
     let instant = now + jiff::SignedDuration::from_secs(1);
+    let idle_after = kloigos_core::duration::Dur::parse(&a.idle_after)
+        .map_err(|_| {
+            kloigos_core::Error::invalid(
+                "--idle-after",
+                &a.idle_after,
+                "give a duration such as 30m, 2h or 3600",
+            )
+        })?
+        .secs() as i64;
+    let idle = |s: &NodeState, facts: Option<&Facts>| -> Vec<(usize, Timestamp)> {
+        let Some(f) = facts else { return Vec::new() };
+        s.bookings
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_active(now))
+            .filter_map(|(i, b)| {
+                Some((i, kloigos_core::facts::booking_idle(b, f, now, idle_after)?))
+            })
+            .collect()
+    };
     let (mut states, mut bad) = read_all(ctx)?;
     if !a.nodes.is_empty() {
         let wanted = a
@@ -165,6 +193,13 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 state: condition(s, facts.as_ref(), now, *free).0,
                 next_free: next_free(s, now, *free),
                 bookings: bookings_json(s.bookings.iter().filter(|b| b.is_current_or_future(now))),
+                idle: idle(s, facts.as_ref())
+                    .into_iter()
+                    .map(|(i, since)| IdleJson {
+                        booking: &s.bookings[i].id,
+                        since,
+                    })
+                    .collect(),
                 facts: facts.as_ref(),
             })
             .collect();
@@ -232,6 +267,11 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 (holders, Paint::Plain),
             ]);
             t.painted(row);
+            let idle_here: Vec<(&kloigos_core::booking::BookingId, Timestamp)> =
+                idle(s, facts.as_ref())
+                    .into_iter()
+                    .map(|(i, since)| (&s.bookings[i].id, since))
+                    .collect();
             for b in current {
                 let ports = b.ports.map(|p| format!(" ports {p}")).unwrap_or_default();
                 let gpus = b
@@ -254,9 +294,20 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 if with_gpus {
                     row.push((String::new(), Paint::Plain));
                 }
+                let (status, paint) = match idle_here.iter().find(|(id, _)| *id == &b.id) {
+                    Some((_, since)) => (
+                        format!(
+                            "{}, IDLE {}",
+                            status_of(b, now),
+                            human_secs(now.as_second() - since.as_second())
+                        ),
+                        Paint::Yellow,
+                    ),
+                    None => (status_of(b, now), Paint::Plain),
+                };
                 row.extend([
                     (String::new(), Paint::Plain),
-                    (status_of(b, now), Paint::Plain),
+                    (status, paint),
                     (
                         format!("until {}{ports}{gpus}{note}", local(b.end, &tz)),
                         Paint::Dim,

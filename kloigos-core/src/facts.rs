@@ -52,6 +52,9 @@ pub struct Gpu {
     /// Memory in total, bytes, when known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_total: Option<u64>,
+    /// Since when every sample has shown 0% utilization (none: busy or unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Timestamp>,
 }
 
 /// What one NVIDIA `information` file says: `(device minor, UUID, model)`.
@@ -184,6 +187,40 @@ pub struct UserUse {
     /// CPU time used since the previous pass, in CPU-seconds per second.
     #[serde(default)]
     pub cpu_load: f64,
+    /// Since when the user's processes have used no CPU to speak of.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Timestamp>,
+}
+
+/// A user's processes below this load (CPU-seconds per second) count as idle.
+pub const IDLE_CPU_LOAD: f64 = 0.01;
+
+/// Carries an idle streak on: since `prev` (or `now`, when it starts) while
+/// `idle_now` holds; over otherwise.
+pub fn idle_since(prev: Option<Timestamp>, idle_now: bool, now: Timestamp) -> Option<Timestamp> {
+    idle_now.then(|| prev.unwrap_or(now))
+}
+
+/// Since when `b` has been idle for at least `after_s` seconds at `now`:
+/// it holds GPUs, each of them has shown 0% utilization since then, and
+/// its user's processes have used no CPU (or there are none). `None`: busy,
+/// idle for less, or not known (no GPU samples).
+pub fn booking_idle(
+    b: &crate::booking::Booking,
+    facts: &Facts,
+    now: Timestamp,
+    after_s: i64,
+) -> Option<Timestamp> {
+    let gpus = b.gpus.as_ref()?;
+    let mut since = Vec::with_capacity(gpus.len() + 1);
+    for i in gpus.indices() {
+        since.push(facts.gpus.iter().find(|g| g.index == *i)?.idle_since?);
+    }
+    if let Some(u) = facts.users.iter().find(|u| u.uid == b.uid) {
+        since.push(u.idle_since?);
+    }
+    let latest = since.into_iter().max()?;
+    (now.as_second() - latest.as_second() >= after_s).then_some(latest)
 }
 
 /// The facts file.
@@ -329,6 +366,64 @@ mod tests {
         assert_eq!(
             parse_nvidia_smi(&"GPU-a, 1, 1, 1\n".repeat(1000)).len(),
             255
+        );
+    }
+
+    #[test]
+    fn a_booking_is_idle_when_its_gpus_and_its_user_have_been_idle_long_enough() {
+        let t = |s: &str| s.parse::<Timestamp>().unwrap();
+        assert_eq!(
+            idle_since(None, true, t("2026-01-01T01:00:00Z")),
+            Some(t("2026-01-01T01:00:00Z"))
+        );
+        assert_eq!(
+            idle_since(
+                Some(t("2026-01-01T00:00:00Z")),
+                true,
+                t("2026-01-01T01:00:00Z")
+            ),
+            Some(t("2026-01-01T00:00:00Z"))
+        );
+        assert_eq!(
+            idle_since(
+                Some(t("2026-01-01T00:00:00Z")),
+                false,
+                t("2026-01-01T01:00:00Z")
+            ),
+            None
+        );
+        let mut f: Facts = serde_json::from_value(serde_json::json!({
+            "version": 1, "node": "n1", "heartbeat": "2026-01-01T03:00:00Z",
+            "gpus": [{"index": 0, "minor": 0, "bus_id": "", "idle_since": "2026-01-01T00:00:00Z"},
+                     {"index": 1, "minor": 1, "bus_id": "", "idle_since": "2026-01-01T01:00:00Z"},
+                     {"index": 2, "minor": 2, "bus_id": "", "utilization": 80}],
+            "users": [{"user": "a", "uid": 1000, "processes": 3, "cpu_load": 0.0, "idle_since": "2026-01-01T00:30:00Z"}]
+        }))
+        .unwrap();
+        let b: crate::booking::Booking = serde_json::from_value(serde_json::json!({
+            "id": "n1:1", "node": "n1", "user": "a", "uid": 1000, "units": [0, 1], "cpus": "0-1",
+            "ports": null, "gpus": "0-1", "start": "2026-01-01T00:00:00Z", "end": "2026-01-02T00:00:00Z",
+            "created_by": "a", "created_at": "2026-01-01T00:00:00Z"
+        }))
+        .unwrap();
+        let now = t("2026-01-01T03:00:00Z");
+        // Idle since 01:00 (the latest streak start): 2 h.
+        assert_eq!(
+            booking_idle(&b, &f, now, 3600),
+            Some(t("2026-01-01T01:00:00Z"))
+        );
+        assert_eq!(booking_idle(&b, &f, now, 3 * 3600), None);
+        // A busy GPU, or a user whose processes work, is not idle.
+        let mut busy = b.clone();
+        busy.gpus = Some(crate::gpuset::GpuSet::parse("1-2").unwrap());
+        assert_eq!(booking_idle(&busy, &f, now, 60), None);
+        f.users[0].idle_since = None;
+        assert_eq!(booking_idle(&b, &f, now, 60), None);
+        // No processes at all: the GPUs decide.
+        f.users.clear();
+        assert_eq!(
+            booking_idle(&b, &f, now, 60),
+            Some(t("2026-01-01T01:00:00Z"))
         );
     }
 

@@ -213,6 +213,7 @@ mod tests {
             utilization: None,
             memory_used: None,
             memory_total: None,
+            idle_since: None,
         }
     }
 
