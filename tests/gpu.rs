@@ -800,3 +800,101 @@ fn info_marks_a_gpu_booking_idle_after_the_time_given() {
         .code(2)
         .err_has("--idle-after");
 }
+
+#[test]
+fn the_pam_session_hook_sets_the_bookings_variables_over_ssh_and_never_denies() {
+    use kloigos_core::gpuset::GpuSet;
+    use kloigos_core::names::UserName;
+    use kloigos_core::policy::Policy;
+    use kloigos_core::state::{Request, Size, Topology};
+    use kloigos_tests::pam::{module, user, Sshd, SyslogSink};
+
+    kloigos_tests::require_root!();
+    let c = TempCluster::new();
+    let node = format!("n-sess-{}", std::process::id() % 100_000);
+    c.add_node(&node, "0-3", Some(1), None);
+    let name = NodeName::new(&node).unwrap();
+    let u = user(&format!("kgs{}", std::process::id() % 100_000), &[]);
+    let now = Timestamp::now();
+    let topo = Topology {
+        gpu_uuid: (0..4).map(|i| (i, format!("GPU-sess-{i}"))).collect(),
+        ..Topology::default()
+    };
+    // Someone else holds GPU 0; the user gets GPU 1.
+    let booking = c
+        .store
+        .update_node(&name, now, |st| {
+            st.node.gpus = Some(GpuSet::parse("0-3")?);
+            for (who, uid) in [("kgs-other", 59_907), (u.name.as_str(), u.uid)] {
+                let n = UserName::new(who)?;
+                let req = Request {
+                    user: n.clone(),
+                    uid,
+                    created_by: n,
+                    size: Size::Gpus(1),
+                    start: now,
+                    end: kloigos_core::when::plus_secs(now, 3600),
+                    note: Default::default(),
+                    held_elsewhere: 0,
+                };
+                st.book_in(&req, &Policy::default(), now, &topo)?;
+            }
+            Ok((st.bookings[1].clone(), vec![]))
+        })
+        .unwrap();
+    assert_eq!(booking.gpus.as_ref().unwrap().to_string(), "1");
+    let cfg = c.dir.path().join("pam-config.json");
+    std::fs::write(
+        &cfg,
+        json!({"shared": c.shared(), "node": node, "pam": {"timeout_ms": 3000},
+               "housekeeper": {"state_copy": c.dir.path().join("copy.json")}})
+        .to_string(),
+    )
+    .unwrap();
+    let sink = SyslogSink::new();
+    let sshd = Sshd::start(&sink, &format!("config={}", cfg.display()));
+    sshd.authorize(&u.name);
+    let stack = |session_args: &str| {
+        std::fs::write(
+            sshd.dir.path().join("pam.d/sshd"),
+            format!(
+                "auth required pam_deny.so\naccount required {m} config={c}\n\
+                 session optional {m} {session_args}\nsession required pam_permit.so\n\
+                 password required pam_deny.so\n",
+                m = module().display(),
+                c = cfg.display()
+            ),
+        )
+        .unwrap();
+    };
+    stack(&format!("config={} debug", cfg.display()));
+    let r = sshd.ssh(&u.name, &["env"]);
+    assert_eq!(r.code, 0, "login failed: {r:?}\n{}", sshd.log());
+    for want in [
+        "CUDA_VISIBLE_DEVICES=GPU-sess-1".to_string(),
+        format!("KLOIGOS_BOOKING={}", booking.id),
+        "KLOIGOS_CPUS=1".to_string(),
+        "KLOIGOS_PORTS=".to_string(),
+    ] {
+        assert!(
+            r.stdout.lines().any(|l| l == want),
+            "env lacks {want}:\n{}",
+            r.stdout
+        );
+    }
+    // A session hook that cannot read its configuration lets the login through, without variables.
+    stack("config=/nonexistent/kloigos.json");
+    let r = sshd.ssh(&u.name, &["env"]);
+    assert_eq!(r.code, 0, "the session hook denied: {r:?}\n{}", sshd.log());
+    assert!(!r.stdout.contains("KLOIGOS_BOOKING"), "{}", r.stdout);
+    assert!(
+        sink.wait_for(
+            0,
+            &["pam_kloigos(sshd:session)", "no variables set"],
+            std::time::Duration::from_secs(5)
+        )
+        .is_some(),
+        "{:#?}",
+        sink.lines()
+    );
+}

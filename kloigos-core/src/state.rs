@@ -136,6 +136,14 @@ impl NodeState {
         self.bookings.iter().filter(move |b| b.is_active(now))
     }
 
+    /// The booking a session of `uid` starting at `now` belongs to: its
+    /// active booking here (the earliest started, when it holds several).
+    pub fn session_booking(&self, uid: u32, now: Timestamp) -> Option<&Booking> {
+        self.active(now)
+            .filter(|b| b.uid == uid)
+            .min_by_key(|b| (b.start, &b.id))
+    }
+
     /// Finds a booking by id.
     pub fn get(&self, id: &BookingId) -> Option<&Booking> {
         self.bookings.iter().find(|b| &b.id == id)
@@ -807,6 +815,36 @@ mod tests {
             .unwrap();
         assert_eq!(b.gpus.as_ref().unwrap().to_string(), "3");
         assert!(b.gpu_uuids.is_empty());
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_users_earliest_active_booking() {
+        let mut s = state(4);
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut other = req("b", Size::Units(1), NOW, 2);
+        other.uid = 1001;
+        s.book(&other, &p, now, &[]).unwrap();
+        let later = s
+            .book(
+                &req("a", Size::Units(1), "2026-11-23T11:00:00Z", 1),
+                &p,
+                now,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(s.session_booking(1000, now), None);
+        let first = s
+            .book(&req("a", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        assert_eq!(s.session_booking(1000, now), Some(&first));
+        let t = ts("2026-11-23T11:30:00Z");
+        assert_eq!(s.session_booking(1000, t).map(|b| &b.id), Some(&first.id));
+        s.release(&first.id, t).unwrap();
+        assert_eq!(
+            s.session_booking(1000, t),
+            Some(&later).map(|b| s.get(&b.id).unwrap())
+        );
     }
 
     #[test]
