@@ -461,6 +461,28 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     assert_eq!(pa.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
     assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
 
+    // An account the housekeeper no longer manages (now a bypass user) is
+    // let out of its group, its processes running on.
+    n.cluster
+        .store
+        .update_policy(|p| {
+            p.bypass_users.push(UserName::new("khg-bob")?);
+            Ok(())
+        })
+        .unwrap();
+    n.pass(&[]).ok();
+    assert_eq!(pb.ask(), all_open);
+    assert!(!devices.join("kloigos/user-59902").exists());
+    n.cluster
+        .store
+        .update_policy(|p| {
+            p.bypass_users.clear();
+            Ok(())
+        })
+        .unwrap();
+    n.pass(&[]).ok();
+    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+
     // Once a user's processes are gone, a pass removes their group.
     drop(pb);
     assert!(wait_until(Duration::from_secs(20), || live_processes(
@@ -597,8 +619,8 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
         devices.join("kloigos/user-59905"),
     ]);
     // Two GPUs declared by device path. Nodes without a driver cannot be
-    // held open, so they carry the numbers of /dev/full and /dev/random
-    // (fenced only inside these users' groups).
+    // held open, so they carry the numbers of /dev/full and /dev/net/tun
+    // (denied only in the groups of managed users, uids 59900 and up).
     let dev = tempfile::Builder::new()
         .prefix("kloigos-gpu-dev-")
         .tempdir()
@@ -612,7 +634,7 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     );
     must(
         "mknod",
-        &["-m", "444", &gpu1.to_string_lossy(), "c", "1", "8"],
+        &["-m", "444", &gpu1.to_string_lossy(), "c", "10", "200"],
     );
     let n = HkNode::new(
         "straynode",
@@ -646,7 +668,7 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
 
     let r = n.pass(&[]);
     r.ok().err_has(&format!(
-        "GPU stray: process {stray_pid} of uid 59904 holds device 1:8"
+        "GPU stray: process {stray_pid} of uid 59904 holds device 10:200"
     ));
     assert_eq!(
         r.stderr.matches("GPU stray: process").count(),
@@ -810,6 +832,9 @@ fn the_pam_session_hook_sets_the_bookings_variables_over_ssh_and_never_denies() 
     use kloigos_tests::pam::{module, user, Sshd, SyslogSink};
 
     kloigos_tests::require_root!();
+    // Its user's uid is the system's next free one, maybe in the band the
+    // fence tests manage.
+    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let c = TempCluster::new();
     let node = format!("n-sess-{}", std::process::id() % 100_000);
     c.add_node(&node, "0-3", Some(1), None);

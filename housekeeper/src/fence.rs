@@ -128,49 +128,30 @@ impl Devices {
         Ok(moved)
     }
 
-    /// Removes the empty groups of users not in `keep` (their processes are
-    /// gone); a group with processes left stays for the next pass.
+    /// Lifts the fence of users not in `keep`: the processes left in their
+    /// groups (an account no longer managed, such as a new bypass user, or
+    /// a process started since the scan) go back to the parent group, and
+    /// the groups are removed. Returns their uids. Where other controllers
+    /// share the hierarchy, the slice backend owns the groups: left alone.
     pub fn prune(&self, keep: &[u32]) -> Result<Vec<u32>> {
         if self.shared {
             return Ok(Vec::new());
         }
-        let entries = match fs::read_dir(&self.group) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(Error::io(&self.group, e)),
-        };
-        let mut removed = Vec::new();
-        for e in entries {
-            let e = e.map_err(|e| Error::io(&self.group, e))?;
-            let Some(uid) = e
-                .file_name()
-                .to_str()
-                .and_then(|n| n.strip_prefix("user-"))
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            if keep.contains(&uid) {
-                continue;
-            }
-            let dir = self.user_dir(uid);
-            match fs::remove_dir(&dir) {
-                Ok(()) => removed.push(uid),
-                // Processes still inside: the next pass.
-                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(Error::io(&dir, e)),
-            }
-        }
-        Ok(removed)
+        self.remove_groups(keep)
     }
-}
 
-impl Devices {
-    /// Moves every process of every user's group back to the parent group
-    /// (lifting the fence) and removes the groups; returns the uids whose
-    /// group went. For `--uninstall`.
+    /// Every group removed, its processes back in the parent group
+    /// (`--uninstall`); returns their uids.
     pub fn remove_all(&self) -> Result<Vec<u32>> {
+        let uids = self.remove_groups(&[])?;
+        if !self.shared {
+            // Busy or already gone: left for the slice backend or nobody.
+            let _ = fs::remove_dir(&self.group);
+        }
+        Ok(uids)
+    }
+
+    fn remove_groups(&self, keep: &[u32]) -> Result<Vec<u32>> {
         let parent = self
             .group
             .parent()
@@ -192,6 +173,9 @@ impl Devices {
             else {
                 continue;
             };
+            if keep.contains(&uid) {
+                continue;
+            }
             let dir = self.user_dir(uid);
             for pid in pids_in(&dir.join("cgroup.procs"))? {
                 match fs::write(&parent, pid.to_string()) {
@@ -200,12 +184,13 @@ impl Devices {
                     Err(e) => return Err(Error::io(&parent, e)),
                 }
             }
-            fs::remove_dir(&dir).map_err(|e| Error::io(&dir, e))?;
-            uids.push(uid);
-        }
-        if !self.shared {
-            // Busy or already gone: left for the slice backend or nobody.
-            let _ = fs::remove_dir(&self.group);
+            match fs::remove_dir(&dir) {
+                Ok(()) => uids.push(uid),
+                // A process forked into it meanwhile: the next pass.
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&dir, e)),
+            }
         }
         Ok(uids)
     }
