@@ -187,7 +187,7 @@ fn timeline_refuses_bad_input_naming_it() {
     let c = fixture();
     timeline(&c, &["--fits", "units=2,gpus=1,t=4h"])
         .code(2)
-        .err_has("GPUs are not part of the booking model yet");
+        .err_has("give one of units, cpus, gpus or whole");
     timeline(&c, &["--fits", "units=two"])
         .code(2)
         .err_has("units=2,t=4h");

@@ -61,6 +61,25 @@ pub enum Error {
     /// The cgroup hierarchy cannot be used as configured.
     #[error("cgroups: {0}")]
     Cgroup(String),
+    /// A file is larger than the housekeeper reads.
+    #[error("{path}: larger than {max} bytes; not read (is this the file it should be?)")]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
+        /// The bound, bytes.
+        max: u64,
+    },
+    /// A directory holds more entries than the housekeeper reads.
+    #[error("{dir}: more than {max} entries; not read (is this the directory it should be?)")]
+    TooMany {
+        /// The directory.
+        dir: PathBuf,
+        /// The bound.
+        max: usize,
+    },
+    /// A path declared as a GPU's device node is not a character device.
+    #[error("{0}: not a character device; housekeeper.gpu.devices lists GPU device nodes such as /dev/dri/renderD128")]
+    NotDevice(PathBuf),
     /// Ending a user's processes failed.
     #[error("ending the processes of uid {uid}: {msg}")]
     Kill {

@@ -4,20 +4,19 @@
 use std::collections::BTreeMap;
 
 use jiff::Timestamp;
-use kloigos_core::facts::{Facts, UserUse};
+use kloigos_core::config::GpuConfig;
+use kloigos_core::facts::{idle_since, Facts, Gpu, UserUse};
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::FORMAT_VERSION;
 
 use crate::procfs;
 use crate::record::Record;
 
-/// How long the GPU list is reused before nvidia-smi is asked again.
-const GPU_REFRESH_SECS: i64 = 3600;
-
-/// Builds the facts at `now` from /proc, /sys and the record (which keeps
-/// CPU ticks and the GPU list between passes).
+/// Builds the facts at `now` from /proc, /sys, the GPU driver's tree
+/// (`gpu`) and the record (which keeps CPU ticks between passes).
 pub fn gather(
     node: &NodeName,
+    gpu: &GpuConfig,
     by_uid: &BTreeMap<u32, (u32, u64)>,
     names: &BTreeMap<u32, UserName>,
     managed: &dyn Fn(u32) -> bool,
@@ -40,14 +39,24 @@ pub fn gather(
             (Some(secs), Some(prev)) => ticks.saturating_sub(*prev) as f64 / tps / secs,
             _ => 0.0,
         };
+        // Known only from the second pass on (no ticks to compare before).
+        let idle_now = elapsed.is_some()
+            && record.cpu_ticks.contains_key(uid)
+            && cpu_load < kloigos_core::facts::IDLE_CPU_LOAD;
+        let since = idle_since(record.user_idle.get(uid).copied(), idle_now, now);
         users.push(UserUse {
             user: user.clone(),
             uid: *uid,
             processes: *n,
             cpu_load: (cpu_load * 1000.0).round() / 1000.0,
+            idle_since: since,
         });
     }
     record.cpu_ticks = by_uid.iter().map(|(u, (_, t))| (*u, *t)).collect();
+    record.user_idle = users
+        .iter()
+        .filter_map(|u| Some((u.uid, u.idle_since?)))
+        .collect();
     Facts {
         version: FORMAT_VERSION,
         node: node.clone(),
@@ -60,40 +69,28 @@ pub fn gather(
         mem_available,
         load: procfs::loadavg(),
         uptime_s: procfs::uptime(),
-        gpus: gpus(record, now),
+        gpus: gpus(gpu, record, now),
         users,
         enforcing: true,
         error: None,
     }
 }
 
-/// GPU names from `nvidia-smi` when it exists, refreshed hourly.
-fn gpus(record: &mut Record, now: Timestamp) -> Vec<String> {
-    if let Some((at, list)) = &record.gpus {
-        if now.as_second() - at.as_second() < GPU_REFRESH_SECS {
-            return list.clone();
-        }
-    }
-    let list = if crate::sys::find_program("nvidia-smi").is_some() {
-        match crate::sys::run(
-            "nvidia-smi",
-            &["--query-gpu=name", "--format=csv,noheader"],
-            None,
-        ) {
-            Ok(out) => out
-                .lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty())
-                .map(String::from)
-                .collect(),
-            Err(e) => {
-                crate::log::error(&format!("GPU list: {e}"));
-                Vec::new()
-            }
-        }
-    } else {
+/// The GPU inventory, or none (logged) when the driver's tree cannot be
+/// read, with utilization and memory from a recent nvidia-smi sample.
+fn gpus(cfg: &GpuConfig, record: &mut Record, now: Timestamp) -> Vec<Gpu> {
+    let mut gpus = crate::gpu::inventory(cfg).unwrap_or_else(|e| {
+        crate::log::error(&format!("GPU inventory: {e}"));
         Vec::new()
-    };
-    record.gpus = Some((now, list.clone()));
-    list
+    });
+    crate::gpu::add_samples(&mut gpus, record, now);
+    for g in &mut gpus {
+        let prev = record.gpu_idle.get(&g.index).copied();
+        g.idle_since = idle_since(prev, g.utilization == Some(0), now);
+    }
+    record.gpu_idle = gpus
+        .iter()
+        .filter_map(|g| Some((g.index, g.idle_since?)))
+        .collect();
+    gpus
 }

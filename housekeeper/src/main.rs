@@ -14,6 +14,8 @@ mod dashboard;
 mod deadline;
 mod error;
 mod facts;
+mod fence;
+mod gpu;
 mod hooks;
 mod kill;
 mod log;

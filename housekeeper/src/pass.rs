@@ -315,6 +315,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     if let Some(b) = &backend {
         apply_slices(b, &plan, &desired, &procs, &pass);
     }
+    crate::fence::apply(
+        &hk.gpu,
+        hk.grace_s,
+        &desired.rules,
+        &state,
+        now,
+        &observed.processes,
+        &procs,
+        &mut record,
+    );
     if let Some(action) = &plan.nft {
         if pass.may_start("loading the nftables table") {
             report.nft_changed = apply_nft(action, &mut record);
@@ -539,7 +549,15 @@ fn write_facts(
     }
     let rules = Rules::new(policy, None, 0, None);
     let managed = |uid| rules.unmanaged(uid).is_none();
-    let mut facts: Facts = crate::facts::gather(&inp.node, by_uid, names, &managed, record, now);
+    let mut facts: Facts = crate::facts::gather(
+        &inp.node,
+        &inp.cfg.housekeeper.gpu,
+        by_uid,
+        names,
+        &managed,
+        record,
+        now,
+    );
     facts.enforcing = error.is_none();
     // Known only from a state that could be read, as this pass's.
     facts.missing_cpus = record.missing_cpus.clone().filter(|_| error.is_none());
@@ -617,6 +635,7 @@ fn uninstall(inp: &Inputs, record: &mut Record, dry_run: bool) -> Result<Report>
     if let Err(e) = backend.clear(&uids) {
         log::error(&format!("removing limits: {e}"));
     }
+    crate::fence::uninstall();
     let _ = fs::remove_file(Record::path(&inp.state_dir));
     log::event(&format!(
         "uninstalled: table inet kloigos removed, limits of uid(s) {uids:?} removed"

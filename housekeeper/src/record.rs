@@ -1,6 +1,6 @@
 //! What the housekeeper remembers between passes, in a root-owned file next
 //! to the local state copy: warnings given, hooks run, counters, the
-//! nftables table it loaded, CPU time per user, the GPU list.
+//! nftables table it loaded, CPU time per user.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -44,6 +44,15 @@ pub struct Record {
     /// CPUs of the node spec this host lacked at the last pass (said in the
     /// log when this changes).
     pub missing_cpus: Option<CpuSet>,
+    /// The last nvidia-smi sample of the GPUs (taken or tried) and when.
+    pub gpu_sample: Option<(Timestamp, Vec<kloigos_core::facts::GpuSample>)>,
+    /// Since when each GPU (by index) has shown 0% utilization.
+    pub gpu_idle: BTreeMap<u32, Timestamp>,
+    /// Since when each user's processes have used no CPU.
+    pub user_idle: BTreeMap<u32, Timestamp>,
+    /// Processes holding a GPU their user does not hold (`pid:start`), and
+    /// when each was first seen.
+    pub gpu_strays: BTreeMap<String, Timestamp>,
 }
 
 impl Record {

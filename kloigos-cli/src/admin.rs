@@ -6,6 +6,7 @@ use std::path::Path;
 
 use kloigos_core::access::require_admin;
 use kloigos_core::cpuset::CpuSet;
+use kloigos_core::gpuset::GpuSet;
 use kloigos_core::journal::{Action, Event};
 use kloigos_core::names::{Label, NodeName, UserName};
 use kloigos_core::node::{Drain, NodeSpec};
@@ -38,11 +39,18 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Result<u8> {
             name,
             flags,
             no_ports,
+            no_gpus,
             clear_labels,
             clear_windows,
         } => {
             require_admin(&policy, &ctx.caller, "admin set-node")?;
-            set_node(ctx, &name, &flags, no_ports, clear_labels, clear_windows)
+            let clear = Clear {
+                ports: no_ports,
+                gpus: no_gpus,
+                labels: clear_labels,
+                windows: clear_windows,
+            };
+            set_node(ctx, &name, &flags, clear)
         }
         AdminCmd::DelNode { name, force } => {
             require_admin(&policy, &ctx.caller, "admin del-node")?;
@@ -141,6 +149,9 @@ fn apply_flags(spec: &mut NodeSpec, f: &NodeFlags) -> kloigos_core::Result<()> {
     if let Some(p) = &f.ports {
         spec.ports = Some(PortRange::parse(p)?);
     }
+    if let Some(g) = &f.gpus {
+        spec.gpus = Some(GpuSet::parse(g)?);
+    }
     if let Some(m) = &f.mem_per_unit {
         spec.mem_per_unit = Some(parse_size(m)?);
     }
@@ -181,34 +192,47 @@ fn add_node(ctx: &Ctx, name: &str, f: &NodeFlags) -> Result<u8> {
                 .ports
                 .map(|p| format!(", ports {p}"))
                 .unwrap_or_default()
+                + &gpus_text(&st.node)
         );
     }
     Ok(0)
 }
 
-fn set_node(
-    ctx: &Ctx,
-    name: &str,
-    f: &NodeFlags,
-    no_ports: bool,
-    clear_labels: bool,
-    clear_windows: bool,
-) -> Result<u8> {
+/// `, GPUs 0-3 (1 per unit)`, or nothing on a node without GPUs.
+fn gpus_text(spec: &NodeSpec) -> String {
+    spec.gpus
+        .as_ref()
+        .map(|g| format!(", GPUs {g} ({} per unit)", spec.gpus_per_unit()))
+        .unwrap_or_default()
+}
+
+/// What `set-node` removes before applying its flags.
+struct Clear {
+    ports: bool,
+    gpus: bool,
+    labels: bool,
+    windows: bool,
+}
+
+fn set_node(ctx: &Ctx, name: &str, f: &NodeFlags, clear: Clear) -> Result<u8> {
     let node = node_arg(name)?;
     let now = ctx.now();
     let spec = ctx.write_node(&node, |st| {
         let mut spec = st.node.clone();
-        if no_ports {
+        if clear.ports {
             spec.ports = None;
         }
-        if clear_labels {
+        if clear.gpus {
+            spec.gpus = None;
+        }
+        if clear.labels {
             spec.labels.clear();
         }
-        if clear_windows {
+        if clear.windows {
             spec.windows.clear();
         }
         apply_flags(&mut spec, f)?;
-        // Current bookings keep their CPUs and ports: refuse a layout that would move them.
+        // Current bookings keep their CPUs, ports and GPUs: refuse a layout that would move them.
         let moved: Vec<String> = st
             .bookings
             .iter()
@@ -217,13 +241,19 @@ fn set_node(
                 b.units[1] >= spec.units_total()
                     || spec.run_cpus(b.units[0], b.units[1]) != b.cpus
                     || spec.run_ports(b.units[0], b.units[1]) != b.ports
+                    || spec.run_gpus(b.units[0], b.units[1]) != b.gpus
             })
             .map(|b| b.id.to_string())
             .collect();
         if !moved.is_empty() {
             return Err(Error::Refused(format!(
-                "bookings {} would change CPUs or ports under this layout; wait until they end or release them first",
-                moved.join(", ")
+                "bookings {} would change {} under this layout; wait until they end or release them first",
+                moved.join(", "),
+                if spec.gpus.is_some() || st.node.gpus.is_some() {
+                    "CPUs, ports or GPUs"
+                } else {
+                    "CPUs or ports"
+                }
             )));
         }
         st.node = spec.clone();
@@ -234,10 +264,11 @@ fn set_node(
         print_json(&spec);
     } else {
         println!(
-            "updated {}: {} unit(s) of {} CPUs",
+            "updated {}: {} unit(s) of {} CPUs{}",
             spec.name,
             spec.units_total(),
-            spec.cpus_per_unit()
+            spec.cpus_per_unit(),
+            gpus_text(&spec)
         );
     }
     Ok(0)

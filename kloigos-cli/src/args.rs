@@ -70,6 +70,9 @@ pub struct InfoArgs {
     /// Only nodes with a free unit now.
     #[arg(long)]
     pub free: bool,
+    /// Mark GPU bookings idle after this long with 0% GPU and no CPU use.
+    #[arg(long, value_name = "DUR", default_value = "1h")]
+    pub idle_after: String,
 }
 
 /// When to colour the timeline.
@@ -141,11 +144,14 @@ pub struct AllocSpec {
     #[arg(long, value_name = "TIME")]
     pub at: Option<String>,
     /// Book N units.
-    #[arg(long, value_name = "N", conflicts_with_all = ["cpus", "whole"])]
+    #[arg(long, value_name = "N", conflicts_with_all = ["cpus", "whole", "gpus"])]
     pub units: Option<u32>,
     /// Book enough units for N CPUs.
-    #[arg(long, value_name = "N", conflicts_with = "whole")]
+    #[arg(long, value_name = "N", conflicts_with_all = ["whole", "gpus"])]
     pub cpus: Option<u32>,
+    /// Book enough units for N GPUs (only nodes with GPUs qualify).
+    #[arg(long, value_name = "N", conflicts_with = "whole")]
+    pub gpus: Option<u32>,
     /// Book every unit of the node.
     #[arg(long)]
     pub whole: bool,
@@ -296,6 +302,9 @@ pub struct NodeFlags {
     /// Port range split evenly across units, e.g. 20000-29999.
     #[arg(long, value_name = "A-B")]
     pub ports: Option<String>,
+    /// GPU indices split evenly across units, e.g. 0-3 (each unit must get as many).
+    #[arg(long, value_name = "LIST")]
+    pub gpus: Option<String>,
     /// Memory per unit, e.g. 16G.
     #[arg(long, value_name = "SIZE")]
     pub mem_per_unit: Option<String>,
@@ -330,6 +339,9 @@ pub enum AdminCmd {
         /// Remove the port range.
         #[arg(long)]
         no_ports: bool,
+        /// Remove the GPUs.
+        #[arg(long, conflicts_with = "gpus")]
+        no_gpus: bool,
         /// Remove all labels (before adding any given).
         #[arg(long)]
         clear_labels: bool,

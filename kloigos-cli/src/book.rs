@@ -18,7 +18,7 @@ use kloigos_core::Error;
 use crate::args::{AllocSpec, ExtendArgs, HistoryArgs, ListArgs, ReleaseArgs};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
-use crate::output::{bookings_table, escape, local, print_json, Table};
+use crate::output::{bookings_json, bookings_table, escape, local, print_json, Table};
 
 /// How often `alloc --wait` tries again.
 const WAIT_POLL: Duration = Duration::from_secs(2);
@@ -95,7 +95,7 @@ pub fn alloc(ctx: &Ctx, node: Option<&str>, spec: &AllocSpec, attempt: bool) -> 
 
 fn print_booking(ctx: &Ctx, policy: &Policy, b: &Booking) {
     if ctx.json {
-        print_json(b);
+        print_json(&b.to_json());
     } else {
         let tz = policy.tz_or_utc();
         let now = ctx.now();
@@ -105,7 +105,7 @@ fn print_booking(ctx: &Ctx, policy: &Policy, b: &Booking) {
             local(b.start, &tz)
         };
         println!(
-            "booked {}: {} holds {} units {}-{} (cpus {}{}) from {} until {} ({})",
+            "booked {}: {} holds {} units {}-{} (cpus {}{}{}) from {} until {} ({})",
             b.id,
             b.user,
             b.node,
@@ -113,6 +113,10 @@ fn print_booking(ctx: &Ctx, policy: &Policy, b: &Booking) {
             b.units[1],
             b.cpus,
             b.ports.map(|p| format!(", ports {p}")).unwrap_or_default(),
+            b.gpus
+                .as_ref()
+                .map(|g| format!(", GPUs {g}"))
+                .unwrap_or_default(),
             from,
             local(b.end, &tz),
             human_secs(b.end.as_second() - b.start.as_second()),
@@ -209,10 +213,14 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         Some(t) => Dur::parse(t)?,
         None => policy.default_duration,
     };
-    let size = match (spec.units, spec.cpus, spec.whole) {
-        (Some(n), _, _) => Size::Units(n),
-        (_, Some(c), _) => Size::Cpus(c),
-        (_, _, true) => Size::Whole,
+    let size = match (spec.units, spec.cpus, spec.gpus, spec.whole) {
+        (Some(n), ..) => Size::Units(n),
+        (_, Some(c), ..) => Size::Cpus(c),
+        (_, _, Some(0), _) => {
+            return Err(Error::invalid("--gpus", "0", "ask for at least one GPU").into())
+        }
+        (_, _, Some(g), _) => Size::Gpus(g),
+        (.., true) => Size::Whole,
         _ => Size::Units(1),
     };
     let note = Note::new(spec.note.as_deref().unwrap_or_default())?;
@@ -296,10 +304,10 @@ fn held_elsewhere(ctx: &Ctx, policy: &Policy, ask: &Ask, except: Option<&NodeNam
 }
 
 fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Booking> {
-    let numa = ctx
+    let topo = ctx
         .store
         .facts(node)
-        .map(|f| f.numa_sets())
+        .map(|f| f.topology())
         .unwrap_or_default();
     let mut start = ask.start;
     if ask.earliest_ok {
@@ -321,7 +329,7 @@ fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Boo
         let now = ctx.now();
         let start = if ask.from_now { now } else { start };
         let req = ask.request(ctx, start, held);
-        let b = st.book(&req, policy, now, &numa)?;
+        let b = st.book_in(&req, policy, now, &topo)?;
         let ev = Event::booking(now, &ctx.caller.name, Action::Book, &b);
         Ok((b, vec![ev]))
     })
@@ -333,14 +341,29 @@ fn book_anywhere(ctx: &Ctx, policy: &Policy, ask: &Ask) -> Result<Booking> {
     let offers: Vec<Offer> = states
         .into_iter()
         .map(|state| {
-            let numa = ctx
+            let topo = ctx
                 .store
                 .facts(&state.node.name)
-                .map(|f| f.numa_sets())
+                .map(|f| f.topology())
                 .unwrap_or_default();
-            Offer { state, numa }
+            Offer { state, topo }
         })
         .collect();
+    if let Size::Gpus(g) = ask.size {
+        let most = offers
+            .iter()
+            .filter(|o| o.state.node.has_labels(ask.labels))
+            .map(|o| o.state.node.gpus.as_ref().map_or(0, |s| s.len()))
+            .max()
+            .unwrap_or(0);
+        if g as usize > most {
+            return Err(Error::Refused(format!(
+                "no node has {g} GPU(s); the most on one node{} is {most} (`kloigos info` lists them)",
+                if ask.labels.is_empty() { "" } else { " with those labels" }
+            ))
+            .into());
+        }
+    }
     if !ask.labels.is_empty() && !offers.iter().any(|o| o.state.node.has_labels(ask.labels)) {
         let mut known: Vec<String> = offers
             .iter()
@@ -476,7 +499,7 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
         ));
     }
     if ctx.json {
-        print_json(&released);
+        print_json(&bookings_json(&released));
     } else {
         for b in &released {
             println!(
@@ -525,7 +548,7 @@ pub fn extend(ctx: &Ctx, a: &ExtendArgs) -> Result<u8> {
         Ok((b, vec![ev]))
     })?;
     if ctx.json {
-        print_json(&b);
+        print_json(&b.to_json());
     } else {
         println!(
             "{} now ends {} ({} left)",
@@ -557,7 +580,7 @@ pub fn list(ctx: &Ctx, a: &ListArgs) -> Result<u8> {
         .collect();
     v.sort_by(|a, b| (a.start, &a.id).cmp(&(b.start, &b.id)));
     if ctx.json {
-        print_json(&v);
+        print_json(&bookings_json(&v));
     } else if v.is_empty() {
         println!(
             "no current or future bookings{}",
@@ -625,22 +648,28 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
         .filter(|b| since.is_none_or(|s| b.end > s))
         .collect();
     if a.summary {
-        let rows = journal::cpu_hours_by_user(&bookings);
+        let rows = journal::usage_by_user(&bookings);
+        let round = |h: f64| (h * 100.0).round() / 100.0;
         if ctx.json {
             let v: Vec<_> = rows
                 .iter()
-                .map(|(u, h, n)| serde_json::json!({"user": u, "bookings": n, "cpu_hours": (h * 100.0).round() / 100.0}))
+                .map(|r| serde_json::json!({"user": r.user, "bookings": r.bookings, "cpu_hours": round(r.cpu_hours), "gpu_hours": round(r.gpu_hours)}))
                 .collect();
             print_json(&v);
         } else {
-            let mut t = Table::new(&["USER", "BOOKINGS", "CPU-HOURS"]);
-            for (u, h, n) in rows {
-                t.row(vec![u.to_string(), n.to_string(), format!("{h:.2}")]);
+            let mut t = Table::new(&["USER", "BOOKINGS", "CPU-HOURS", "GPU-HOURS"]);
+            for r in rows {
+                t.row(vec![
+                    r.user.to_string(),
+                    r.bookings.to_string(),
+                    format!("{:.2}", r.cpu_hours),
+                    format!("{:.2}", r.gpu_hours),
+                ]);
             }
             print!("{}", t.render(ctx.color));
         }
     } else if ctx.json {
-        print_json(&bookings);
+        print_json(&bookings_json(&bookings));
     } else if bookings.is_empty() {
         println!("no bookings in the journals match");
     } else {

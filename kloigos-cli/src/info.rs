@@ -6,7 +6,8 @@ use jiff::Timestamp;
 use kloigos_core::booking::Booking;
 use kloigos_core::cpuset::CpuSet;
 use kloigos_core::duration::human_secs;
-use kloigos_core::facts::Facts;
+use kloigos_core::facts::{Facts, Gpu};
+use kloigos_core::gpuset::GpuSet;
 use kloigos_core::names::{Label, NodeName};
 use kloigos_core::node::Drain;
 use kloigos_core::ports::PortRange;
@@ -19,7 +20,7 @@ use crate::args::InfoArgs;
 use crate::book::read_all;
 use crate::ctx::{node_arg, Ctx};
 use crate::error::Result;
-use crate::output::{escape, local, print_json, status_of, Paint, Table};
+use crate::output::{bookings_json, escape, local, print_json, status_of, Paint, Table};
 
 /// `info --json`: the documented shape.
 #[derive(Serialize)]
@@ -39,12 +40,52 @@ struct NodeJson<'a> {
     units_total: u32,
     units_free: u32,
     ports: Option<PortRange>,
+    gpus: Option<&'a GpuSet>,
+    gpus_free: u32,
+    gpu_list: Vec<GpuJson<'a>>,
     drained: Option<&'a Drain>,
     windows: &'a [Window],
     state: &'static str,
     next_free: Option<Timestamp>,
-    bookings: Vec<&'a Booking>,
+    bookings: Vec<serde_json::Value>,
+    idle: Vec<IdleJson<'a>>,
     facts: Option<&'a Facts>,
+}
+
+/// A GPU booking idle for `--idle-after` or longer.
+#[derive(Serialize)]
+struct IdleJson<'a> {
+    booking: &'a kloigos_core::booking::BookingId,
+    since: Timestamp,
+}
+
+/// One GPU in `info --json`, from the node's facts.
+#[derive(Serialize)]
+struct GpuJson<'a> {
+    index: u32,
+    uuid: Option<&'a str>,
+    name: &'a str,
+    memory_used: Option<u64>,
+    memory_total: Option<u64>,
+    utilization: Option<u32>,
+}
+
+impl<'a> From<&'a Gpu> for GpuJson<'a> {
+    fn from(g: &'a Gpu) -> Self {
+        GpuJson {
+            index: g.index,
+            uuid: g.uuid.as_deref(),
+            name: &g.name,
+            memory_used: g.memory_used,
+            memory_total: g.memory_total,
+            utilization: g.utilization,
+        }
+    }
+}
+
+/// GPUs free now: those of free units.
+fn gpus_free(st: &NodeState, free: u32) -> u32 {
+    free * st.node.gpus_per_unit()
 }
 
 /// A node's condition at a glance.
@@ -81,6 +122,26 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
     let tz = policy.tz_or_utc();
     let now = ctx.now();
     let instant = now + jiff::SignedDuration::from_secs(1);
+    let idle_after = kloigos_core::duration::Dur::parse(&a.idle_after)
+        .map_err(|_| {
+            kloigos_core::Error::invalid(
+                "--idle-after",
+                &a.idle_after,
+                "give a duration such as 30m, 2h or 3600",
+            )
+        })?
+        .secs() as i64;
+    let idle = |s: &NodeState, facts: Option<&Facts>| -> Vec<(usize, Timestamp)> {
+        let Some(f) = facts else { return Vec::new() };
+        s.bookings
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.is_active(now))
+            .filter_map(|(i, b)| {
+                Some((i, kloigos_core::facts::booking_idle(b, f, now, idle_after)?))
+            })
+            .collect()
+    };
     let (mut states, mut bad) = read_all(ctx)?;
     if !a.nodes.is_empty() {
         let wanted = a
@@ -121,14 +182,23 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 units_total: s.node.units_total(),
                 units_free: *free,
                 ports: s.node.ports,
+                gpus: s.node.gpus.as_ref(),
+                gpus_free: gpus_free(s, *free),
+                gpu_list: facts
+                    .as_ref()
+                    .map(|f| f.gpus.iter().map(GpuJson::from).collect())
+                    .unwrap_or_default(),
                 drained: s.node.drained.as_ref(),
                 windows: &s.node.windows,
                 state: condition(s, facts.as_ref(), now, *free).0,
                 next_free: next_free(s, now, *free),
-                bookings: s
-                    .bookings
-                    .iter()
-                    .filter(|b| b.is_current_or_future(now))
+                bookings: bookings_json(s.bookings.iter().filter(|b| b.is_current_or_future(now))),
+                idle: idle(s, facts.as_ref())
+                    .into_iter()
+                    .map(|(i, since)| IdleJson {
+                        booking: &s.bookings[i].id,
+                        since,
+                    })
                     .collect(),
                 facts: facts.as_ref(),
             })
@@ -139,16 +209,13 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
             .collect();
         print_json(&InfoJson { nodes, errors });
     } else {
-        let mut t = Table::new(&[
-            "NODE",
-            "STATE",
-            "FREE",
-            "CPUS",
-            "UNIT",
-            "LOAD",
-            "NEXT FREE",
-            "HOLDERS",
-        ]);
+        let with_gpus = rows.iter().any(|(s, ..)| s.node.gpus.is_some());
+        let mut header = vec!["NODE", "STATE", "FREE", "CPUS", "UNIT"];
+        if with_gpus {
+            header.push("GPUS FREE");
+        }
+        header.extend(["LOAD", "NEXT FREE", "HOLDERS"]);
+        let mut t = Table::new(&header);
         for (s, facts, free) in &rows {
             let (cond, paint) = condition(s, facts.as_ref(), now, *free);
             let load = facts
@@ -178,36 +245,75 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                 Some(d) => format!("{cond} ({})", d.reason),
                 None => cond.to_string(),
             };
-            t.painted(vec![
+            let mut row = vec![
                 (s.node.name.to_string(), Paint::Plain),
                 (cond, paint),
                 (format!("{free}/{}", s.node.units_total()), Paint::Plain),
                 (s.node.cpus.to_string(), Paint::Plain),
                 (s.node.cpus_per_unit().to_string(), Paint::Plain),
+            ];
+            if with_gpus {
+                let total = s.node.gpus.as_ref().map_or(0, GpuSet::len);
+                let cell = if total == 0 {
+                    "-".to_string()
+                } else {
+                    format!("{}/{total}", gpus_free(s, *free))
+                };
+                row.push((cell, Paint::Plain));
+            }
+            row.extend([
                 (load, Paint::Plain),
                 (next, Paint::Plain),
                 (holders, Paint::Plain),
             ]);
+            t.painted(row);
+            let idle_here: Vec<(&kloigos_core::booking::BookingId, Timestamp)> =
+                idle(s, facts.as_ref())
+                    .into_iter()
+                    .map(|(i, since)| (&s.bookings[i].id, since))
+                    .collect();
             for b in current {
                 let ports = b.ports.map(|p| format!(" ports {p}")).unwrap_or_default();
+                let gpus = b
+                    .gpus
+                    .as_ref()
+                    .map(|g| format!(" GPUs {g}"))
+                    .unwrap_or_default();
                 let note = if b.note.is_empty() {
                     String::new()
                 } else {
                     format!("  \"{}\"", b.note.as_str())
                 };
-                t.painted(vec![
+                let mut row = vec![
                     (format!("  {}", b.id), Paint::Dim),
                     (b.user.to_string(), Paint::Plain),
                     (format!("u{}-{}", b.units[0], b.units[1]), Paint::Dim),
                     (b.cpus.to_string(), Paint::Plain),
                     (String::new(), Paint::Plain),
+                ];
+                if with_gpus {
+                    row.push((String::new(), Paint::Plain));
+                }
+                let (status, paint) = match idle_here.iter().find(|(id, _)| *id == &b.id) {
+                    Some((_, since)) => (
+                        format!(
+                            "{}, IDLE {}",
+                            status_of(b, now),
+                            human_secs(now.as_second() - since.as_second())
+                        ),
+                        Paint::Yellow,
+                    ),
+                    None => (status_of(b, now), Paint::Plain),
+                };
+                row.extend([
                     (String::new(), Paint::Plain),
-                    (status_of(b, now), Paint::Plain),
+                    (status, paint),
                     (
-                        format!("until {}{ports}{note}", local(b.end, &tz)),
+                        format!("until {}{ports}{gpus}{note}", local(b.end, &tz)),
                         Paint::Dim,
                     ),
                 ]);
+                t.painted(row);
             }
         }
         if rows.is_empty() && bad.is_empty() {

@@ -134,29 +134,51 @@ pub fn print_json<T: Serialize>(value: &T) {
     let _ = writeln!(out, "{}", kloigos_core::printable::escape_json(text));
 }
 
-/// A table of bookings.
+/// Bookings as commands print them ([`Booking::to_json`]).
+pub fn bookings_json<'a>(
+    bookings: impl IntoIterator<Item = &'a Booking>,
+) -> Vec<serde_json::Value> {
+    bookings.into_iter().map(Booking::to_json).collect()
+}
+
+/// A table of bookings; a GPUS column when any of them holds GPUs.
 pub fn bookings_table(bookings: &[Booking], now: Timestamp, tz: &TimeZone) -> Table {
-    let mut t = Table::new(&[
-        "ID", "USER", "NODE", "UNITS", "CPUS", "PORTS", "START", "END", "STATUS", "NOTE",
-    ]);
+    let gpus = bookings.iter().any(|b| b.gpus.is_some());
+    let mut header = vec!["ID", "USER", "NODE", "UNITS", "CPUS", "PORTS"];
+    if gpus {
+        header.push("GPUS");
+    }
+    header.extend(["START", "END", "STATUS", "NOTE"]);
+    let mut t = Table::new(&header);
     for b in bookings {
         let units = if b.units[0] == b.units[1] {
             b.units[0].to_string()
         } else {
             format!("{}-{}", b.units[0], b.units[1])
         };
-        t.row(vec![
+        let mut row = vec![
             b.id.to_string(),
             b.user.to_string(),
             b.node.to_string(),
             units,
             b.cpus.to_string(),
             b.ports.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+        ];
+        if gpus {
+            row.push(
+                b.gpus
+                    .as_ref()
+                    .map(|g| g.to_string())
+                    .unwrap_or_else(|| "-".into()),
+            );
+        }
+        row.extend([
             local(b.start, tz),
             local(b.end, tz),
             status_of(b, now),
             b.note.as_str().to_string(),
         ]);
+        t.row(row);
     }
     t
 }

@@ -146,6 +146,7 @@ pub(crate) fn spec_args(spec: &AllocSpec) -> Vec<String> {
     opt("--at", &spec.at);
     opt("--units", &spec.units.map(|n| n.to_string()));
     opt("--cpus", &spec.cpus.map(|n| n.to_string()));
+    opt("--gpus", &spec.gpus.map(|n| n.to_string()));
     opt("--note", &spec.note);
     opt("--user", &spec.user);
     if spec.whole {
@@ -212,6 +213,10 @@ pub fn run(ctx: &Ctx, a: &RunArgs) -> Result<u8> {
         }
     };
     let status = ssh_command(ctx, &a.ssh, &booking.node, &a.command).and_then(|mut c| {
+        // The booking's variables replace any the caller carried; a
+        // CUDA_VISIBLE_DEVICES of theirs would name GPUs they may not hold.
+        c.env_remove("CUDA_VISIBLE_DEVICES");
+        c.envs(booking.session_env());
         c.status()
             .map_err(|e| CliError::Usage(format!("cannot run {}: {e}", a.ssh.display())))
     });

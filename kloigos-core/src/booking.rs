@@ -7,6 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::cpuset::CpuSet;
 use crate::error::{Error, Result};
+use crate::gpuset::GpuSet;
 use crate::names::{NodeName, UserName};
 use crate::ports::PortRange;
 
@@ -141,6 +142,15 @@ pub struct Booking {
     pub cpus: CpuSet,
     /// The ports of those units, if the node has ports.
     pub ports: Option<PortRange>,
+    /// The GPUs of those units, if the node has GPUs. Left out of the
+    /// node's files when absent (older versions refuse unknown fields);
+    /// printed as `null` ([`Booking::to_json`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuSet>,
+    /// The UUIDs of those GPUs, in index order, when the node's facts knew
+    /// them at booking time (they name the GPUs for `CUDA_VISIBLE_DEVICES`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gpu_uuids: Vec<String>,
     /// Start, inclusive (UTC).
     pub start: Timestamp,
     /// End, exclusive (UTC).
@@ -180,8 +190,57 @@ impl Booking {
 
     /// CPU-hours booked (CPUs times hours held).
     pub fn cpu_hours(&self) -> f64 {
-        let secs = (self.end.as_second() - self.start.as_second()).max(0) as f64;
-        self.cpus.len() as f64 * secs / 3600.0
+        self.cpus.len() as f64 * self.hours()
+    }
+
+    /// GPU-hours booked (GPUs times hours held; 0 without GPUs).
+    pub fn gpu_hours(&self) -> f64 {
+        self.gpus.as_ref().map_or(0, GpuSet::len) as f64 * self.hours()
+    }
+
+    fn hours(&self) -> f64 {
+        (self.end.as_second() - self.start.as_second()).max(0) as f64 / 3600.0
+    }
+
+    /// The value of `CUDA_VISIBLE_DEVICES` for this booking: the GPUs'
+    /// UUIDs when known (they name the right GPUs whatever the numbering a
+    /// process sees), else their indices; `None` without GPUs.
+    pub fn cuda_visible_devices(&self) -> Option<String> {
+        let gpus = self.gpus.as_ref()?;
+        Some(if self.gpu_uuids.len() == gpus.len() {
+            self.gpu_uuids.join(",")
+        } else {
+            let v: Vec<String> = gpus.indices().iter().map(u32::to_string).collect();
+            v.join(",")
+        })
+    }
+
+    /// The environment a session inside this booking gets:
+    /// `KLOIGOS_BOOKING`, `KLOIGOS_CPUS`, `KLOIGOS_PORTS` (empty without
+    /// ports) and, with GPUs, `CUDA_VISIBLE_DEVICES`.
+    pub fn session_env(&self) -> Vec<(&'static str, String)> {
+        let mut v = vec![
+            ("KLOIGOS_BOOKING", self.id.to_string()),
+            ("KLOIGOS_CPUS", self.cpus.to_string()),
+            (
+                "KLOIGOS_PORTS",
+                self.ports.map(|p| p.to_string()).unwrap_or_default(),
+            ),
+        ];
+        if let Some(c) = self.cuda_visible_devices() {
+            v.push(("CUDA_VISIBLE_DEVICES", c));
+        }
+        v
+    }
+
+    /// The booking as commands print it: every field present, `gpus`
+    /// `null` on a node without GPUs, `gpu_uuids` only when known.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let Some(m) = v.as_object_mut() {
+            m.entry("gpus").or_insert(serde_json::Value::Null);
+        }
+        v
     }
 }
 
@@ -222,6 +281,35 @@ mod tests {
         // An old file's note loads as it is, and fails the check.
         let n: Note = serde_json::from_str("\"\\u001b[2J\"").unwrap();
         assert!(n.check().is_err());
+    }
+
+    #[test]
+    fn a_booking_without_gpus_reads_and_writes_as_before_and_prints_gpus_null() {
+        let old = r#"{"id":"n1:1","node":"n1","user":"a","uid":1000,"units":[0,0],"cpus":"0-3","ports":null,"start":"2026-01-01T00:00:00Z","end":"2026-01-01T02:00:00Z","note":"","created_by":"a","created_at":"2026-01-01T00:00:00Z"}"#;
+        let b: Booking = serde_json::from_str(old).unwrap();
+        assert_eq!(b.gpus, None);
+        assert_eq!(serde_json::to_string(&b).unwrap(), old);
+        assert_eq!(b.to_json()["gpus"], serde_json::Value::Null);
+        assert_eq!(b.gpu_hours(), 0.0);
+        let mut g = b.clone();
+        g.gpus = Some(GpuSet::parse("2-3").unwrap());
+        assert_eq!(g.to_json()["gpus"], "2-3");
+        assert!(g.to_json().get("gpu_uuids").is_none());
+        assert_eq!(g.gpu_hours(), 4.0);
+        assert_eq!(g.cpu_hours(), 8.0);
+        // The session's environment: indices without UUIDs, UUIDs with them.
+        assert_eq!(b.cuda_visible_devices(), None);
+        assert_eq!(g.cuda_visible_devices().as_deref(), Some("2,3"));
+        g.gpu_uuids = vec!["GPU-a".into(), "GPU-b".into()];
+        assert_eq!(
+            g.session_env(),
+            [
+                ("KLOIGOS_BOOKING", "n1:1".to_string()),
+                ("KLOIGOS_CPUS", "0-3".into()),
+                ("KLOIGOS_PORTS", "".into()),
+                ("CUDA_VISIBLE_DEVICES", "GPU-a,GPU-b".into()),
+            ]
+        );
     }
 
     #[test]

@@ -58,6 +58,38 @@ pub enum SliceBackend {
     None,
 }
 
+/// The `housekeeper.gpu` section: where the GPU inventory is read, so that
+/// tests (and odd installs) can point it at another tree.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GpuConfig {
+    /// The proc root holding `driver/nvidia/gpus/<bus>/information`.
+    pub proc_dir: PathBuf,
+    /// The sysfs root holding `bus/pci/devices/<bus>/numa_node`.
+    pub sys_dir: PathBuf,
+    /// Whether to fence the GPUs: a user's processes may open only the
+    /// device nodes of the GPUs they hold (cgroup v1 device controller).
+    pub fence: bool,
+    /// Whether to end a process that holds open a GPU its user does not
+    /// hold (warned first, ended `grace_s` later).
+    pub end_strays: bool,
+    /// GPUs declared by device path, in index order (e.g. AMD render nodes
+    /// `/dev/dri/renderD128`); when given, they replace the NVIDIA inventory.
+    pub devices: Vec<PathBuf>,
+}
+
+impl Default for GpuConfig {
+    fn default() -> Self {
+        GpuConfig {
+            proc_dir: PathBuf::from("/proc"),
+            sys_dir: PathBuf::from("/sys"),
+            fence: true,
+            end_strays: true,
+            devices: Vec::new(),
+        }
+    }
+}
+
 /// The `housekeeper` section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -84,6 +116,8 @@ pub struct HousekeeperConfig {
     /// Seconds a pass may take: past them it starts nothing new, and a
     /// watchdog ends a pass still blocked a little later (1 to 3600).
     pub pass_deadline_s: u64,
+    /// GPU inventory and fence.
+    pub gpu: GpuConfig,
 }
 
 impl Default for HousekeeperConfig {
@@ -99,6 +133,7 @@ impl Default for HousekeeperConfig {
             hooks_dir: Some(PathBuf::from("/etc/kloigos/hooks")),
             dashboard_dir: None,
             pass_deadline_s: 45,
+            gpu: GpuConfig::default(),
         }
     }
 }

@@ -130,15 +130,41 @@ pub fn final_bookings<'a>(events: impl IntoIterator<Item = &'a Event>) -> Vec<Bo
     v
 }
 
-/// Booked CPU-hours per user, largest first.
-pub fn cpu_hours_by_user(bookings: &[Booking]) -> Vec<(UserName, f64, usize)> {
-    let mut m: BTreeMap<UserName, (f64, usize)> = BTreeMap::new();
+/// One user's booked totals, for `history --summary`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Usage {
+    /// The user.
+    pub user: UserName,
+    /// Bookings counted.
+    pub bookings: usize,
+    /// CPUs times hours booked.
+    pub cpu_hours: f64,
+    /// GPUs times hours booked.
+    pub gpu_hours: f64,
+}
+
+/// Booked CPU- and GPU-hours per user, most CPU-hours first.
+pub fn usage_by_user(bookings: &[Booking]) -> Vec<Usage> {
+    let mut m: BTreeMap<&UserName, (f64, f64, usize)> = BTreeMap::new();
     for b in bookings {
-        let e = m.entry(b.user.clone()).or_default();
+        let e = m.entry(&b.user).or_default();
         e.0 += b.cpu_hours();
-        e.1 += 1;
+        e.1 += b.gpu_hours();
+        e.2 += 1;
     }
-    let mut v: Vec<_> = m.into_iter().map(|(u, (h, n))| (u, h, n)).collect();
-    v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let mut v: Vec<Usage> = m
+        .into_iter()
+        .map(|(u, (c, g, n))| Usage {
+            user: u.clone(),
+            bookings: n,
+            cpu_hours: c,
+            gpu_hours: g,
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        b.cpu_hours
+            .total_cmp(&a.cpu_hours)
+            .then(a.user.cmp(&b.user))
+    });
     v
 }

@@ -5,6 +5,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cpuset::CpuSet;
 use crate::error::{Error, Result};
+use crate::gpuset::GpuSet;
 use crate::names::{Label, NodeName, UserName};
 use crate::ports::PortRange;
 use crate::window::Window;
@@ -35,6 +36,11 @@ pub struct NodeSpec {
     /// Ports split evenly across units; `None`: bookings get no ports.
     #[serde(default)]
     pub ports: Option<PortRange>,
+    /// GPUs split evenly across units; `None`: the node has no GPUs.
+    /// Left out of the file when absent, so that a node without GPUs keeps
+    /// the file older versions read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gpus: Option<GpuSet>,
     /// Memory per unit in bytes, for the housekeeper's limits.
     #[serde(default)]
     pub mem_per_unit: Option<u64>,
@@ -57,6 +63,7 @@ impl NodeSpec {
             cpus,
             unit_cpus: None,
             ports: None,
+            gpus: None,
             mem_per_unit: None,
             labels: Vec::new(),
             windows: Vec::new(),
@@ -64,7 +71,8 @@ impl NodeSpec {
         }
     }
 
-    /// Checks that the CPUs split into whole units and every unit gets a port.
+    /// Checks that the CPUs split into whole units, every unit gets a port
+    /// and every unit holds the same number of GPUs.
     pub fn validate(&self) -> Result<()> {
         if let Some(u) = self.unit_cpus {
             if u == 0 || !self.cpus.len().is_multiple_of(u as usize) {
@@ -92,7 +100,50 @@ impl NodeSpec {
                 ));
             }
         }
+        if let Some(g) = &self.gpus {
+            let units = self.units_total() as usize;
+            if !g.len().is_multiple_of(units) {
+                let fix = if g.len() < units {
+                    format!(
+                        "give at least one GPU per unit, or fewer units (--unit-cpus {} puts one GPU in each)",
+                        self.cpus.len() / g.len().max(1)
+                    )
+                } else {
+                    format!("give a multiple of {units} GPUs, or a --unit-cpus that cuts the node into a divisor of {} units", g.len())
+                };
+                return Err(Error::invalid(
+                    "--gpus",
+                    &g.to_string(),
+                    format!(
+                        "{} GPU(s) cannot split evenly over {units} unit(s): units would hold different numbers of GPUs; {fix}",
+                        g.len()
+                    ),
+                ));
+            }
+        }
         Ok(())
+    }
+
+    /// GPUs in one unit (0 on a node without GPUs).
+    pub fn gpus_per_unit(&self) -> u32 {
+        self.gpus
+            .as_ref()
+            .map_or(0, |g| g.len() as u32 / self.units_total())
+    }
+
+    /// The GPUs of units `first..=last`, when the node has GPUs.
+    pub fn run_gpus(&self, first: u32, last: u32) -> Option<GpuSet> {
+        let all = self.gpus.as_ref()?.indices();
+        let per = self.gpus_per_unit() as usize;
+        let lo = (first as usize * per).min(all.len());
+        let hi = ((last as usize + 1) * per).min(all.len());
+        GpuSet::from_indices(all[lo..hi].iter().copied())
+    }
+
+    /// Units needed for `gpus` GPUs (rounded up); `None` on a node without GPUs.
+    pub fn units_for_gpus(&self, gpus: u32) -> Option<u32> {
+        let per = self.gpus_per_unit();
+        (per > 0).then(|| gpus.div_ceil(per))
     }
 
     /// CPUs in one unit.
@@ -153,6 +204,52 @@ mod tests {
         assert_eq!(s.run_cpus(1, 2).to_string(), "16-47");
         assert_eq!(s.run_ports(1, 2).unwrap().to_string(), "21000-22999");
         assert_eq!(s.units_for_cpus(17), 2);
+    }
+
+    #[test]
+    fn gpus_split_evenly_over_units() {
+        let mut s = spec("0-63", Some(16), None);
+        s.gpus = Some(GpuSet::parse("0-3").unwrap());
+        s.validate().unwrap();
+        assert_eq!(s.gpus_per_unit(), 1);
+        assert_eq!(s.run_gpus(1, 2).unwrap().to_string(), "1-2");
+        assert_eq!(s.units_for_gpus(3), Some(3));
+        s.gpus = Some(GpuSet::parse("0-7").unwrap());
+        assert_eq!(s.run_gpus(3, 3).unwrap().to_string(), "6-7");
+        assert_eq!(s.units_for_gpus(3), Some(2));
+        // One unit holds every GPU.
+        let mut w = spec("0-63", None, None);
+        w.gpus = Some(GpuSet::parse("0-3").unwrap());
+        w.validate().unwrap();
+        assert_eq!(w.run_gpus(0, 0).unwrap().to_string(), "0-3");
+        assert_eq!(w.units_for_gpus(1), Some(1));
+        assert_eq!(spec("0-63", None, None).units_for_gpus(1), None);
+        assert_eq!(spec("0-63", None, None).run_gpus(0, 0), None);
+    }
+
+    #[test]
+    fn an_uneven_gpu_split_is_refused() {
+        for (unit, gpus, fix) in [
+            (Some(16), "0-5", "multiple of 4 GPUs"),
+            (Some(8), "0-3", "--unit-cpus 16 puts one GPU in each"),
+        ] {
+            let mut s = spec("0-63", unit, None);
+            s.gpus = Some(GpuSet::parse(gpus).unwrap());
+            let e = s.validate().unwrap_err();
+            assert!(matches!(e, Error::Invalid { what: "--gpus", .. }), "{e}");
+            let e = e.to_string();
+            assert!(e.contains("cannot split evenly"), "{e}");
+            assert!(e.contains(fix), "{e}");
+        }
+    }
+
+    #[test]
+    fn a_spec_without_gpus_is_written_as_before() {
+        let s = spec("0-3", None, None);
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(!text.contains("gpus"), "{text}");
+        let back: NodeSpec = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, s);
     }
 
     #[test]

@@ -5,10 +5,9 @@
 
 use jiff::{SignedDuration, Timestamp};
 
-use crate::cpuset::CpuSet;
 use crate::names::{Label, NodeName};
 use crate::policy::Policy;
-use crate::state::{NodeState, Size};
+use crate::state::{NodeState, Size, Topology};
 use crate::window;
 
 /// What the user asks for, without a node.
@@ -24,13 +23,13 @@ pub struct Want {
     pub end: Timestamp,
 }
 
-/// A node offered to placement, with its NUMA layout from facts (may be empty).
+/// A node offered to placement, with its topology from facts (may be empty).
 #[derive(Debug, Clone)]
 pub struct Offer {
     /// The node's state.
     pub state: NodeState,
-    /// NUMA CPU sets.
-    pub numa: Vec<CpuSet>,
+    /// Where its CPUs and GPUs sit.
+    pub topo: Topology,
 }
 
 fn eligible(want: &Want, o: &Offer) -> Option<u32> {
@@ -51,13 +50,8 @@ pub fn rank(want: &Want, offers: &[Offer], policy: &Policy) -> Vec<NodeName> {
             if !window::allows(&o.state.node.windows, &tz, want.start, want.end) {
                 return None;
             }
-            let (first, run) = o.state.best_run(n, want.start, want.end, &o.numa)?;
-            let cpus = o.state.node.run_cpus(first, first + n - 1);
-            let split = !o.numa.is_empty()
-                && !o
-                    .numa
-                    .iter()
-                    .any(|s| cpus.cpus().iter().all(|c| s.cpus().contains(c)));
+            let (first, run) = o.state.best_run(n, want.start, want.end, &o.topo)?;
+            let split = !o.topo.is_local(&o.state.node, first, first + n - 1);
             let name = o.state.node.name.clone();
             Some(((split, run, name.clone()), name))
         })
@@ -83,6 +77,7 @@ pub fn earliest(want: &Want, offers: &[Offer], policy: &Policy) -> Option<(Times
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cpuset::CpuSet;
     use crate::names::UserName;
     use crate::node::NodeSpec;
     use crate::state::Request;
@@ -131,7 +126,7 @@ mod tests {
             .into_iter()
             .map(|state| Offer {
                 state,
-                numa: vec![],
+                topo: Topology::default(),
             })
             .collect()
     }
@@ -152,6 +147,49 @@ mod tests {
             rank(&want(3, &[]), &o, &p),
             ["a", "c"].map(|n| NodeName::new(n).unwrap())
         );
+    }
+
+    #[test]
+    fn gpu_requests_skip_nodes_without_gpus_and_prefer_gpus_near_the_cpus() {
+        let with_gpus = |name: &str| {
+            let mut st = node(name, 2, &[]);
+            st.node.gpus = Some(crate::gpuset::GpuSet::parse("0-1").unwrap());
+            st
+        };
+        // a: every GPU hangs off the other NUMA node; b: GPU 1 is local.
+        let numa = vec![CpuSet::parse("0-1").unwrap(), CpuSet::parse("2-3").unwrap()];
+        let far = Topology {
+            numa: numa.clone(),
+            gpu_numa: [(0, numa[1].clone()), (1, numa[0].clone())].into(),
+            ..Topology::default()
+        };
+        let near = Topology {
+            numa: numa.clone(),
+            gpu_numa: [(0, numa[1].clone()), (1, numa[1].clone())].into(),
+            ..Topology::default()
+        };
+        let o = vec![
+            Offer {
+                state: node("0plain", 4, &[]),
+                topo: Topology::default(),
+            },
+            Offer {
+                state: with_gpus("a"),
+                topo: far,
+            },
+            Offer {
+                state: with_gpus("b"),
+                topo: near,
+            },
+        ];
+        let mut w = want(1, &[]);
+        w.size = Size::Gpus(1);
+        assert_eq!(
+            rank(&w, &o, &Policy::default()),
+            ["b", "a"].map(|n| NodeName::new(n).unwrap())
+        );
+        w.size = Size::Gpus(3);
+        assert!(rank(&w, &o, &Policy::default()).is_empty());
     }
 
     #[test]

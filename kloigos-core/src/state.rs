@@ -2,6 +2,8 @@
 //! every rule a change must pass. All of it is pure: the store calls these
 //! under the node's lock.
 
+use std::collections::BTreeMap;
+
 use jiff::{SignedDuration, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -9,6 +11,7 @@ use crate::booking::{spans_overlap, Booking, BookingId, Note};
 use crate::cpuset::CpuSet;
 use crate::duration::human_secs;
 use crate::error::{Error, Result};
+use crate::gpuset::GpuSet;
 use crate::names::UserName;
 use crate::node::NodeSpec;
 use crate::policy::{Policy, FORMAT_VERSION};
@@ -31,6 +34,55 @@ pub enum Size {
     Cpus(u32),
     /// Every unit of the node.
     Whole,
+    /// At least this many GPUs, rounded up to whole units.
+    Gpus(u32),
+}
+
+/// What a node's facts say about where its CPUs and GPUs sit, for
+/// placement; empty when the node has no facts (then every placement is
+/// as good as any other).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Topology {
+    /// The CPUs of each NUMA node.
+    pub numa: Vec<CpuSet>,
+    /// For a GPU index, the CPUs of the NUMA node it hangs off.
+    pub gpu_numa: BTreeMap<u32, CpuSet>,
+    /// For a GPU index, its UUID.
+    pub gpu_uuid: BTreeMap<u32, String>,
+}
+
+impl Topology {
+    /// Whether units `first..=last` are local: their CPUs lie in one NUMA
+    /// node, and every GPU among them whose NUMA node is known hangs off
+    /// the NUMA node holding those CPUs.
+    pub fn is_local(&self, spec: &NodeSpec, first: u32, last: u32) -> bool {
+        let cpus = spec.run_cpus(first, last);
+        if !in_one_numa(&cpus, &self.numa) {
+            return false;
+        }
+        let Some(gpus) = spec.run_gpus(first, last) else {
+            return true;
+        };
+        gpus.indices().iter().all(|g| {
+            self.gpu_numa
+                .get(g)
+                .is_none_or(|near| cpus.cpus().iter().all(|c| near.cpus().contains(c)))
+        })
+    }
+
+    /// The UUIDs of `gpus`, in index order, when every one is known.
+    pub fn uuids(&self, gpus: &GpuSet) -> Vec<String> {
+        let v: Vec<String> = gpus
+            .indices()
+            .iter()
+            .filter_map(|g| self.gpu_uuid.get(g).cloned())
+            .collect();
+        if v.len() == gpus.len() {
+            v
+        } else {
+            Vec::new()
+        }
+    }
 }
 
 /// A booking request, already parsed and authorized.
@@ -84,6 +136,14 @@ impl NodeState {
         self.bookings.iter().filter(move |b| b.is_active(now))
     }
 
+    /// The booking a session of `uid` starting at `now` belongs to: its
+    /// active booking here (the earliest started, when it holds several).
+    pub fn session_booking(&self, uid: u32, now: Timestamp) -> Option<&Booking> {
+        self.active(now)
+            .filter(|b| b.uid == uid)
+            .min_by_key(|b| (b.start, &b.id))
+    }
+
     /// Finds a booking by id.
     pub fn get(&self, id: &BookingId) -> Option<&Booking> {
         self.bookings.iter().find(|b| &b.id == id)
@@ -116,12 +176,28 @@ impl NodeState {
             Size::Whole => total,
             Size::Units(n) => n,
             Size::Cpus(c) => self.node.units_for_cpus(c),
+            Size::Gpus(g) => {
+                let total_gpus = self.node.gpus.as_ref().map_or(0, GpuSet::len) as u32;
+                let Some(n) = self.node.units_for_gpus(g) else {
+                    return Err(Error::Refused(format!(
+                        "{} has no GPUs; pick a node with GPUs (`kloigos info` shows them)",
+                        self.node.name
+                    )));
+                };
+                if g > total_gpus {
+                    return Err(Error::Refused(format!(
+                        "{} has {total_gpus} GPU(s); {g} cannot fit",
+                        self.node.name
+                    )));
+                }
+                n
+            }
         };
         if n == 0 {
             return Err(Error::invalid(
                 "size",
                 "0",
-                "ask for at least one unit or CPU",
+                "ask for at least one unit, CPU or GPU",
             ));
         }
         if n > total {
@@ -138,14 +214,15 @@ impl NodeState {
     }
 
     /// Best fit: the placement of `n` units in the smallest free run that
-    /// holds them, preferring placements inside one NUMA node, then the lowest
-    /// unit. Returns `(first unit, length of the free run it sits in)`.
+    /// holds them, preferring local placements ([`Topology::is_local`]),
+    /// then the lowest unit. Returns `(first unit, length of the free run
+    /// it sits in)`.
     pub fn best_run(
         &self,
         n: u32,
         start: Timestamp,
         end: Timestamp,
-        numa: &[CpuSet],
+        topo: &Topology,
     ) -> Option<(u32, u32)> {
         let free = self.free_units(start, end);
         let mut best: Option<((bool, u32, u32), u32)> = None;
@@ -164,11 +241,11 @@ impl NodeState {
                 continue;
             }
             let run_start = run_start as u32;
-            // Within a run, the first offset whose CPUs sit in one NUMA node, else the run's start.
+            // Within a run, the first local offset, else the run's start.
             let first = (run_start..=run_start + run_len - n)
-                .find(|&f| in_one_numa(&self.node.run_cpus(f, f + n - 1), numa))
+                .find(|&f| topo.is_local(&self.node, f, f + n - 1))
                 .unwrap_or(run_start);
-            let split = !in_one_numa(&self.node.run_cpus(first, first + n - 1), numa);
+            let split = !topo.is_local(&self.node, first, first + n - 1);
             let key = (split, run_len, first);
             if best.as_ref().is_none_or(|(k, _)| key < *k) {
                 best = Some((key, first));
@@ -254,8 +331,7 @@ impl NodeState {
         Ok(())
     }
 
-    /// Validates `req` and records it, returning the new booking. On a
-    /// capacity refusal the message gives the earliest start that would fit.
+    /// [`NodeState::book_in`] knowing only the NUMA layout.
     pub fn book(
         &mut self,
         req: &Request,
@@ -263,9 +339,26 @@ impl NodeState {
         now: Timestamp,
         numa: &[CpuSet],
     ) -> Result<Booking> {
+        let topo = Topology {
+            numa: numa.to_vec(),
+            ..Topology::default()
+        };
+        self.book_in(req, policy, now, &topo)
+    }
+
+    /// Validates `req` and records it, returning the new booking; `topo`
+    /// steers placement and names the GPUs. On a capacity refusal the
+    /// message gives the earliest start that would fit.
+    pub fn book_in(
+        &mut self,
+        req: &Request,
+        policy: &Policy,
+        now: Timestamp,
+        topo: &Topology,
+    ) -> Result<Booking> {
         let n = self.units_needed(req.size)?;
         self.check_rules(req, policy, now)?;
-        let Some((first, _)) = self.best_run(n, req.start, req.end, numa) else {
+        let Some((first, _)) = self.best_run(n, req.start, req.end, topo) else {
             let len = SignedDuration::from_secs(req.end.as_second() - req.start.as_second());
             let hint = match self.earliest_start(n, len, req.start, policy) {
                 Some(t) => format!("the earliest start that fits is {} (use --at or --wait)", t),
@@ -282,6 +375,7 @@ impl NodeState {
         };
         self.seq += 1;
         let last = first + n - 1;
+        let gpus = self.node.run_gpus(first, last);
         let booking = Booking {
             id: BookingId {
                 node: self.node.name.clone(),
@@ -293,6 +387,8 @@ impl NodeState {
             units: [first, last],
             cpus: self.node.run_cpus(first, last),
             ports: self.node.run_ports(first, last),
+            gpu_uuids: gpus.as_ref().map(|g| topo.uuids(g)).unwrap_or_default(),
+            gpus,
             start: req.start,
             end: req.end,
             note: req.note.clone(),
@@ -338,7 +434,8 @@ impl NodeState {
             let Ok(e) = s.checked_add(len) else {
                 return false;
             };
-            window::allows(&self.node.windows, &tz, s, e) && self.best_run(n, s, e, &[]).is_some()
+            window::allows(&self.node.windows, &tz, s, e)
+                && self.best_run(n, s, e, &Topology::default()).is_some()
         })
     }
 
@@ -636,6 +733,120 @@ mod tests {
         assert_eq!(b.units, [2, 3]);
     }
 
+    /// 4 units of 4 CPUs with `gpus` GPUs split over them.
+    fn gpu_state(gpus: &str) -> NodeState {
+        let mut s = state(4);
+        s.node.gpus = Some(GpuSet::parse(gpus).unwrap());
+        s.node.validate().unwrap();
+        s
+    }
+
+    #[test]
+    fn books_by_gpus_in_whole_units() {
+        let mut s = gpu_state("0-7");
+        let p = Policy::default();
+        let now = ts(NOW);
+        let a = s
+            .book(&req("a", Size::Gpus(3), NOW, 1), &p, now, &[])
+            .unwrap();
+        assert_eq!(a.units, [0, 1]);
+        assert_eq!(a.gpus.as_ref().unwrap().to_string(), "0-3");
+        assert_eq!(a.cpus.to_string(), "0-7");
+        let b = s
+            .book(&req("b", Size::Gpus(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        assert_eq!(b.gpus.as_ref().unwrap().to_string(), "4-5");
+        let e = s
+            .book(&req("c", Size::Gpus(4), NOW, 1), &p, now, &[])
+            .unwrap_err();
+        assert!(matches!(e, Error::Full(_)), "{e}");
+        let e = s
+            .book(&req("c", Size::Gpus(9), NOW, 1), &p, now, &[])
+            .unwrap_err();
+        assert!(matches!(e, Error::Refused(_)), "{e}");
+        assert!(e.to_string().contains("has 8 GPU(s); 9 cannot fit"), "{e}");
+        let e = state(4)
+            .book(&req("c", Size::Gpus(1), NOW, 1), &p, now, &[])
+            .unwrap_err();
+        assert!(e.to_string().contains("n1 has no GPUs"), "{e}");
+        // A booking by units on a GPU node holds the GPUs of its units.
+        let u = s
+            .book(&req("d", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        assert_eq!(u.gpus.as_ref().unwrap().to_string(), "6-7");
+    }
+
+    #[test]
+    fn gpu_bookings_prefer_units_near_their_gpus_and_carry_uuids() {
+        let mut s = gpu_state("0-3");
+        let p = Policy::default();
+        let now = ts(NOW);
+        // CPUs 0-7 on NUMA 0, 8-15 on NUMA 1; GPU 0 is wired to NUMA 1,
+        // GPU 2 to NUMA 1: unit 0 is not local, unit 2 is.
+        let topo = Topology {
+            numa: vec![
+                CpuSet::parse("0-7").unwrap(),
+                CpuSet::parse("8-15").unwrap(),
+            ],
+            gpu_numa: [
+                (0, CpuSet::parse("8-15").unwrap()),
+                (1, CpuSet::parse("8-15").unwrap()),
+                (2, CpuSet::parse("8-15").unwrap()),
+            ]
+            .into(),
+            gpu_uuid: (0..4).map(|i| (i, format!("GPU-{i}"))).collect(),
+        };
+        assert!(!topo.is_local(&s.node, 0, 0));
+        assert!(topo.is_local(&s.node, 2, 2));
+        let a = s
+            .book_in(&req("a", Size::Gpus(1), NOW, 1), &p, now, &topo)
+            .unwrap();
+        assert_eq!(a.gpus.as_ref().unwrap().to_string(), "2");
+        assert_eq!(a.gpu_uuids, ["GPU-2"]);
+        // Without facts plain best fit (unit 3, the smallest free run), and
+        // no UUIDs are invented.
+        let b = s
+            .book_in(
+                &req("b", Size::Gpus(1), NOW, 1),
+                &p,
+                now,
+                &Topology::default(),
+            )
+            .unwrap();
+        assert_eq!(b.gpus.as_ref().unwrap().to_string(), "3");
+        assert!(b.gpu_uuids.is_empty());
+    }
+
+    #[test]
+    fn a_session_belongs_to_the_users_earliest_active_booking() {
+        let mut s = state(4);
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut other = req("b", Size::Units(1), NOW, 2);
+        other.uid = 1001;
+        s.book(&other, &p, now, &[]).unwrap();
+        let later = s
+            .book(
+                &req("a", Size::Units(1), "2026-11-23T11:00:00Z", 1),
+                &p,
+                now,
+                &[],
+            )
+            .unwrap();
+        assert_eq!(s.session_booking(1000, now), None);
+        let first = s
+            .book(&req("a", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        assert_eq!(s.session_booking(1000, now), Some(&first));
+        let t = ts("2026-11-23T11:30:00Z");
+        assert_eq!(s.session_booking(1000, t).map(|b| &b.id), Some(&first.id));
+        s.release(&first.id, t).unwrap();
+        assert_eq!(
+            s.session_booking(1000, t),
+            Some(&later).map(|b| s.get(&b.id).unwrap())
+        );
+    }
+
     #[test]
     fn refusals_say_why() {
         let p = Policy::default();
@@ -809,6 +1020,8 @@ mod tests {
                 units: [0, 0],
                 cpus: s.node.run_cpus(0, 0),
                 ports: None,
+                gpus: None,
+                gpu_uuids: Vec::new(),
                 start,
                 end: start + SignedDuration::from_mins(len_min),
                 note: Default::default(),

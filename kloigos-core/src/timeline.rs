@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::names::{Label, NodeName, UserName};
 use crate::placement::{self, Offer, Want};
 use crate::policy::Policy;
-use crate::state::{NodeState, Size};
+use crate::state::{NodeState, Size, Topology};
 use crate::window;
 
 /// What a stretch of a unit's time is.
@@ -157,10 +157,10 @@ pub struct FitSpec {
     pub len: Dur,
 }
 
-const FIT_FORMS: &str = "write KEY=VALUE,... with units=N, cpus=N or whole, and t=DURATION, e.g. 'units=2,t=4h' (GPUs are not bookable yet)";
+const FIT_FORMS: &str = "write KEY=VALUE,... with one of units=N, cpus=N, gpus=N or whole, and t=DURATION, e.g. 'units=2,t=4h' or 'gpus=1,t=4h'";
 
 impl FitSpec {
-    /// Parses `units=2,t=4h` (also `cpus=N`, `whole`; `t` defaults to `default_len`).
+    /// Parses `units=2,t=4h` (also `cpus=N`, `gpus=N`, `whole`; `t` defaults to `default_len`).
     pub fn parse(text: &str, default_len: Dur) -> Result<FitSpec> {
         let bad = |why: String| Error::invalid("--fits", text, format!("{why}; {FIT_FORMS}"));
         let mut size = None;
@@ -185,17 +185,12 @@ impl FitSpec {
                         })?);
                     None
                 }
-                "gpus" | "g" => {
-                    return Err(bad(
-                        "GPUs are not part of the booking model yet; ask for units or CPUs"
-                            .to_string(),
-                    ))
-                }
+                "gpus" | "g" => Some(Size::Gpus(count()?)),
                 other => return Err(bad(format!("unknown key '{other}'"))),
             };
             if let Some(n) = new {
                 if size.replace(n).is_some() {
-                    return Err(bad("give one of units, cpus or whole".to_string()));
+                    return Err(bad("give one of units, cpus, gpus or whole".to_string()));
                 }
             }
         }
@@ -247,18 +242,19 @@ pub fn earliest_slot(
         .iter()
         .map(|s| Offer {
             state: s.clone(),
-            numa: Vec::new(),
+            topo: Topology::default(),
         })
         .collect();
     let (start, node) = placement::earliest(&want, &offers, policy)?;
     let state = states.iter().find(|s| s.node.name == node)?;
     let n = state.units_needed(fit.size).ok()?;
     let end = start.checked_add(fit.len.signed()).ok()?;
-    let (first, _) = state.best_run(n, start, end, &[])?;
+    let (first, _) = state.best_run(n, start, end, &Topology::default())?;
     let size = match fit.size {
         Size::Units(u) => format!("--units {u}"),
         Size::Cpus(c) => format!("--cpus {c}"),
         Size::Whole => "--whole".to_string(),
+        Size::Gpus(g) => format!("--gpus {g}"),
     };
     // -w pins the node, so the labels that chose it need not be repeated.
     let mut alloc = format!("kloigos alloc -w {node} {size} -t {}", fit.len);
@@ -474,21 +470,29 @@ mod tests {
     }
 
     #[test]
-    fn fits_parses_and_refuses_gpus() {
+    fn fits_parses_one_size_and_a_duration() {
         let d = Dur::parse("1h").unwrap();
         let f = FitSpec::parse("units=2,t=4h", d).unwrap();
         assert_eq!((f.size, f.len.secs()), (Size::Units(2), 14_400));
         assert_eq!(FitSpec::parse("whole", d).unwrap().size, Size::Whole);
         assert_eq!(FitSpec::parse("cpus=3", d).unwrap().len.secs(), 3600);
-        for bad in ["gpus=1", "units=0", "units=2,cpus=2", "t=soon", "mem=4G"] {
+        assert_eq!(FitSpec::parse("gpus=2", d).unwrap().size, Size::Gpus(2));
+        for bad in [
+            "gpus=0",
+            "units=0",
+            "units=2,cpus=2",
+            "units=2,gpus=1",
+            "t=soon",
+            "mem=4G",
+        ] {
             let e = FitSpec::parse(bad, d).unwrap_err();
             assert_eq!(e.kind(), crate::ErrorKind::Usage, "{bad}");
             assert!(e.to_string().contains("units=2,t=4h"), "{e}");
         }
-        assert!(FitSpec::parse("gpus=1", d)
+        assert!(FitSpec::parse("units=2,gpus=1", d)
             .unwrap_err()
             .to_string()
-            .contains("GPUs are not part"));
+            .contains("give one of units, cpus, gpus or whole"));
     }
 
     #[test]

@@ -31,18 +31,34 @@ use pam::items::Service;
 use pam::module::{PamHandle, PamHooks};
 
 pub mod args;
+pub mod session;
 pub mod syslog;
 
 use args::Args;
 use syslog::Priority;
 
-/// The module behind the generated `pam_sm_*` symbols. Only the account
-/// hook acts; the others answer PAM_IGNORE.
+/// The module behind the generated `pam_sm_*` symbols. The account hook
+/// decides; the session hook sets the booking's variables and never
+/// denies; the others answer PAM_IGNORE.
 pub struct PamKloigos;
 
 pam::pam_hooks!(PamKloigos);
 
 impl PamHooks for PamKloigos {
+    fn sm_open_session(pamh: &mut PamHandle, args: Vec<&CStr>, _flags: PamFlag) -> PamResultCode {
+        match catch_unwind(AssertUnwindSafe(|| open_session(pamh, &args))) {
+            Ok(code) => code,
+            Err(_) => {
+                syslog::log(
+                    Priority::Err,
+                    "pam_kloigos(session)",
+                    "internal error (a bug: the session hook panicked); no variables set",
+                );
+                PamResultCode::PAM_SUCCESS
+            }
+        }
+    }
+
     fn acct_mgmt(pamh: &mut PamHandle, args: Vec<&CStr>, flags: PamFlag) -> PamResultCode {
         match catch_unwind(AssertUnwindSafe(|| account(pamh, &args, flags))) {
             Ok(code) => code,
@@ -56,6 +72,19 @@ impl PamHooks for PamKloigos {
             }
         }
     }
+}
+
+/// The session hook: arguments and service filter, then [`session::open`].
+fn open_session(pamh: &mut PamHandle, raw_args: &[&CStr]) -> PamResultCode {
+    let args = Args::parse(raw_args.iter().map(|a| a.to_str().unwrap_or("<not UTF-8>")));
+    let service = match pamh.get_item::<Service>() {
+        Ok(Some(s)) => s.to_string_lossy().into_owned(),
+        _ => String::new(),
+    };
+    if !args.gates(&service) {
+        return PamResultCode::PAM_IGNORE;
+    }
+    session::open(pamh, &args, &service)
 }
 
 /// The account hook: arguments, service filter, user, decision, message, log.

@@ -195,6 +195,123 @@ fn main() {
         if external == 0 { "met" } else { "NOT met" }
     );
 
+    // The GPU fence's cost: an idle pass on a node with 2 GPUs (a fake
+    // driver tree) and the booked user's process fenced, against the same
+    // node with the fence off (housekeeper.gpu.fence=false). The booked
+    // user gets the same slice here as on the first node (one CPU, the
+    // same task limit); nft and kill stay off, so the first node's table is
+    // left alone and nobody is ended. KLOIGOS_BENCH_SKIP_GPU skips it (a housekeeper built
+    // before GPUs knows no "gpu" key).
+    if std::env::var_os("KLOIGOS_BENCH_SKIP_GPU").is_none() {
+        let g = HkNode::new(
+            "hk-bench-gpu",
+            Policy {
+                min_uid: 59980,
+                tasks_max_per_unit: Some(512),
+                ..Policy::default()
+            },
+            "0-1",
+            Some(1),
+            None,
+            json!({}),
+        );
+        g.cluster
+            .store
+            .update_node(&g.node, Timestamp::now(), |st| {
+                st.node.gpus = Some(kloigos_core::gpuset::GpuSet::parse("0-1")?);
+                Ok(((), vec![]))
+            })
+            .expect("GPUs on the bench node");
+        let root = g.cluster.dir.path().to_path_buf();
+        for i in 0..2u32 {
+            let bus = format!("0000:{:02x}:00.0", 0x10 + i);
+            let d = root.join("proc/driver/nvidia/gpus").join(&bus);
+            std::fs::create_dir_all(&d).expect("fake driver tree");
+            std::fs::write(
+                d.join("information"),
+                format!(
+                    "Model: \t\t Fake\nGPU UUID: \t GPU-bench-{i}\nDevice Minor: \t {}\n",
+                    200 + i
+                ),
+            )
+            .expect("information");
+        }
+        let gbk = g.book(&booked, 1, Timestamp::now(), 3600);
+        let gpu_cfg = |fence: bool| json!({"slices": "cgroup", "gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys"), "fence": fence}});
+        let gprom = g.metrics_dir.join("kloigos.prom");
+        let gcfg = g.config.to_string_lossy().to_string();
+        let measure = |fence: bool| -> (f64, f64, usize) {
+            g.write_config(&g.config, gpu_cfg(fence));
+            let gpass = || {
+                let r = run(
+                    "nsenter",
+                    &[&netns, "env", &path, &hk, "--once", "--config", &gcfg],
+                );
+                assert_eq!(r.code, 0, "pass failed: {}", r.stderr);
+                r
+            };
+            gpass();
+            gpass();
+            let before = ncalls();
+            let mut inner = Vec::new();
+            let ms = median_ms(21, || {
+                let r = gpass();
+                assert!(
+                    r.stderr.is_empty(),
+                    "an idle pass did something:\n{}",
+                    r.stderr
+                );
+                inner.push(
+                    std::fs::read_to_string(&gprom)
+                        .unwrap_or_default()
+                        .lines()
+                        .find_map(|l| {
+                            l.strip_prefix("kloigos_housekeeper_last_run_duration_seconds ")
+                        })
+                        .and_then(|v| v.parse::<f64>().ok())
+                        .unwrap_or(f64::NAN)
+                        * 1000.0,
+                );
+            });
+            inner.sort_by(f64::total_cmp);
+            (ms, inner[inner.len() / 2], ncalls() - before)
+        };
+        let (off_ms, off_inner, _) = measure(false);
+        let (on_ms, on_inner, on_external) = measure(true);
+        let group = std::path::Path::new("/sys/fs/cgroup/devices/kloigos/user-59981");
+        let inside = std::fs::read_to_string(group.join("cgroup.procs")).unwrap_or_default();
+        assert!(
+            inside.lines().any(|l| l.trim() == _work.0.id().to_string()),
+            "the fence did not move the booked user's process: {inside:?}"
+        );
+        report(
+            "housekeeper idle pass, 2-GPU node, fence on (process)",
+            on_ms,
+            "the same pass with the fence off",
+            off_ms,
+            "ms",
+            Goal::AtMost(2.0),
+        );
+        report(
+            "housekeeper idle pass, 2-GPU node, fence on (inside)",
+            on_inner,
+            "the same pass with the fence off",
+            off_inner,
+            "ms",
+            Goal::AtMost(2.0),
+        );
+        println!(
+            "bench housekeeper GPU fence: external programs run in 21 idle passes: {on_external} | goal 0: {}",
+            if on_external == 0 { "met" } else { "NOT met" }
+        );
+        g.release(&gbk.id);
+        g.write_config(&g.config, gpu_cfg(true));
+        run(
+            "nsenter",
+            &[&netns, "env", &path, &hk, "--once", "--config", &gcfg],
+        );
+    }
+
     // Ending a forking user: one pass against pkill.
     let mut pass_ms = Vec::new();
     let mut pkill_ms = Vec::new();
@@ -271,7 +388,11 @@ fn main() {
         pass_ms[1] / pkill_ms[1]
     );
 
-    // Clean up: the booking ends, the slice and the table go.
+    // Clean up: the booking ends, the slice and the table go; the GPU
+    // fence's group goes once the booked user's process has.
     n.release(&bk.id);
     pass();
+    drop(_work);
+    wait_until(Duration::from_secs(10), || live_processes(booked.uid) == 0);
+    let _ = std::fs::remove_dir("/sys/fs/cgroup/devices/kloigos/user-59981");
 }
