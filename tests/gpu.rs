@@ -506,7 +506,7 @@ fn env_ssh(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     std::fs::write(
         &p,
         format!(
-            "#!/bin/sh\nenv | grep -E '^(CUDA_VISIBLE_DEVICES|KLOIGOS_)' | sort > {}\necho \"$@\" >> {}\n",
+            "#!/bin/sh\nenv | grep -E '^(CUDA_VISIBLE_DEVICES|KLOIGOS_(BOOKING|CPUS|PORTS))=' | sort > {}\necho \"$@\" >> {}\n",
             log.display(),
             log.display()
         ),

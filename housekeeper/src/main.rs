@@ -9,6 +9,7 @@
 //! A pass has a deadline (`housekeeper.pass_deadline_s`); one still blocked
 //! a little after it is ended by a watchdog with exit code 4 (see
 //! `deadline`), so no pass keeps the lock.
+#![deny(unsafe_code)]
 
 mod dashboard;
 mod deadline;
@@ -25,6 +26,8 @@ mod pass;
 mod procfs;
 mod record;
 mod slices;
+// The syscalls without a safe wrapper (pidfds, memfd, fork-free exits).
+#[allow(unsafe_code)]
 mod sys;
 mod warn;
 

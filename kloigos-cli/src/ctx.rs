@@ -195,6 +195,7 @@ impl Ctx {
 fn default_alarm() {
     // SAFETY: SIG_DFL installs no handler, so no code of ours ever runs in
     // signal context; it only resets the disposition inherited from the caller.
+    #[allow(unsafe_code)]
     let _ = unsafe {
         nix::sys::signal::signal(
             nix::sys::signal::Signal::SIGALRM,

@@ -1,6 +1,7 @@
 //! The `kloigos` command line as a library, so that tools built from the
 //! same clap definitions (the man page and shell-completion generator,
 //! crate `kloigos-gen`) cannot drift from the real binary.
+#![forbid(unsafe_code)]
 
 pub mod args;
 

@@ -1,5 +1,6 @@
 //! `kloigos`: parse the command line, set up privileges and the store, call
 //! kloigos-core, print. Exit codes: 0 ok, 1 refused, 2 usage, 3 storage.
+#![deny(unsafe_code)]
 
 mod admin;
 mod book;

@@ -231,6 +231,7 @@ fn terminal_columns() -> Option<usize> {
     };
     // SAFETY: TIOCGWINSZ writes one `winsize` into the struct we own and
     // pass by a valid pointer; fd 1 stays open for the call.
+    #[allow(unsafe_code)]
     let r = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut ws) };
     (r == 0 && ws.ws_col > 0).then_some(usize::from(ws.ws_col))
 }

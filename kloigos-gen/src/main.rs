@@ -10,6 +10,7 @@
 //!
 //! A build tool: it is not installed, and lives in its own crate so that
 //! the setuid `kloigos` binary does not link clap_mangen or clap_complete.
+#![forbid(unsafe_code)]
 
 use std::fs;
 use std::io::{self, Write};

@@ -16,6 +16,7 @@
 //! guard); nothing is printed; no environment variable is read (whoever runs
 //! `su` or `sudo` controls those); no global logger, no runtime; only the
 //! `pam_sm_*` symbols are exported.
+#![deny(unsafe_code)]
 
 use std::ffi::CStr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -31,7 +32,10 @@ use pam::items::Service;
 use pam::module::{PamHandle, PamHooks};
 
 pub mod args;
+// The two libpam/libc calls without a safe wrapper: pam_putenv, syslog.
+#[allow(unsafe_code)]
 pub mod session;
+#[allow(unsafe_code)]
 pub mod syslog;
 
 use args::Args;

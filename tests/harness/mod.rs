@@ -3,6 +3,7 @@
 //!
 //! Each area keeps its helpers in its own module here, so test files stay a
 //! few lines of intent.
+#![forbid(unsafe_code)]
 
 pub mod bench;
 pub mod cluster;
