@@ -489,6 +489,9 @@ impl Tmux {
             "/bin/sh",
         ]);
         assert_eq!(r.code, 0, "tmux new-session: {}", r.stderr);
+        // Typing before the shell's first prompt would put the prompt
+        // after the echoed line, in front of the program's first line.
+        t.wait_for("$");
         t
     }
 
