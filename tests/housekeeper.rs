@@ -386,20 +386,28 @@ while True:
     c, _ = t.accept(); c.sendall(b"hi"); c.close()
 "#;
 
-/// Prints "ok" if a server at host:port answers over `proto`, else "fail".
+/// Prints "ok" if a server at host:port answers over `proto` within `wait`
+/// seconds, else "fail".
 const CLIENT: &str = r#"
 import socket, sys
-host, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, proto, wait = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 try:
     if proto == "tcp":
-        s = socket.create_connection((host, port), timeout=1.0); d = s.recv(10)
+        s = socket.create_connection((host, port), timeout=wait); d = s.recv(10)
     else:
-        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(1.0)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(wait)
         s.sendto(b"x", (host, port)); d, _ = s.recvfrom(10)
     print("ok" if d == b"hi" else "fail")
 except Exception as e:
     print("fail", e)
 "#;
+
+/// How long a probe waits for an answer it expects: long, since only a
+/// loaded machine makes it wait at all.
+const ANSWERS: &str = "10";
+/// How long a probe waits for an answer that must not come: any answer
+/// within it fails the test, and its length is what every such probe costs.
+const SILENT: &str = "1";
 
 fn client(
     ns: &Netns,
@@ -407,6 +415,7 @@ fn client(
     host: &str,
     port: u16,
     proto: &str,
+    wait: &str,
 ) -> bool {
     let port = port.to_string();
     let mut argv: Vec<String> = vec!["netns".into(), "exec".into(), ns.name.clone()];
@@ -425,6 +434,7 @@ fn client(
         host.into(),
         port,
         proto.into(),
+        wait.into(),
     ]);
     let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
     run("ip", &argv).stdout.trim() == "ok"
@@ -600,23 +610,23 @@ fn nft_lets_booked_users_serve_only_on_their_ports() {
 
     for proto in ["tcp", "udp"] {
         assert!(
-            client(&b, None, &addr_a, 20010, proto),
+            client(&b, None, &addr_a, 20010, proto, ANSWERS),
             "{proto}: booked port unreachable from the other namespace"
         );
         assert!(
-            !client(&b, None, &addr_a, 20080, proto),
+            !client(&b, None, &addr_a, 20080, proto, SILENT),
             "{proto}: a port outside the booking answered"
         );
         assert!(
-            client(&a, None, "127.0.0.1", 20010, proto),
+            client(&a, None, "127.0.0.1", 20010, proto, ANSWERS),
             "{proto}: booked port unreachable on loopback"
         );
         assert!(
-            !client(&a, None, "127.0.0.1", 20080, proto),
+            !client(&a, None, "127.0.0.1", 20080, proto, SILENT),
             "{proto}: outside port answered on loopback"
         );
         assert!(
-            client(&a, Some(&user), &addr_b, 5555, proto),
+            client(&a, Some(&user), &addr_b, 5555, proto, ANSWERS),
             "{proto}: the user's outgoing connection broke"
         );
     }
@@ -662,7 +672,7 @@ fn nft_lets_booked_users_serve_only_on_their_ports() {
     )
     .ok();
     assert!(
-        client(&b, None, &addr_a, 20080, "tcp"),
+        client(&b, None, &addr_a, 20080, "tcp", ANSWERS),
         "without the table every port serves"
     );
     pass().ok();

@@ -47,7 +47,7 @@ struct NodeJson<'a> {
     windows: &'a [Window],
     state: &'static str,
     next_free: Option<Timestamp>,
-    bookings: Vec<serde_json::Value>,
+    bookings: Vec<kloigos_core::booking::Printed<'a>>,
     idle: Vec<IdleJson<'a>>,
     facts: Option<&'a Facts>,
 }

@@ -137,7 +137,7 @@ pub fn print_json<T: Serialize>(value: &T) {
 /// Bookings as commands print them ([`Booking::to_json`]).
 pub fn bookings_json<'a>(
     bookings: impl IntoIterator<Item = &'a Booking>,
-) -> Vec<serde_json::Value> {
+) -> Vec<kloigos_core::booking::Printed<'a>> {
     bookings.into_iter().map(Booking::to_json).collect()
 }
 

@@ -235,13 +235,36 @@ impl Booking {
 
     /// The booking as commands print it: every field present, `gpus`
     /// `null` on a node without GPUs, `gpu_uuids` only when known.
-    pub fn to_json(&self) -> serde_json::Value {
-        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
-        if let Some(m) = v.as_object_mut() {
-            m.entry("gpus").or_insert(serde_json::Value::Null);
+    pub fn to_json(&self) -> Printed<'_> {
+        Printed {
+            booking: self,
+            no_gpus: self.gpus.is_none(),
         }
-        v
     }
+}
+
+/// A booking as commands print it (see [`Booking::to_json`]): serialized
+/// straight to the output, without a JSON tree in between (`info` prints
+/// thousands).
+#[derive(Debug, Serialize)]
+pub struct Printed<'a> {
+    #[serde(flatten)]
+    booking: &'a Booking,
+    /// The file leaves `gpus` out when there are none; commands print `null`.
+    #[serde(
+        rename = "gpus",
+        skip_serializing_if = "is_false",
+        serialize_with = "null"
+    )]
+    no_gpus: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+fn null<S: Serializer>(_: &bool, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_none()
 }
 
 /// Whether half-open spans `[a0, a1)` and `[b0, b1)` intersect.
@@ -289,12 +312,13 @@ mod tests {
         let b: Booking = serde_json::from_str(old).unwrap();
         assert_eq!(b.gpus, None);
         assert_eq!(serde_json::to_string(&b).unwrap(), old);
-        assert_eq!(b.to_json()["gpus"], serde_json::Value::Null);
+        let json = |b: &Booking| serde_json::to_value(b.to_json()).unwrap();
+        assert_eq!(json(&b)["gpus"], serde_json::Value::Null);
         assert_eq!(b.gpu_hours(), 0.0);
         let mut g = b.clone();
         g.gpus = Some(GpuSet::parse("2-3").unwrap());
-        assert_eq!(g.to_json()["gpus"], "2-3");
-        assert!(g.to_json().get("gpu_uuids").is_none());
+        assert_eq!(json(&g)["gpus"], "2-3");
+        assert!(json(&g).get("gpu_uuids").is_none());
         assert_eq!(g.gpu_hours(), 4.0);
         assert_eq!(g.cpu_hours(), 8.0);
         // The session's environment: indices without UUIDs, UUIDs with them.
