@@ -136,6 +136,14 @@ impl Decision {
     }
 }
 
+/// `text` as one double-quoted log field (see [`push_quoted`]): text from
+/// outside (a user name) cannot pass for other fields of the line.
+pub fn quoted(text: &str) -> String {
+    let mut s = String::with_capacity(text.len() + 2);
+    push_quoted(&mut s, &[text]);
+    s
+}
+
 /// Appends `items`, joined by "; ", as one double-quoted field: `"` and
 /// `\` are escaped with a backslash, control and line- or
 /// direction-changing characters as `\u{..}`.
@@ -889,6 +897,8 @@ mod tests {
         assert!(line.ends_with("detail=\"z\""), "{line}");
         assert!(!line.chars().any(char::is_control), "{line}");
         assert!(!d.log_line(false).contains("detail="));
+        // The session hook's field: the same quoting.
+        assert_eq!(quoted("a\"b\nc"), "\"a\\\"b\\u{a}c\"");
     }
 
     #[test]

@@ -10,10 +10,10 @@
 //! hung NFS server delays a login by that much at most.
 
 use std::ffi::CString;
-use std::sync::mpsc;
 use std::time::Duration;
 
 use kloigos_core::config::Config;
+use kloigos_core::gate::{self, quoted};
 use kloigos_core::store::{Store, Trust};
 use kloigos_core::users;
 use pam::constants::PamResultCode;
@@ -50,28 +50,13 @@ fn variables(args: &Args, user: &str) -> Result<Option<Vec<(&'static str, String
         return Ok(None);
     };
     let node = config.node_name().map_err(|e| e.to_string())?;
-    let service = users::by_name(&config.service_user)
-        .map_err(|e| e.to_string())?
-        .map_or(0, |a| a.uid);
-    let store = Store::new(&config.shared, Trust::service(service));
+    // Who the account hook trusts, trusted here too.
+    let (trust, _) = gate::trust_for(&config);
+    let store = Store::new(&config.shared, trust);
     let timeout = Duration::from_millis(args.timeout_ms.unwrap_or(config.pam.timeout_ms));
-    let (tx, rx) = mpsc::sync_channel(1);
-    // Left behind (and ending when the read does) if the share hangs.
-    std::thread::Builder::new()
-        .name("kloigos-session".into())
-        .spawn(move || {
-            let _ = tx.send(store.node_if_any(&node));
-        })
-        .map_err(|e| format!("cannot start the reader thread: {e}"))?;
-    let state = match rx.recv_timeout(timeout) {
-        Ok(r) => r.map_err(|e| e.to_string())?,
-        Err(_) => {
-            return Err(format!(
-                "the shared state did not answer within {} ms",
-                timeout.as_millis()
-            ))
-        }
-    };
+    // The account hook's reader: a thread left behind if the share hangs.
+    let state = gate::with_deadline(timeout, move || store.node_if_any(&node))
+        .map_err(|f| format!("shared tree: {f}"))?;
     let now = jiff::Timestamp::now();
     Ok(state
         .as_ref()
@@ -91,28 +76,30 @@ pub fn open(pamh: &mut PamHandle, args: &Args, service: &str) -> PamResultCode {
             return PamResultCode::PAM_SUCCESS;
         }
     };
+    // The name comes from outside: quoted, it cannot pass for other fields.
+    let who = quoted(&user);
     match variables(args, &user) {
         Ok(Some(vars)) => {
             let mut set = Vec::new();
             for (k, v) in &vars {
                 match putenv(pamh, k, v) {
                     Ok(()) => set.push(format!("{k}={v}")),
-                    Err(e) => syslog::log(Priority::Err, &prefix, &format!("user={user}: {e}")),
+                    Err(e) => syslog::log(Priority::Err, &prefix, &format!("user={who}: {e}")),
                 }
             }
             if args.debug {
-                let line = format!("user={user}: set {}", set.join(" "));
+                let line = format!("user={who}: set {}", set.join(" "));
                 syslog::log(Priority::Info, &prefix, &line);
             }
         }
         Ok(None) => {
             if args.debug {
-                let line = format!("user={user}: no active booking here; no variables set");
+                let line = format!("user={who}: no active booking here; no variables set");
                 syslog::log(Priority::Info, &prefix, &line);
             }
         }
         Err(e) => {
-            let line = format!("user={user}: no variables set: {e}");
+            let line = format!("user={who}: no variables set: {e}");
             syslog::log(Priority::Warning, &prefix, &line);
         }
     }
