@@ -166,6 +166,8 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "16",
         "--ports",
         "20000-23999",
+        "--gpus",
+        "0-3",
         "-l",
         "gpu",
     ])?;
@@ -182,7 +184,7 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "Mon-Fri 08:00-20:00",
     ])?;
 
-    tour.say(&format!("{holder} books two units of node1 (32 CPUs and their ports) for two hours, then 8 CPUs wherever they fit best."));
+    tour.say(&format!("{holder} books two units of node1 (32 CPUs, their ports and their 2 GPUs) for two hours, then one more GPU wherever it fits best."));
     let mut args = vec![
         "alloc",
         "-w",
@@ -196,7 +198,7 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     ];
     args.extend(&as_holder);
     tour.must(&args)?;
-    let mut args = vec!["alloc", "--cpus", "8", "-t", "90m", "-l", "gpu"];
+    let mut args = vec!["alloc", "--gpus", "1", "-t", "90m"];
     args.extend(&as_holder);
     tour.must(&args)?;
 
@@ -228,7 +230,10 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     args.extend(&as_holder);
     tour.kloigos(&args)?;
 
-    tour.say("Everything is journaled: booked CPU-hours per user.");
+    tour.say("The next 24 hours at a glance: a row per unit, a bar per booking, node3's closed hours shaded.");
+    tour.must(&["timeline", "--width", "100"])?;
+
+    tour.say("Everything is journaled: booked CPU- and GPU-hours per user.");
     tour.must(&["history", "--summary"])?;
 
     let s = tour.shared.display();
@@ -240,6 +245,7 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "info --json",
         "list --all",
         "alloc --at +1h -t 30m -w node3",
+        "timeline --span 7d --fits 'gpus=2,t=4h'",
         "extend node1:1 -t +30m",
         "release node1:1",
         "history",
