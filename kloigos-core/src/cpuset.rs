@@ -4,10 +4,18 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::idlist;
 
 /// The highest CPU number accepted; far above any machine kloigos books.
 const MAX_CPU: u32 = 65_535;
+
+const CPUS: idlist::Kind = idlist::Kind {
+    what: "CPU list",
+    one: "CPU",
+    hint: "write CPU numbers and ranges like 0-7,16-23",
+    max: MAX_CPU,
+};
 
 /// A non-empty set of CPU numbers, kept sorted and without duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -17,41 +25,7 @@ impl CpuSet {
     /// Parses `0-7,16-23` (also `3`, `0-3,8`); refuses empty sets, reversed
     /// ranges, duplicates and numbers above 65535.
     pub fn parse(text: &str) -> Result<CpuSet> {
-        let bad = |why: &str| {
-            Error::invalid(
-                "CPU list",
-                text,
-                format!("{why}; write CPU numbers and ranges like 0-7,16-23"),
-            )
-        };
-        let mut cpus = Vec::new();
-        for part in text.trim().split(',') {
-            let part = part.trim();
-            let (a, b) = match part.split_once('-') {
-                Some((a, b)) => (a, b),
-                None => (part, part),
-            };
-            let a: u32 = a
-                .parse()
-                .map_err(|_| bad(&format!("'{part}' is not a number or range")))?;
-            let b: u32 = b
-                .parse()
-                .map_err(|_| bad(&format!("'{part}' is not a number or range")))?;
-            if a > b {
-                return Err(bad(&format!("range '{part}' is reversed")));
-            }
-            if b > MAX_CPU {
-                return Err(bad(&format!("CPU {b} is above {MAX_CPU}")));
-            }
-            cpus.extend(a..=b);
-        }
-        let n = cpus.len();
-        cpus.sort_unstable();
-        cpus.dedup();
-        if cpus.len() != n {
-            return Err(bad("a CPU is listed twice"));
-        }
-        Ok(CpuSet(cpus))
+        idlist::parse(text, &CPUS).map(CpuSet)
     }
 
     /// Builds a set from CPU numbers; `None` when empty.
@@ -91,27 +65,7 @@ impl CpuSet {
 
 impl fmt::Display for CpuSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut first = true;
-        let mut i = 0;
-        while i < self.0.len() {
-            let start = self.0[i];
-            let mut end = start;
-            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
-                i += 1;
-                end = self.0[i];
-            }
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            if start == end {
-                write!(f, "{start}")?;
-            } else {
-                write!(f, "{start}-{end}")?;
-            }
-            i += 1;
-        }
-        Ok(())
+        idlist::write(&self.0, f)
     }
 }
 

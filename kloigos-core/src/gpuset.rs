@@ -7,11 +7,19 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::error::{Error, Result};
+use crate::error::Result;
+use crate::idlist;
 
 /// The highest GPU index accepted: NVIDIA device minors stop at 254 (255 is
 /// `nvidiactl`), and no node holds more GPUs than that.
 pub const MAX_GPU: u32 = 254;
+
+const GPUS: idlist::Kind = idlist::Kind {
+    what: "GPU list",
+    one: "GPU",
+    hint: "write GPU indices and ranges like 0-3 or 0,2",
+    max: MAX_GPU,
+};
 
 /// A non-empty set of GPU indices, kept sorted and without duplicates.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -21,35 +29,7 @@ impl GpuSet {
     /// Parses `0-3`, `0,2`, `5`; refuses empty sets, reversed ranges,
     /// duplicates and indices above [`MAX_GPU`].
     pub fn parse(text: &str) -> Result<GpuSet> {
-        let bad = |why: &str| {
-            Error::invalid(
-                "GPU list",
-                text,
-                format!("{why}; write GPU indices and ranges like 0-3 or 0,2"),
-            )
-        };
-        let mut gpus = Vec::new();
-        for part in text.trim().split(',') {
-            let part = part.trim();
-            let (a, b) = part.split_once('-').unwrap_or((part, part));
-            let not_num = || bad(&format!("'{part}' is not a number or range"));
-            let a: u32 = a.parse().map_err(|_| not_num())?;
-            let b: u32 = b.parse().map_err(|_| not_num())?;
-            if a > b {
-                return Err(bad(&format!("range '{part}' is reversed")));
-            }
-            if b > MAX_GPU {
-                return Err(bad(&format!("GPU {b} is above {MAX_GPU}")));
-            }
-            gpus.extend(a..=b);
-        }
-        let n = gpus.len();
-        gpus.sort_unstable();
-        gpus.dedup();
-        if gpus.len() != n {
-            return Err(bad("a GPU is listed twice"));
-        }
-        Ok(GpuSet(gpus))
+        idlist::parse(text, &GPUS).map(GpuSet)
     }
 
     /// Builds a set from indices; `None` when empty or an index is above [`MAX_GPU`].
@@ -83,27 +63,7 @@ impl GpuSet {
 
 impl fmt::Display for GpuSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut i = 0;
-        let mut first = true;
-        while i < self.0.len() {
-            let start = self.0[i];
-            let mut end = start;
-            while i + 1 < self.0.len() && self.0[i + 1] == end + 1 {
-                i += 1;
-                end = self.0[i];
-            }
-            if !first {
-                f.write_str(",")?;
-            }
-            first = false;
-            if start == end {
-                write!(f, "{start}")?;
-            } else {
-                write!(f, "{start}-{end}")?;
-            }
-            i += 1;
-        }
-        Ok(())
+        idlist::write(&self.0, f)
     }
 }
 
@@ -122,6 +82,7 @@ impl<'de> Deserialize<'de> for GpuSet {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::Error;
     use proptest::prelude::*;
 
     #[test]

@@ -27,6 +27,7 @@ pub mod doctor;
 pub mod facts;
 pub mod fence;
 pub mod gate;
+mod idlist;
 pub mod journal;
 pub mod placement;
 pub mod printable;
