@@ -22,6 +22,8 @@ readonly SRC_DIR
 readonly PROG=install.sh
 readonly PAM_MARK="# kloigos: SSH logins need a booking on this node (added by install.sh; removed by install.sh --uninstall)"
 readonly PAM_LINE="account required pam_kloigos.so"
+readonly PAM_SESSION_MARK="# kloigos: the booking's variables (KLOIGOS_*, CUDA_VISIBLE_DEVICES) at login; never refuses (added by install.sh; removed by install.sh --uninstall)"
+readonly PAM_SESSION_LINE="session optional pam_kloigos.so"
 
 usage() {
     cat <<'EOF'
@@ -41,13 +43,14 @@ usage: ./install.sh --shared PATH [--uid N] [options]      install or update klo
   --init-shared         create the shared directory (or take over an existing one):
                         owner uid:gid, mode 0755; then run `kloigos admin init` once yourself
   --enable-pam          wire pam_kloigos.so into the sshd PAM stack: back it up, add
-                        the account line, check with pamtester that root still gets in,
-                        roll back otherwise
+                        the account line (logins need a booking) and the session line
+                        (the booking's variables), check with pamtester that root still
+                        gets in, roll back otherwise
   --pam-dir DIR         the PAM configuration directory (default: /etc/pam.d)
   --pam-module-dir DIR  where PAM modules live (default: the directory holding pam_unix.so)
   --scheduler KIND      auto (default), cron or systemd: how the housekeeper runs every minute
   --uninstall           remove everything listed in the install manifest (the nftables
-                        table and limits, the timer or cron entry, the PAM line, the
+                        table and limits, the timer or cron entry, the PAM lines, the
                         programs, the account if install.sh created it); keeps the shared data
   --purge               with --uninstall: also remove a config.json edited since install
   --keep-user           with --uninstall: keep the service account
@@ -270,6 +273,12 @@ root_gets_in() {
     in_view pamtester -v sshd root acct_mgmt >"$TMP/pamtester" 2>&1
 }
 
+# Whether pamtester opens (and closes) a session for root through the sshd
+# session stack; output in $TMP/pamtester.
+root_opens_session() {
+    in_view pamtester -v sshd root open_session close_session >"$TMP/pamtester" 2>&1
+}
+
 # ---------------------------------------------------------------- uninstall
 
 uninstall() {
@@ -304,17 +313,18 @@ uninstall() {
         fi
     fi
 
-    # 2. The PAM line.
+    # 2. The PAM lines.
     if [ -n "$pam_file" ] && [ -f "$pam_file" ]; then
         if [ -f "$pam_backup" ] && [ "$(sha "$pam_file")" = "$pam_sum" ]; then
             say "restore $pam_file from its backup (unchanged since install)"
             act cp -p "$pam_backup" "$pam_file.kloigos-tmp"
             act mv -f "$pam_file.kloigos-tmp" "$pam_file"
         else
-            say "remove the kloigos line from $pam_file (edited since install: the rest is kept)"
+            say "remove the kloigos lines from $pam_file (edited since install: the rest is kept)"
             if [ "$DRY_RUN" = 0 ]; then
                 cp -p "$pam_file" "$pam_file.kloigos-tmp"
-                grep -vxF -e "$PAM_MARK" -e "$PAM_LINE" "$pam_file" >"$pam_file.kloigos-tmp" || true
+                grep -vxF -e "$PAM_MARK" -e "$PAM_LINE" -e "$PAM_SESSION_MARK" -e "$PAM_SESSION_LINE" \
+                    "$pam_file" >"$pam_file.kloigos-tmp" || true
                 mv -f "$pam_file.kloigos-tmp" "$pam_file"
             fi
         fi
@@ -619,44 +629,87 @@ if [ -z "$comp_bash$comp_zsh$comp_fish" ]; then
     say "skipped: shell completions (no generated kloigos.bash, _kloigos or kloigos.fish under $BIN_DIR/completions)"
 fi
 
-# 8. PAM, only when asked, and safely.
+# 8. PAM, only when asked, and safely: the account line (logins need a
+# booking) after `@include common-account`, and the session line (the
+# booking's variables) after the last session module, so that pam_env's
+# files cannot override them. Either may be in place already (a node
+# enabled before the session hook existed gets only the session line).
 if [ "$ENABLE_PAM" = 1 ]; then
     PAM_FILE="$PAM_DIR/sshd"
-    if grep -Eq '^[[:space:]]*-?account[[:space:]]+.*pam_kloigos\.so' "$PAM_FILE"; then
-        say "unchanged: $PAM_FILE already has pam_kloigos.so in its account stack"
+    BACKUP="$PAM_BACKUP_DIR/sshd"
+    add_account=1
+    add_session=1
+    ! grep -Eq '^[[:space:]]*-?account[[:space:]]+.*pam_kloigos\.so' "$PAM_FILE" || add_account=0
+    ! grep -Eq '^[[:space:]]*-?session[[:space:]]+.*pam_kloigos\.so' "$PAM_FILE" || add_session=0
+    if [ "$add_account$add_session" = 00 ]; then
+        say "unchanged: $PAM_FILE already has pam_kloigos.so in its account and session stacks"
     elif [ "$DRY_RUN" = 1 ]; then
-        say "would back up $PAM_FILE to $PAM_BACKUP_DIR/sshd, add '$PAM_LINE' after '@include common-account', check with pamtester that root still gets in, and roll back if not"
+        adds=()
+        [ "$add_account" = 0 ] || adds+=("'$PAM_LINE' after '@include common-account'")
+        [ "$add_session" = 0 ] || adds+=("'$PAM_SESSION_LINE' after the last session line")
+        say "would back up $PAM_FILE to $BACKUP, add ${adds[0]}${adds[1]:+ and ${adds[1]}}, check with pamtester that root still gets in, and roll back if not"
     else
         root_gets_in || die "the sshd PAM stack in $PAM_DIR already refuses root, before any change; $PAM_FILE is left alone. pamtester said: $(cat "$TMP/pamtester")"
+        # The session stack is checked after the change only if it lets root
+        # in before it (in some containers pam_loginuid refuses everyone).
+        session_ok=0
+        ! root_opens_session || session_ok=1
+        cp -p "$PAM_FILE" "$TMP/sshd.before"
+        made_backup=0
         make_dir "$PAM_BACKUP_DIR"
-        BACKUP="$PAM_BACKUP_DIR/sshd"
-        say "back up $PAM_FILE to $BACKUP"
-        cp -p "$PAM_FILE" "$BACKUP"
+        if [ -f "$BACKUP" ]; then
+            # From an earlier --enable-pam: the file as it was before any kloigos line.
+            say "kept the backup $BACKUP (from an earlier --enable-pam)"
+        else
+            say "back up $PAM_FILE to $BACKUP"
+            cp -p "$PAM_FILE" "$BACKUP"
+            made_backup=1
+        fi
         cp -p "$PAM_FILE" "$PAM_FILE.kloigos-tmp"
-        awk -v mark="$PAM_MARK" -v line="$PAM_LINE" '
+        awk -v add_acct="$add_account" -v add_sess="$add_session" \
+            -v amark="$PAM_MARK" -v aline="$PAM_LINE" -v smark="$PAM_SESSION_MARK" -v sline="$PAM_SESSION_LINE" '
             { text[NR] = $0 }
             /^[[:space:]]*@include[[:space:]]+common-account/ { inc = NR }
             /^[[:space:]]*-?account[[:space:]]/ { acct = NR }
+            /^[[:space:]]*(@include[[:space:]]+common-session|-?session[[:space:]])/ { sess = NR }
             END {
-                at = inc ? inc : (acct ? acct : NR)
+                a = inc ? inc : (acct ? acct : NR)
+                s = sess ? sess : NR
                 for (i = 1; i <= NR; i++) {
                     print text[i]
-                    if (i == at) { print mark; print line }
+                    if (add_acct && i == a) { print amark; print aline }
+                    if (add_sess && i == s) { print smark; print sline }
                 }
-                if (NR == 0) { print mark; print line }
-            }' "$BACKUP" >"$PAM_FILE.kloigos-tmp"
+                if (NR == 0) {
+                    if (add_acct) { print amark; print aline }
+                    if (add_sess) { print smark; print sline }
+                }
+            }' "$TMP/sshd.before" >"$PAM_FILE.kloigos-tmp"
         mv -f "$PAM_FILE.kloigos-tmp" "$PAM_FILE"
-        say "add '$PAM_LINE' to $PAM_FILE"
-        if root_gets_in; then
-            say "checked with pamtester: root still passes the sshd account stack"
+        [ "$add_account" = 0 ] || say "add '$PAM_LINE' to $PAM_FILE"
+        [ "$add_session" = 0 ] || say "add '$PAM_SESSION_LINE' to $PAM_FILE"
+        broke=""
+        if ! root_gets_in; then
+            broke="root no longer passed the sshd account stack"
+        elif [ "$session_ok" = 1 ] && ! root_opens_session; then
+            broke="root could no longer open a session through the sshd session stack"
+        fi
+        if [ -z "$broke" ]; then
+            if [ "$session_ok" = 1 ]; then
+                say "checked with pamtester: root still passes the sshd account stack and opens a session"
+            else
+                say "checked with pamtester: root still passes the sshd account stack (its session stack refused root before the change too: not checked)"
+            fi
             record pam "$PAM_FILE" "$BACKUP" "$(sha "$PAM_FILE")"
         else
-            cp -p "$BACKUP" "$PAM_FILE.kloigos-tmp"
+            cp -p "$TMP/sshd.before" "$PAM_FILE.kloigos-tmp"
             mv -f "$PAM_FILE.kloigos-tmp" "$PAM_FILE"
-            rm -f "$BACKUP"
-            rmdir "$PAM_BACKUP_DIR" 2>/dev/null || true
+            if [ "$made_backup" = 1 ]; then
+                rm -f "$BACKUP"
+                rmdir "$PAM_BACKUP_DIR" 2>/dev/null || true
+            fi
             write_manifest
-            die "root no longer passed the sshd account stack with pam_kloigos.so: rolled back, $PAM_FILE is as before. pamtester said: $(cat "$TMP/pamtester")"
+            die "$broke with pam_kloigos.so: rolled back, $PAM_FILE is as before. pamtester said: $(cat "$TMP/pamtester")"
         fi
     fi
 fi

@@ -251,18 +251,47 @@ fn apt(args: &[&str]) -> Run {
 /// pamtester for `user` through the sshd account stack of `pam_dir`,
 /// mounted over /etc/pam.d in a private mount namespace.
 fn pamtester(pam_dir: &Path, user: &str) -> Run {
-    run(
-        "unshare",
-        &[
-            "--mount",
-            "sh",
-            "-c",
-            "mount --bind \"$1\" /etc/pam.d && exec pamtester sshd \"$2\" acct_mgmt",
-            "_",
-            pam_dir.to_str().unwrap(),
-            user,
-        ],
-    )
+    pamtester_ops(pam_dir, user, &["acct_mgmt"])
+}
+
+/// pamtester for `user` through the sshd stack of `pam_dir` (mounted over
+/// /etc/pam.d in a private mount namespace), doing `ops`.
+fn pamtester_ops(pam_dir: &Path, user: &str, ops: &[&str]) -> Run {
+    let mut args = vec![
+        "--mount",
+        "sh",
+        "-c",
+        "d=$1; shift; mount --bind \"$d\" /etc/pam.d && exec pamtester sshd \"$@\"",
+        "_",
+        pam_dir.to_str().unwrap(),
+        user,
+    ];
+    args.extend(ops);
+    run("unshare", &args)
+}
+
+/// The PAM environment that the session stack of `pam_dir`'s sshd leaves
+/// for `user`: a copy of the directory whose sshd stack ends with pam_exec
+/// running env (still "sshd": the module acts for that service only).
+fn session_env(tmp: &Path, pam_dir: &Path, user: &str) -> String {
+    let copy = tmp.join("pam.d-env");
+    let log = tmp.join("session-env.log");
+    let _ = fs::remove_dir_all(&copy);
+    let _ = fs::remove_file(&log);
+    must(
+        "cp",
+        &["-a", pam_dir.to_str().unwrap(), copy.to_str().unwrap()],
+    );
+    let mut stack = fs::read_to_string(copy.join("sshd")).unwrap();
+    stack.push_str(&format!(
+        "session required pam_exec.so log={} /usr/bin/env\n",
+        log.display()
+    ));
+    fs::write(copy.join("sshd"), stack).unwrap();
+    pamtester_ops(&copy, user, &["open_session"])
+        .ok()
+        .out_has("successfully opened a session");
+    fs::read_to_string(&log).unwrap_or_else(|e| panic!("{}: {e}", log.display()))
 }
 
 #[test]
@@ -482,24 +511,93 @@ fn debian_package_installs_works_removes_and_purges_cleanly() {
             .find("\naccount required pam_kloigos.so\n")
             .expect("line");
         assert!(line > inc, "{sshd}");
+        // The session hook: once, after every other session module (so
+        // that pam_env's files cannot override its variables).
+        let lines: Vec<&str> = sshd.lines().collect();
+        let hooks: Vec<usize> = (0..lines.len())
+            .filter(|&i| lines[i].contains("pam_kloigos.so") && lines[i].starts_with("session"))
+            .collect();
+        assert_eq!(hooks.len(), 1, "{sshd}");
+        assert_eq!(lines[hooks[0]], "session optional pam_kloigos.so");
+        assert!(
+            !lines[hooks[0] + 1..]
+                .iter()
+                .any(|l| l.starts_with("session") || l.starts_with("@include common-session")),
+            "{sshd}"
+        );
         run("/usr/sbin/kloigos-pam", &["status", "--pam-dir", pd])
             .ok()
-            .out_has("enabled");
+            .out_has("enabled")
+            .out_has("session: ")
+            .out_has("session optional pam_kloigos.so");
         pamtester(&pam_dir, "root").ok();
         pamtester(&pam_dir, &user.name).code(1);
+        // No booking: refused at the account stage, yet the session hook
+        // never denies; a session opens, without the variables.
+        pamtester_ops(&pam_dir, &user.name, &["open_session", "close_session"])
+            .ok()
+            .out_has("successfully opened a session");
+        let env = session_env(tmp.path(), &pam_dir, &user.name);
+        assert!(!env.contains("KLOIGOS_"), "{env}");
+        // Booked: in, and the session gets the booking's variables.
+        let b = run(
+            "/usr/bin/kloigos",
+            &[
+                "--json", "alloc", "-w", "debnode", "-u", &user.name, "-t", "1h",
+            ],
+        )
+        .ok()
+        .json();
+        let id = b["id"].as_str().expect("booking id").to_string();
+        pamtester(&pam_dir, &user.name).ok();
+        pamtester_ops(&pam_dir, &user.name, &["open_session", "close_session"])
+            .ok()
+            .out_has("successfully opened a session");
+        let env = session_env(tmp.path(), &pam_dir, &user.name);
+        for want in [format!("KLOIGOS_BOOKING={id}"), "KLOIGOS_CPUS=0".into()] {
+            assert!(env.lines().any(|l| l == want), "lacks {want}:\n{env}");
+        }
+        run("/usr/bin/kloigos", &["release", &id]).ok();
         run("/usr/sbin/kloigos-pam", &["enable", "--pam-dir", pd])
             .ok()
             .out_has("unchanged");
         run("/usr/sbin/kloigos-pam", &["disable", "--pam-dir", pd]).ok();
         assert_eq!(fs::read(pam_dir.join("sshd")).ok(), pam_before);
+        run("/usr/sbin/kloigos-pam", &["status", "--pam-dir", pd])
+            .ok()
+            .out_has("disabled")
+            .out_has("no pam_kloigos.so session line");
         pamtester(&pam_dir, &user.name).ok();
+        // Enabled once more: apt remove (below) takes both lines out again.
+        run("/usr/sbin/kloigos-pam", &["enable", "--pam-dir", pd]).ok();
+        assert_ne!(fs::read(pam_dir.join("sshd")).ok(), pam_before);
     } else {
         eprintln!("note: no /etc/pam.d/sshd (openssh-server missing): kloigos-pam not exercised");
     }
 
     // 6. apt remove: the programs and the schedule go; the account, the
-    //    configuration and the statoverride stay until purge.
-    apt(&["remove", "-y", "-q", PKG]).ok();
+    //    configuration and the statoverride stay until purge. The prerm
+    //    takes the PAM lines out of /etc/pam.d: here the scratch copy
+    //    enabled above, mounted there in a private mount namespace.
+    if pam_before.is_some() {
+        let pam_dir = tmp.path().join("pam.d");
+        Run::of(
+            Command::new("unshare")
+                .args(["--mount", "sh", "-c"])
+                .arg("mount --bind \"$1\" /etc/pam.d && exec apt-get remove -y -q kloigos")
+                .arg("_")
+                .arg(&pam_dir)
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
+        .ok();
+        assert_eq!(
+            fs::read(pam_dir.join("sshd")).ok(),
+            pam_before,
+            "apt remove left kloigos lines in sshd"
+        );
+    } else {
+        apt(&["remove", "-y", "-q", PKG]).ok();
+    }
     assert!(run("dpkg-query", &["-W", "-f=${Status}", PKG])
         .stdout
         .contains("config-files"));

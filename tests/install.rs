@@ -361,6 +361,22 @@ fn install_enable_pam_checks_with_pamtester_and_uninstall_restores() {
         .expect("include");
     assert!(lines[inc + 1].starts_with("# kloigos:"), "{text}");
     assert_eq!(lines[inc + 2], "account required pam_kloigos.so", "{text}");
+    // The session hook after the last session module (pam_env's files
+    // cannot override its variables), once.
+    let sess = lines
+        .iter()
+        .position(|l| *l == "session required pam_permit.so")
+        .expect("session");
+    assert!(lines[sess + 1].starts_with("# kloigos:"), "{text}");
+    assert_eq!(lines[sess + 2], "session optional pam_kloigos.so", "{text}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("pam_kloigos.so"))
+            .count(),
+        2,
+        "{text}"
+    );
     let backup = s.root().join("var/lib/kloigos/pam-backup/sshd");
     assert_eq!(std::fs::read(&backup).expect("backup"), orig);
 
@@ -386,6 +402,193 @@ fn install_enable_pam_checks_with_pamtester_and_uninstall_restores() {
     eprintln!(
         "install: --enable-pam verified by pamtester, idempotent, undone by --uninstall -> ok"
     );
+}
+
+/// Runs `pamtester -v SERVICE USER OPS...` in the view of the system as
+/// installed into `s` (as install.sh checks it): the staged /etc and module
+/// directory laid over the live ones, `pamd` in place of /etc/pam.d.
+fn pamtester_in_view(s: &Scratch, pamd: &Path, service: &str, user: &str, ops: &[&str]) -> Run {
+    let root = s.root();
+    let moddir = module_dir();
+    let staged_mods = root.join(moddir.strip_prefix("/").expect("absolute"));
+    let mut c = Command::new("unshare");
+    c.args(["--mount", "--propagation", "private", "--", "sh", "-c"])
+        .arg(
+            "set -e; root=$1; mods=$2; staged=$3; pamd=$4; shift 4\n\
+             mount -t overlay kloigos-view -o \"lowerdir=$root/etc:/etc\" /etc\n\
+             mount -t overlay kloigos-view -o \"lowerdir=$staged:$mods\" \"$mods\"\n\
+             mount --bind \"$pamd\" /etc/pam.d\n\
+             exec pamtester -v \"$@\"",
+        )
+        .arg("sh")
+        .arg(&root)
+        .arg(&moddir)
+        .arg(&staged_mods)
+        .arg(pamd)
+        .arg(service)
+        .arg(user)
+        .args(ops);
+    Run::of(&mut c)
+}
+
+#[test]
+fn install_enable_pam_session_hook_sets_the_variables_and_never_denies() {
+    require_root!();
+    let s = Scratch::new("pamsession");
+    let sshd = write_pamd(&s, SSHD_STACK);
+    let pamd = s.path("pamd");
+    let pd = pamd.display().to_string();
+    let orig = std::fs::read(&sshd).expect("sshd");
+    s.install(&["--enable-pam", "--pam-dir", &pd])
+        .ok()
+        .out_has("add 'session optional pam_kloigos.so'")
+        .out_has("root still passes the sshd account stack and opens a session");
+
+    // The installed config pointed at a cluster holding nodeA, where one
+    // user holds a booking and another none (put back before uninstalling).
+    let cluster = kloigos_tests::cluster::TempCluster::new();
+    cluster.add_node("nodeA", "0-1", Some(1), None);
+    let booked = kloigos_tests::pam::user("kinsbkd", &[]);
+    let unbooked = kloigos_tests::pam::user("kinsfree", &[]);
+    let b = cluster
+        .run(&[
+            "--json",
+            "alloc",
+            "-w",
+            "nodeA",
+            "-u",
+            &booked.name,
+            "-t",
+            "1h",
+        ])
+        .ok()
+        .json();
+    let id = b["id"].as_str().expect("booking id").to_string();
+    let cfg_path = s.root().join("etc/kloigos/config.json");
+    let cfg_orig = std::fs::read(&cfg_path).expect("config");
+    let mut cfg: serde_json::Value = serde_json::from_slice(&cfg_orig).expect("config json");
+    cfg["shared"] = serde_json::json!(cluster.shared());
+    std::fs::write(&cfg_path, cfg.to_string()).expect("config");
+
+    // A copy of the installed stack that then prints the PAM environment
+    // its session stack left (pam_exec hands it to env). Still "sshd": the
+    // module acts for that service only.
+    let env_log = s.path("env.log");
+    let pamd_env = s.path("pamd-env");
+    std::fs::create_dir(&pamd_env).expect("mkdir");
+    for f in ["common-account", "other"] {
+        std::fs::copy(pamd.join(f), pamd_env.join(f)).expect("copy");
+    }
+    let mut stack = std::fs::read_to_string(&sshd).expect("sshd");
+    stack.push_str(&format!(
+        "session required pam_exec.so log={} /usr/bin/env\n",
+        env_log.display()
+    ));
+    std::fs::write(pamd_env.join("sshd"), stack).expect("sshd copy");
+    let session_env = |user: &str| -> String {
+        let _ = std::fs::remove_file(&env_log);
+        let r = pamtester_in_view(&s, &pamd_env, "sshd", user, &["open_session"]);
+        r.ok().out_has("successfully opened a session");
+        std::fs::read_to_string(&env_log).expect("env log")
+    };
+
+    // The booked user gets in, and the session gets the booking's variables.
+    pamtester_in_view(&s, &pamd, "sshd", &booked.name, &["acct_mgmt"]).ok();
+    pamtester_in_view(
+        &s,
+        &pamd,
+        "sshd",
+        &booked.name,
+        &["open_session", "close_session"],
+    )
+    .ok()
+    .out_has("successfully opened a session");
+    let env = session_env(&booked.name);
+    for want in [
+        format!("KLOIGOS_BOOKING={id}"),
+        "KLOIGOS_CPUS=0".to_string(),
+    ] {
+        assert!(env.lines().any(|l| l == want), "lacks {want}:\n{env}");
+    }
+    // The unbooked one is refused by the account line, but the session
+    // hook never denies: a session opens, without variables.
+    pamtester_in_view(&s, &pamd, "sshd", &unbooked.name, &["acct_mgmt"])
+        .code(1)
+        .err_has("Permission denied");
+    pamtester_in_view(
+        &s,
+        &pamd,
+        "sshd",
+        &unbooked.name,
+        &["open_session", "close_session"],
+    )
+    .ok()
+    .out_has("successfully opened a session");
+    let env = session_env(&unbooked.name);
+    assert!(!env.contains("KLOIGOS_"), "{env}");
+
+    std::fs::write(&cfg_path, &cfg_orig).expect("config");
+    s.uninstall(&[]).ok().out_has("restore");
+    assert_eq!(std::fs::read(&sshd).expect("sshd"), orig);
+    assert!(!s.root().join("var/lib/kloigos").exists());
+    eprintln!("install: the session hook sets the booking's variables, never denies, and goes with --uninstall -> ok");
+}
+
+#[test]
+fn install_enable_pam_adds_the_session_line_to_an_older_install() {
+    require_root!();
+    let s = Scratch::new("pamupgrade");
+    let sshd = write_pamd(&s, SSHD_STACK);
+    let pamd = s.path("pamd").display().to_string();
+    let orig = std::fs::read(&sshd).expect("sshd");
+    s.install(&["--enable-pam", "--pam-dir", &pamd]).ok();
+    // As an install.sh without the session hook left it: the account line only.
+    let text = std::fs::read_to_string(&sshd).expect("sshd");
+    let older: String = text
+        .lines()
+        .filter(|l| {
+            !l.contains("session optional pam_kloigos.so") && !l.contains("booking's variables")
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(older.contains("account required pam_kloigos.so"), "{older}");
+    std::fs::write(&sshd, &older).expect("older");
+    let manifest = s.root().join("var/lib/kloigos/install-manifest");
+    let m = std::fs::read_to_string(&manifest).expect("manifest");
+    let sum = run("sha256sum", &[sshd.to_str().expect("utf-8")]);
+    let older_sum = sum
+        .stdout
+        .split_whitespace()
+        .next()
+        .expect("sum")
+        .to_string();
+    let m: String = m
+        .lines()
+        .map(|l| {
+            if l.starts_with("pam\t") {
+                let mut f: Vec<&str> = l.split('\t').collect();
+                f[3] = &older_sum;
+                f.join("\t")
+            } else {
+                l.to_string()
+            }
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&manifest, m).expect("manifest");
+
+    s.install(&["--enable-pam", "--pam-dir", &pamd])
+        .ok()
+        .out_has("kept the backup")
+        .out_has("add 'session optional pam_kloigos.so'");
+    let now = std::fs::read_to_string(&sshd).expect("sshd");
+    assert_eq!(
+        now, text,
+        "the session line goes where a fresh install puts it"
+    );
+    s.uninstall(&[]).ok().out_has("restore");
+    assert_eq!(std::fs::read(&sshd).expect("sshd"), orig);
+    eprintln!("install: --enable-pam on an older install adds just the session line -> ok");
 }
 
 #[test]
