@@ -12,7 +12,7 @@ use kloigos_core::placement::{self, Offer, Want};
 use kloigos_core::policy::Policy;
 use kloigos_core::state::{NodeState, Request, Size};
 use kloigos_core::users::Account;
-use kloigos_core::when::parse_time;
+use kloigos_core::when::{is_past, parse_time};
 use kloigos_core::Error;
 
 use crate::args::{AllocSpec, ExtendArgs, HistoryArgs, ListArgs, ReleaseArgs};
@@ -234,7 +234,7 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         .as_deref()
         .map(|t| parse_time(t, now, &tz))
         .transpose()?;
-    if let Some(t) = at.filter(|t| t.as_second() < now.as_second() - 60) {
+    if let Some(t) = at.filter(|t| is_past(*t, now)) {
         return Err(Error::Refused(format!(
             "--at {} is in the past; omit --at to start now, or give a later time",
             local(t, &tz)
