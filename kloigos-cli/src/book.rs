@@ -10,7 +10,7 @@ use kloigos_core::journal::{self, Action, Event};
 use kloigos_core::names::{Label, NodeName};
 use kloigos_core::placement::{self, Offer, Want};
 use kloigos_core::policy::Policy;
-use kloigos_core::state::{NodeState, Request, Size};
+use kloigos_core::state::{self, NodeState, Request, Size};
 use kloigos_core::users::Account;
 use kloigos_core::when::{is_past, parse_time};
 use kloigos_core::Error;
@@ -290,17 +290,17 @@ impl Ask<'_> {
 /// The user's current and future bookings on nodes other than `except`,
 /// counted only when the policy limits them.
 fn held_elsewhere(ctx: &Ctx, policy: &Policy, ask: &Ask, except: Option<&NodeName>) -> Result<u32> {
+    // Unlimited: no need to read every node for a count nobody checks.
     if policy.max_active_per_user == 0 {
         return Ok(0);
     }
-    let now = ctx.now();
     let (states, _) = read_all(ctx)?;
-    Ok(states
-        .iter()
-        .filter(|s| Some(&s.node.name) != except)
-        .flat_map(|s| &s.bookings)
-        .filter(|b| b.user == ask.user.name && b.is_current_or_future(now))
-        .count() as u32)
+    Ok(state::held_elsewhere(
+        &states,
+        &ask.user.name,
+        except,
+        ctx.now(),
+    ))
 }
 
 fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Booking> {

@@ -12,7 +12,7 @@ use crate::cpuset::CpuSet;
 use crate::duration::human_secs;
 use crate::error::{Error, Result};
 use crate::gpuset::GpuSet;
-use crate::names::UserName;
+use crate::names::{NodeName, UserName};
 use crate::node::NodeSpec;
 use crate::policy::{Policy, FORMAT_VERSION};
 use crate::window;
@@ -106,6 +106,21 @@ pub struct Request {
     pub held_elsewhere: u32,
 }
 
+/// The current and future bookings `user` holds on the nodes of `states`
+/// other than `except` (the node being booked): a [`Request`]'s
+/// `held_elsewhere`, which `max_active_per_user` adds to those held there.
+pub fn held_elsewhere<'a>(
+    states: impl IntoIterator<Item = &'a NodeState>,
+    user: &UserName,
+    except: Option<&NodeName>,
+    now: Timestamp,
+) -> u32 {
+    states
+        .into_iter()
+        .filter(|s| Some(&s.node.name) != except)
+        .fold(0u32, |n, s| n.saturating_add(s.held_by(user, now)))
+}
+
 /// The content of `nodes/<node>/state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +162,18 @@ impl NodeState {
     /// Finds a booking by id.
     pub fn get(&self, id: &BookingId) -> Option<&Booking> {
         self.bookings.iter().find(|b| &b.id == id)
+    }
+
+    /// The current and future bookings `user` holds here: what the
+    /// per-user limits (`max_bookings_per_user_node`, `max_active_per_user`)
+    /// count.
+    pub fn held_by(&self, user: &UserName, now: Timestamp) -> u32 {
+        let n = self
+            .bookings
+            .iter()
+            .filter(|b| &b.user == user && b.is_current_or_future(now))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Units of the node free for the whole of `[start, end)`.
@@ -308,11 +335,7 @@ impl NodeState {
                 policy.timezone
             )));
         }
-        let here = self
-            .bookings
-            .iter()
-            .filter(|b| b.user == req.user && b.is_current_or_future(now))
-            .count() as u32;
+        let here = self.held_by(&req.user, now);
         let cap = policy.max_bookings_per_user_node;
         if cap > 0 && here >= cap {
             return Err(Error::Refused(format!(
@@ -638,7 +661,6 @@ fn in_one_numa(cpus: &CpuSet, numa: &[CpuSet]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::NodeName;
     use crate::window::Window;
     use proptest::prelude::*;
 
@@ -694,6 +716,79 @@ mod tests {
             "{e}"
         );
         assert!(s.problems().is_empty());
+    }
+
+    /// A state of `units` units on node `name`.
+    fn state_on(name: &str, units: u32) -> NodeState {
+        let mut s = state(units);
+        s.node.name = NodeName::new(name).unwrap();
+        s
+    }
+
+    #[test]
+    fn held_counts_current_and_future_of_the_user_on_other_nodes() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let alice = UserName::new("alice").unwrap();
+        let mut n1 = state_on("n1", 4);
+        let mut n2 = state_on("n2", 4);
+        let mut n3 = state_on("n3", 4);
+        // n1: one current booking of alice's.
+        n1.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        // n2: one current, one future of alice's, and bob's.
+        n2.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        n2.book(
+            &req("alice", Size::Units(1), "2026-11-24T10:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        n2.book(&req("bob", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        // n3: alice's booking, ended by the time counted.
+        n3.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let later = ts("2026-11-23T10:30:00Z");
+        n3.release(&BookingId::parse("n3:1").unwrap(), later)
+            .unwrap();
+        let states = [n1, n2, n3];
+        assert_eq!(states[1].held_by(&alice, later), 2);
+        assert_eq!(states[2].held_by(&alice, later), 0);
+        let n1_name = NodeName::new("n1").unwrap();
+        let n2_name = NodeName::new("n2").unwrap();
+        assert_eq!(held_elsewhere(&states, &alice, None, later), 3);
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n1_name), later), 2);
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n2_name), later), 1);
+        let bob = UserName::new("bob").unwrap();
+        assert_eq!(held_elsewhere(&states, &bob, Some(&n1_name), later), 1);
+        assert_eq!(held_elsewhere(&states, &bob, Some(&n2_name), later), 0);
+        // Once the hour is over only the future booking is left.
+        let after = ts("2026-11-23T11:00:00Z");
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n1_name), after), 1);
+    }
+
+    #[test]
+    fn max_active_adds_the_bookings_held_elsewhere() {
+        let p = Policy {
+            max_active_per_user: 2,
+            ..Policy::default()
+        };
+        let now = ts(NOW);
+        let mut s = state(4);
+        s.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let mut r = req("alice", Size::Units(1), NOW, 1);
+        r.held_elsewhere = 1;
+        let e = s.book(&r, &p, now, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("already holds 2") && e.contains("max_active_per_user"),
+            "{e}"
+        );
+        r.held_elsewhere = 0;
+        s.book(&r, &p, now, &[]).unwrap();
     }
 
     #[test]
