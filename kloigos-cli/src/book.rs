@@ -458,19 +458,11 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
         };
         for node in nodes {
             let r = ctx.write_node(&node, |st| {
-                let ids: Vec<BookingId> = st
-                    .bookings
+                let out = st.release_all_of(&user.name, now)?;
+                let events = out
                     .iter()
-                    .filter(|b| b.user == user.name && b.is_current_or_future(now))
-                    .map(|b| b.id.clone())
+                    .map(|b| Event::booking(now, &ctx.caller.name, Action::Release, b))
                     .collect();
-                let mut out = Vec::new();
-                let mut events = Vec::new();
-                for id in ids {
-                    let b = st.release(&id, now)?;
-                    events.push(Event::booking(now, &ctx.caller.name, Action::Release, &b));
-                    out.push(b);
-                }
                 Ok((out, events))
             });
             match r {

@@ -480,6 +480,20 @@ impl NodeState {
         Ok(b.clone())
     }
 
+    /// Releases every current and future booking of `user` here, as
+    /// `release --all` and `release -w NODE` do: active ones end at `now`,
+    /// future ones are removed. Returns them in the order they were held;
+    /// none is an empty list, not an error.
+    pub fn release_all_of(&mut self, user: &UserName, now: Timestamp) -> Result<Vec<Booking>> {
+        let ids: Vec<BookingId> = self
+            .bookings
+            .iter()
+            .filter(|b| &b.user == user && b.is_current_or_future(now))
+            .map(|b| b.id.clone())
+            .collect();
+        ids.iter().map(|id| self.release(id, now)).collect()
+    }
+
     /// Moves the end of `id` to `new_end`, if the units stay free and the rules hold.
     pub fn extend(
         &mut self,
@@ -715,6 +729,49 @@ mod tests {
             e.contains("earliest start that fits is 2026-11-23T11:00:00Z"),
             "{e}"
         );
+        assert!(s.problems().is_empty());
+    }
+
+    #[test]
+    fn release_all_takes_the_users_current_and_future_only() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut s = state(4);
+        let alice = UserName::new("alice").unwrap();
+        // n1:1 ends before the release, n1:2 holds, n1:3 is to come, n1:4 is bob's.
+        s.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        s.book(&req("alice", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        s.book(
+            &req("alice", Size::Units(1), "2026-11-23T14:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        s.book(&req("bob", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        let at = ts("2026-11-23T11:30:00Z");
+        let gone = s.release_all_of(&alice, at).unwrap();
+        let ids: Vec<String> = gone.iter().map(|b| b.id.to_string()).collect();
+        assert_eq!(ids, ["n1:2", "n1:3"]);
+        // The active one ends now; the future one never started.
+        assert_eq!(gone[0].end, at);
+        assert_eq!(gone[1].end, gone[1].start);
+        assert_eq!(s.held_by(&alice, at), 0);
+        assert!(s.get(&BookingId::parse("n1:3").unwrap()).is_none());
+        // The ended booking and bob's are as they were.
+        assert_eq!(
+            s.get(&BookingId::parse("n1:1").unwrap()).unwrap().end,
+            ts("2026-11-23T11:00:00Z")
+        );
+        assert_eq!(
+            s.get(&BookingId::parse("n1:4").unwrap()).unwrap().end,
+            ts("2026-11-23T13:00:00Z")
+        );
+        // Nothing left to release is no error.
+        assert!(s.release_all_of(&alice, at).unwrap().is_empty());
         assert!(s.problems().is_empty());
     }
 
