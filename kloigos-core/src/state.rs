@@ -11,6 +11,7 @@ use crate::booking::{spans_overlap, Booking, BookingId, Note};
 use crate::cpuset::CpuSet;
 use crate::duration::human_secs;
 use crate::error::{Error, Result};
+use crate::facts::Facts;
 use crate::gpuset::GpuSet;
 use crate::names::{NodeName, UserName};
 use crate::node::NodeSpec;
@@ -106,6 +107,35 @@ pub struct Request {
     pub held_elsewhere: u32,
 }
 
+/// A node's condition at a glance, as `info` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// An admin drained it: it takes no new bookings.
+    Drained,
+    /// Its housekeeper has not written facts for a while: what it
+    /// enforces is not known.
+    Stale,
+    /// No unit is free now.
+    Full,
+    /// Some units are free now, not all.
+    Partly,
+    /// Every unit is free now.
+    Free,
+}
+
+impl Condition {
+    /// The word `info` prints, and `info --json` gives as `state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Drained => "drained",
+            Condition::Stale => "stale",
+            Condition::Full => "full",
+            Condition::Partly => "partly",
+            Condition::Free => "free",
+        }
+    }
+}
+
 /// The current and future bookings `user` holds on the nodes of `states`
 /// other than `except` (the node being booked): a [`Request`]'s
 /// `held_elsewhere`, which `max_active_per_user` adds to those held there.
@@ -162,6 +192,37 @@ impl NodeState {
     /// Finds a booking by id.
     pub fn get(&self, id: &BookingId) -> Option<&Booking> {
         self.bookings.iter().find(|b| &b.id == id)
+    }
+
+    /// Units free now: for the coming second, as `info` counts them.
+    pub fn units_free_now(&self, now: Timestamp) -> u32 {
+        self.units_free(now, now + SignedDuration::from_secs(1))
+    }
+
+    /// The node's condition at `now`, given its facts (if any) and the
+    /// units free now: a drain comes first, then stale facts, then how
+    /// full it is.
+    pub fn condition(&self, facts: Option<&Facts>, now: Timestamp, free: u32) -> Condition {
+        if self.node.drained.is_some() {
+            Condition::Drained
+        } else if facts.is_some_and(|f| f.is_stale(now)) {
+            Condition::Stale
+        } else if free == 0 {
+            Condition::Full
+        } else if free < self.node.units_total() {
+            Condition::Partly
+        } else {
+            Condition::Free
+        }
+    }
+
+    /// When the next unit frees up: `now` if `free` units are free now,
+    /// else the earliest end of an active booking (`None` when none holds).
+    pub fn next_free(&self, now: Timestamp, free: u32) -> Option<Timestamp> {
+        if free > 0 {
+            return Some(now);
+        }
+        self.active(now).map(|b| b.end).min()
     }
 
     /// The current and future bookings `user` holds here: what the
@@ -773,6 +834,77 @@ mod tests {
         // Nothing left to release is no error.
         assert!(s.release_all_of(&alice, at).unwrap().is_empty());
         assert!(s.problems().is_empty());
+    }
+
+    /// Facts of node n1 written at `heartbeat`.
+    fn facts_at(heartbeat: &str) -> Facts {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "node": "n1", "heartbeat": heartbeat,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn condition_drain_then_stale_then_fullness() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let fresh = facts_at("2026-11-23T09:59:00Z");
+        let stale = facts_at("2026-11-23T09:00:00Z");
+        let mut s = state(2);
+        let free = s.units_free_now(now);
+        assert_eq!(free, 2);
+        assert_eq!(s.condition(None, now, free), Condition::Free);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Free);
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Stale);
+        s.book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let free = s.units_free_now(now);
+        assert_eq!(free, 1);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Partly);
+        s.book(&req("b", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        let free = s.units_free_now(now);
+        assert_eq!(free, 0);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Full);
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Stale);
+        s.node.drained = Some(crate::node::Drain {
+            reason: "disk".into(),
+            by: UserName::new("root").unwrap(),
+            since: now,
+        });
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Drained);
+        assert_eq!(Condition::Drained.as_str(), "drained");
+        assert_eq!(Condition::Partly.as_str(), "partly");
+    }
+
+    #[test]
+    fn next_free_is_now_or_the_first_end() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut s = state(2);
+        assert_eq!(s.next_free(now, s.units_free_now(now)), Some(now));
+        s.book(&req("a", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        s.book(&req("b", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        // A booking that starts later does not free anything.
+        s.book(
+            &req("c", Size::Units(1), "2026-11-23T12:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.units_free_now(now), 0);
+        assert_eq!(s.next_free(now, 0), Some(ts("2026-11-23T12:00:00Z")));
+        // Until b ends its unit is taken; then c takes it.
+        let just_before = ts("2026-11-23T11:59:59Z");
+        assert_eq!(s.units_free_now(just_before), 0);
+        let end = ts("2026-11-23T12:00:00Z");
+        assert_eq!(s.units_free_now(end), 0);
+        assert_eq!(s.next_free(end, 0), Some(ts("2026-11-23T13:00:00Z")));
+        // Nothing active and nothing free: no time to give.
+        assert_eq!(state(1).next_free(now, 0), None);
     }
 
     /// A state of `units` units on node `name`.
