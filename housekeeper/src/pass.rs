@@ -9,7 +9,9 @@ use std::time::{Duration, Instant};
 use jiff::Timestamp;
 use kloigos_core::access::{SubUids, SUBUID_FILE};
 use kloigos_core::config::Config;
-use kloigos_core::enforce::{self, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction};
+use kloigos_core::enforce::{
+    self, Controls, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction, Switches,
+};
 use kloigos_core::facts::Facts;
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::{Policy, FORMAT_VERSION};
@@ -210,10 +212,16 @@ pub fn run(opts: &Options) -> Result<Report> {
     // 2. Desired state, and what is in place.
     pass.at("observing slices and the nftables generation");
     let hk = &inp.cfg.housekeeper;
+    // Chosen before the desired state, which holds only the limits it can
+    // set; a failure is logged below, where it always was.
+    let selected = Backend::select(hk.slices);
     let host = Host {
         mem_total: procfs::meminfo().0,
         numa: procfs::numa(),
         cpus_online: procfs::cpus_online(),
+        controls: selected
+            .as_ref()
+            .map_or_else(|_| Controls::default(), Backend::controls),
     };
     let mut rules = Rules::new(
         &policy,
@@ -221,11 +229,16 @@ pub fn run(opts: &Options) -> Result<Report> {
         hk.grace_s,
         hk.warn_before_s.as_deref(),
     );
+    rules.switches = Switches {
+        slices: selected.is_ok(),
+        nft: hk.nft,
+        kill: hk.kill,
+    };
     rules.subuids = SubUids::read(Path::new(SUBUID_FILE));
     if let Some(why) = &rules.subuids.problem {
         log::error(why);
     }
-    let mut desired = enforce::desired(&policy, &state, now, &host, rules);
+    let desired = enforce::desired(&policy, &state, now, &host, rules);
     if let (Some(missing), Some(online)) = (&desired.missing_cpus, &host.cpus_online) {
         // Said when it changes, and in facts.json every pass.
         if record.missing_cpus.as_ref() != Some(missing) || opts.dry_run {
@@ -238,18 +251,13 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     record.missing_cpus = desired.missing_cpus.clone();
-    let backend = match Backend::select(hk.slices) {
+    let backend = match selected {
         Ok(b) => Some(b),
         Err(e) => {
             log::error(&format!("slices not enforced: {e}"));
             None
         }
     };
-    if let Some(Backend::Cgroup(c)) = &backend {
-        for u in desired.users.values_mut() {
-            u.slice = c.project(&u.slice);
-        }
-    }
     let mut observed = Observed {
         slices: backend.as_ref().map(Backend::observe).unwrap_or_default(),
         processes: by_uid
@@ -281,16 +289,7 @@ pub fn run(opts: &Options) -> Result<Report> {
         Some(h) => h.seen(record.nft.as_ref()),
         None => enforce::NftSeen::Unknown,
     });
-    let mut plan = enforce::plan(&desired, &observed);
-    if backend.is_none() {
-        plan.slices.clear();
-    }
-    if !hk.nft {
-        plan.nft = None;
-    }
-    if !hk.kill {
-        plan.kill.clear();
-    }
+    let plan = enforce::plan(&desired, &observed);
     let hook_list = hk.hooks_dir.as_deref().map(hooks::list).unwrap_or_default();
 
     if opts.dry_run {

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use kloigos_core::config::SliceBackend;
 use kloigos_core::cpuset::CpuSet;
-use kloigos_core::enforce::SliceLimits;
+use kloigos_core::enforce::{Controls, SliceLimits};
 
 use crate::error::{Error, Result};
 
@@ -66,6 +66,15 @@ impl Backend {
                 }
             }
             SliceBackend::Cgroup => Cgroups::discover().map(Backend::Cgroup),
+        }
+    }
+
+    /// The limits this backend can set: plain cgroups only those whose
+    /// controllers the host has; systemd and none are taken to set them all.
+    pub fn controls(&self) -> Controls {
+        match self {
+            Backend::Cgroup(c) => c.controls(),
+            Backend::Systemd(_) | Backend::None => Controls::default(),
         }
     }
 
@@ -872,17 +881,12 @@ impl Cgroups {
     }
 
     /// The limits this host can express (controllers it lacks read back as none).
-    pub fn project(&self, l: &SliceLimits) -> SliceLimits {
+    pub fn controls(&self) -> Controls {
         let has = |c: &str| self.hiers().any(|h| h.has(c));
-        let mut p = l.clone();
-        if !has("memory") {
-            p.memory_high = None;
-            p.memory_max = None;
+        Controls {
+            memory: has("memory"),
+            tasks: has("pids"),
         }
-        if !has("pids") {
-            p.tasks_max = None;
-        }
-        p
     }
 
     fn set(&self, uid: u32, l: &SliceLimits) -> Result<()> {

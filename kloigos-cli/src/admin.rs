@@ -13,6 +13,7 @@ use kloigos_core::node::{Drain, NodeSpec};
 use kloigos_core::policy::Policy;
 use kloigos_core::ports::PortRange;
 use kloigos_core::privilege::CriticalSection;
+use kloigos_core::size::parse_size;
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, Store};
 use kloigos_core::window::Window;
@@ -108,35 +109,6 @@ fn init(ctx: &Ctx, a: &InitArgs) -> Result<u8> {
         );
     }
     Ok(0)
-}
-
-/// Parses `16G`, `512M`, `1T`, `1024` (bytes).
-fn parse_size(text: &str) -> kloigos_core::Result<u64> {
-    let t = text.trim();
-    let (num, mult) = match t.char_indices().last() {
-        Some((i, c)) if c.is_ascii_alphabetic() => {
-            let m: u64 = match c.to_ascii_uppercase() {
-                'K' => 1 << 10,
-                'M' => 1 << 20,
-                'G' => 1 << 30,
-                'T' => 1 << 40,
-                _ => 0,
-            };
-            (&t[..i], m)
-        }
-        _ => (t, 1),
-    };
-    num.parse::<u64>()
-        .ok()
-        .filter(|n| *n > 0 && mult > 0)
-        .and_then(|n| n.checked_mul(mult))
-        .ok_or_else(|| {
-            Error::invalid(
-                "size",
-                text,
-                "give bytes or a number with K, M, G or T, like 16G",
-            )
-        })
 }
 
 fn apply_flags(spec: &mut NodeSpec, f: &NodeFlags) -> kloigos_core::Result<()> {

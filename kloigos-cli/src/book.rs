@@ -10,9 +10,9 @@ use kloigos_core::journal::{self, Action, Event};
 use kloigos_core::names::{Label, NodeName};
 use kloigos_core::placement::{self, Offer, Want};
 use kloigos_core::policy::Policy;
-use kloigos_core::state::{NodeState, Request, Size};
+use kloigos_core::state::{self, NodeState, Request, Size};
 use kloigos_core::users::Account;
-use kloigos_core::when::parse_time;
+use kloigos_core::when::{is_past, parse_time};
 use kloigos_core::Error;
 
 use crate::args::{AllocSpec, ExtendArgs, HistoryArgs, ListArgs, ReleaseArgs};
@@ -234,7 +234,7 @@ pub fn book(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpec) ->
         .as_deref()
         .map(|t| parse_time(t, now, &tz))
         .transpose()?;
-    if let Some(t) = at.filter(|t| t.as_second() < now.as_second() - 60) {
+    if let Some(t) = at.filter(|t| is_past(*t, now)) {
         return Err(Error::Refused(format!(
             "--at {} is in the past; omit --at to start now, or give a later time",
             local(t, &tz)
@@ -290,17 +290,17 @@ impl Ask<'_> {
 /// The user's current and future bookings on nodes other than `except`,
 /// counted only when the policy limits them.
 fn held_elsewhere(ctx: &Ctx, policy: &Policy, ask: &Ask, except: Option<&NodeName>) -> Result<u32> {
+    // Unlimited: no need to read every node for a count nobody checks.
     if policy.max_active_per_user == 0 {
         return Ok(0);
     }
-    let now = ctx.now();
     let (states, _) = read_all(ctx)?;
-    Ok(states
-        .iter()
-        .filter(|s| Some(&s.node.name) != except)
-        .flat_map(|s| &s.bookings)
-        .filter(|b| b.user == ask.user.name && b.is_current_or_future(now))
-        .count() as u32)
+    Ok(state::held_elsewhere(
+        &states,
+        &ask.user.name,
+        except,
+        ctx.now(),
+    ))
 }
 
 fn book_on(ctx: &Ctx, policy: &Policy, node: &NodeName, ask: &Ask) -> Result<Booking> {
@@ -458,19 +458,11 @@ pub fn release(ctx: &Ctx, a: &ReleaseArgs) -> Result<u8> {
         };
         for node in nodes {
             let r = ctx.write_node(&node, |st| {
-                let ids: Vec<BookingId> = st
-                    .bookings
+                let out = st.release_all_of(&user.name, now)?;
+                let events = out
                     .iter()
-                    .filter(|b| b.user == user.name && b.is_current_or_future(now))
-                    .map(|b| b.id.clone())
+                    .map(|b| Event::booking(now, &ctx.caller.name, Action::Release, b))
                     .collect();
-                let mut out = Vec::new();
-                let mut events = Vec::new();
-                for id in ids {
-                    let b = st.release(&id, now)?;
-                    events.push(Event::booking(now, &ctx.caller.name, Action::Release, &b));
-                    out.push(b);
-                }
                 Ok((out, events))
             });
             match r {

@@ -11,7 +11,7 @@ use kloigos_core::gpuset::GpuSet;
 use kloigos_core::names::{Label, NodeName};
 use kloigos_core::node::Drain;
 use kloigos_core::ports::PortRange;
-use kloigos_core::state::NodeState;
+use kloigos_core::state::{Condition, NodeState};
 use kloigos_core::window::Window;
 use serde::Serialize;
 use serde_json::json;
@@ -88,32 +88,13 @@ fn gpus_free(st: &NodeState, free: u32) -> u32 {
     free * st.node.gpus_per_unit()
 }
 
-/// A node's condition at a glance.
-fn condition(
-    st: &NodeState,
-    facts: Option<&Facts>,
-    now: Timestamp,
-    free: u32,
-) -> (&'static str, Paint) {
-    if st.node.drained.is_some() {
-        ("drained", Paint::Red)
-    } else if facts.is_some_and(|f| f.is_stale(now)) {
-        ("stale", Paint::Yellow)
-    } else if free == 0 {
-        ("full", Paint::Red)
-    } else if free < st.node.units_total() {
-        ("partly", Paint::Yellow)
-    } else {
-        ("free", Paint::Green)
+/// How `info` paints a node's condition.
+fn paint_of(c: Condition) -> Paint {
+    match c {
+        Condition::Drained | Condition::Full => Paint::Red,
+        Condition::Stale | Condition::Partly => Paint::Yellow,
+        Condition::Free => Paint::Green,
     }
-}
-
-/// When the next unit frees up (now if one is free).
-fn next_free(st: &NodeState, now: Timestamp, free: u32) -> Option<Timestamp> {
-    if free > 0 {
-        return Some(now);
-    }
-    st.active(now).map(|b| b.end).min()
 }
 
 /// `info`.
@@ -121,7 +102,6 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
     let policy = ctx.policy()?;
     let tz = policy.tz_or_utc();
     let now = ctx.now();
-    let instant = now + jiff::SignedDuration::from_secs(1);
     let idle_after = kloigos_core::duration::Dur::parse(&a.idle_after)
         .map_err(|_| {
             kloigos_core::Error::invalid(
@@ -164,7 +144,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         .into_iter()
         .map(|s| {
             let facts = ctx.store.facts(&s.node.name);
-            let free = s.units_free(now, instant);
+            let free = s.units_free_now(now);
             (s, facts, free)
         })
         .filter(|(_, _, free)| !a.free || *free > 0)
@@ -190,8 +170,8 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
                     .unwrap_or_default(),
                 drained: s.node.drained.as_ref(),
                 windows: &s.node.windows,
-                state: condition(s, facts.as_ref(), now, *free).0,
-                next_free: next_free(s, now, *free),
+                state: s.condition(facts.as_ref(), now, *free).as_str(),
+                next_free: s.next_free(now, *free),
                 bookings: bookings_json(s.bookings.iter().filter(|b| b.is_current_or_future(now))),
                 idle: idle(s, facts.as_ref())
                     .into_iter()
@@ -217,12 +197,13 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         header.extend(["LOAD", "NEXT FREE", "HOLDERS"]);
         let mut t = Table::new(&header);
         for (s, facts, free) in &rows {
-            let (cond, paint) = condition(s, facts.as_ref(), now, *free);
+            let cond = s.condition(facts.as_ref(), now, *free);
+            let (cond, paint) = (cond.as_str(), paint_of(cond));
             let load = facts
                 .as_ref()
                 .map(|f| format!("{:.2}", f.load[0]))
                 .unwrap_or_else(|| "-".into());
-            let next = match next_free(s, now, *free) {
+            let next = match s.next_free(now, *free) {
                 Some(t) if t <= now => "now".to_string(),
                 Some(t) => format!(
                     "{} ({})",

@@ -42,6 +42,46 @@ pub struct Host {
     /// CPUs online (`None`: unknown, and then the booked CPUs are used as
     /// they are).
     pub cpus_online: Option<CpuSet>,
+    /// The limits the host's slice backend can set.
+    pub controls: Controls,
+}
+
+/// The slice limits a host's backend can set: a cgroup hierarchy without the
+/// memory or pids controller cannot, and reads those limits back as none.
+/// Desired limits are cut to these, so that a pass over an unchanged node
+/// finds its slices as wanted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Controls {
+    /// MemoryHigh and MemoryMax (the memory controller).
+    pub memory: bool,
+    /// TasksMax (the pids controller).
+    pub tasks: bool,
+}
+
+impl Default for Controls {
+    /// Every limit: systemd sets them all, and a host not known to lack a
+    /// controller is taken to have it.
+    fn default() -> Controls {
+        Controls {
+            memory: true,
+            tasks: true,
+        }
+    }
+}
+
+impl Controls {
+    /// `limits` without the ones this host cannot set.
+    pub fn project(self, limits: &SliceLimits) -> SliceLimits {
+        let mut p = limits.clone();
+        if !self.memory {
+            p.memory_high = None;
+            p.memory_max = None;
+        }
+        if !self.tasks {
+            p.tasks_max = None;
+        }
+        p
+    }
 }
 
 /// The CPUs of `cpus` that are in `online`; `None` when there are none.
@@ -91,6 +131,32 @@ pub struct Rules {
     pub grace_s: u64,
     /// Warn this many seconds before a booking ends.
     pub warn_before_s: Vec<u64>,
+    /// Which kinds of action the node does at all.
+    pub switches: Switches,
+}
+
+/// The kinds of action a node's housekeeper takes (its config's
+/// `housekeeper` section); a kind switched off is left out of the [`plan`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Switches {
+    /// Set and clear slice limits: off when the host has no usable slice
+    /// backend.
+    pub slices: bool,
+    /// Load and remove the nftables port rules (`housekeeper.nft`).
+    pub nft: bool,
+    /// End the processes of users without a booking (`housekeeper.kill`).
+    pub kill: bool,
+}
+
+impl Default for Switches {
+    /// Everything on, as the config's defaults are.
+    fn default() -> Switches {
+        Switches {
+            slices: true,
+            nft: true,
+            kill: true,
+        }
+    }
 }
 
 impl Rules {
@@ -123,6 +189,7 @@ impl Rules {
             service_uid: service_uid.or(policy.service_uid),
             grace_s,
             warn_before_s: warn,
+            switches: Switches::default(),
         }
     }
 }
@@ -251,6 +318,7 @@ pub fn desired(
         u.slice.memory_high =
             max.map(|m| pages((u128::from(m) * u128::from(MEMORY_HIGH_PERCENT) / 100) as u64));
         u.slice.tasks_max = policy.tasks_max_per_unit.map(|t| t.saturating_mul(units));
+        u.slice = host.controls.project(&u.slice);
     }
     let mut grace_until: BTreeMap<u32, Timestamp> = BTreeMap::new();
     let mut ended = Vec::new();
@@ -539,7 +607,8 @@ fn warnings(
 /// The actions that take the node from `observed` to `desired`.
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut p = Plan::default();
-    for (uid, u) in &desired.users {
+    let on = desired.rules.switches;
+    for (uid, u) in desired.users.iter().filter(|_| on.slices) {
         if observed.slices.get(uid) != Some(&u.slice) {
             p.slices.push(SliceAction::Set {
                 uid: *uid,
@@ -547,13 +616,14 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             });
         }
     }
-    for uid in observed.slices.keys() {
+    for uid in observed.slices.keys().filter(|_| on.slices) {
         if !desired.users.contains_key(uid) {
             p.slices.push(SliceAction::Clear { uid: *uid });
         }
     }
     let seen = observed.nft.clone().unwrap_or_default();
     p.nft = match (&desired.nft, seen) {
+        _ if !on.nft => None,
         (Some(want), NftSeen::Loaded(have)) if *want == have => None,
         (Some(want), _) => Some(NftAction::Load(want.clone())),
         (None, NftSeen::Absent) => None,
@@ -562,7 +632,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let (warn, warned_next) = warnings(desired, &observed.warned);
     p.warn = warn;
     p.warned_next = warned_next;
-    for owner in &observed.processes {
+    for owner in observed.processes.iter().filter(|_| on.kill) {
         if owner.processes == 0 {
             continue;
         }
@@ -646,6 +716,7 @@ mod tests {
                     cpus: CpuSet::parse("8-15").unwrap(),
                 },
             ],
+            controls: Controls::default(),
         }
     }
 
@@ -827,6 +898,136 @@ mod tests {
             ..obs
         };
         assert!(matches!(plan(&d, &obs2).nft, Some(NftAction::Load(_))));
+    }
+
+    #[test]
+    fn switched_off_kinds_are_left_out_of_the_plan() {
+        let mut st = node();
+        book(
+            &mut st,
+            "alice",
+            1001,
+            1,
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T12:00:00Z",
+        );
+        let p = Policy::default();
+        // A slice to set, one to clear, a table to load, bob to end.
+        let obs = Observed {
+            slices: [(4242, host_slice())].into(),
+            processes: vec![owner(1001, "alice", 3), owner(1002, "bob", 7)],
+            ..Observed::default()
+        };
+        let all = plan(&desired(&p, &st, ts(NOW), &host(), rules(&p)), &obs);
+        assert_eq!(all.slices.len(), 2);
+        assert!(matches!(all.nft, Some(NftAction::Load(_))));
+        assert_eq!(all.kill.len(), 1);
+        let with = |switches: Switches| {
+            let mut r = rules(&p);
+            r.switches = switches;
+            plan(&desired(&p, &st, ts(NOW), &host(), r), &obs)
+        };
+        let on = Switches::default();
+        // kill = false: bob's processes stay; the rest is as before.
+        let no_kill = with(Switches { kill: false, ..on });
+        assert!(no_kill.kill.is_empty());
+        assert_eq!(
+            (no_kill.slices, no_kill.nft),
+            (all.slices.clone(), all.nft.clone())
+        );
+        // nft = false: no table loaded, and none removed either.
+        let no_nft = with(Switches { nft: false, ..on });
+        assert_eq!(no_nft.nft, None);
+        assert_eq!((&no_nft.slices, &no_nft.kill), (&all.slices, &all.kill));
+        let mut r = rules(&p);
+        r.switches.nft = false;
+        let none = desired(&p, &node(), ts(NOW), &host(), r);
+        let seen = Observed {
+            nft: Some(NftSeen::Loaded("x".into())),
+            ..Observed::default()
+        };
+        assert_eq!(plan(&none, &seen).nft, None);
+        // No slice backend: no slice set or cleared.
+        let no_slices = with(Switches {
+            slices: false,
+            ..on
+        });
+        assert!(no_slices.slices.is_empty());
+        assert_eq!((&no_slices.nft, &no_slices.kill), (&all.nft, &all.kill));
+        // All off: the plan only remembers.
+        let off = with(Switches {
+            slices: false,
+            nft: false,
+            kill: false,
+        });
+        assert!(off.is_idle(), "{off:?}");
+    }
+
+    /// Some slice limits, as another user's left over.
+    fn host_slice() -> SliceLimits {
+        SliceLimits {
+            cpus: CpuSet::parse("8-11").unwrap(),
+            mem_nodes: vec![1],
+            memory_high: None,
+            memory_max: None,
+            tasks_max: None,
+        }
+    }
+
+    #[test]
+    fn limits_the_host_cannot_set_are_left_out() {
+        let mut st = node();
+        book(
+            &mut st,
+            "alice",
+            1001,
+            1,
+            "2026-11-23T10:00:00Z",
+            "2026-11-23T12:00:00Z",
+        );
+        let p = Policy {
+            tasks_max_per_unit: Some(512),
+            ..Policy::default()
+        };
+        let at = |controls: Controls| {
+            let h = Host { controls, ..host() };
+            desired(&p, &st, ts(NOW), &h, rules(&p)).users[&1001]
+                .slice
+                .clone()
+        };
+        let full = at(Controls::default());
+        assert!(full.memory_max.is_some() && full.memory_high.is_some());
+        assert_eq!(full.tasks_max, Some(512));
+        let no_mem = at(Controls {
+            memory: false,
+            tasks: true,
+        });
+        assert_eq!((no_mem.memory_max, no_mem.memory_high), (None, None));
+        assert_eq!((no_mem.tasks_max, &no_mem.cpus), (Some(512), &full.cpus));
+        let no_pids = at(Controls {
+            memory: true,
+            tasks: false,
+        });
+        assert_eq!(no_pids.tasks_max, None);
+        assert_eq!(no_pids.memory_max, full.memory_max);
+        // A slice read back without those limits is as wanted: nothing to set.
+        let h = Host {
+            controls: Controls {
+                memory: false,
+                tasks: false,
+            },
+            ..host()
+        };
+        let d = desired(&p, &st, ts(NOW), &h, rules(&p));
+        let mut read_back = full.clone();
+        read_back.memory_high = None;
+        read_back.memory_max = None;
+        read_back.tasks_max = None;
+        let obs = Observed {
+            slices: [(1001, read_back)].into(),
+            ..Observed::default()
+        };
+        assert!(plan(&d, &obs).slices.is_empty());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod names;
 pub mod node;
 pub mod policy;
 pub mod ports;
+pub mod size;
 pub mod state;
 pub mod when;
 pub mod window;

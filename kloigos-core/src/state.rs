@@ -11,8 +11,9 @@ use crate::booking::{spans_overlap, Booking, BookingId, Note};
 use crate::cpuset::CpuSet;
 use crate::duration::human_secs;
 use crate::error::{Error, Result};
+use crate::facts::Facts;
 use crate::gpuset::GpuSet;
-use crate::names::UserName;
+use crate::names::{NodeName, UserName};
 use crate::node::NodeSpec;
 use crate::policy::{Policy, FORMAT_VERSION};
 use crate::window;
@@ -106,6 +107,50 @@ pub struct Request {
     pub held_elsewhere: u32,
 }
 
+/// A node's condition at a glance, as `info` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Condition {
+    /// An admin drained it: it takes no new bookings.
+    Drained,
+    /// Its housekeeper has not written facts for a while: what it
+    /// enforces is not known.
+    Stale,
+    /// No unit is free now.
+    Full,
+    /// Some units are free now, not all.
+    Partly,
+    /// Every unit is free now.
+    Free,
+}
+
+impl Condition {
+    /// The word `info` prints, and `info --json` gives as `state`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Condition::Drained => "drained",
+            Condition::Stale => "stale",
+            Condition::Full => "full",
+            Condition::Partly => "partly",
+            Condition::Free => "free",
+        }
+    }
+}
+
+/// The current and future bookings `user` holds on the nodes of `states`
+/// other than `except` (the node being booked): a [`Request`]'s
+/// `held_elsewhere`, which `max_active_per_user` adds to those held there.
+pub fn held_elsewhere<'a>(
+    states: impl IntoIterator<Item = &'a NodeState>,
+    user: &UserName,
+    except: Option<&NodeName>,
+    now: Timestamp,
+) -> u32 {
+    states
+        .into_iter()
+        .filter(|s| Some(&s.node.name) != except)
+        .fold(0u32, |n, s| n.saturating_add(s.held_by(user, now)))
+}
+
 /// The content of `nodes/<node>/state.json`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -147,6 +192,49 @@ impl NodeState {
     /// Finds a booking by id.
     pub fn get(&self, id: &BookingId) -> Option<&Booking> {
         self.bookings.iter().find(|b| &b.id == id)
+    }
+
+    /// Units free now: for the coming second, as `info` counts them.
+    pub fn units_free_now(&self, now: Timestamp) -> u32 {
+        self.units_free(now, now + SignedDuration::from_secs(1))
+    }
+
+    /// The node's condition at `now`, given its facts (if any) and the
+    /// units free now: a drain comes first, then stale facts, then how
+    /// full it is.
+    pub fn condition(&self, facts: Option<&Facts>, now: Timestamp, free: u32) -> Condition {
+        if self.node.drained.is_some() {
+            Condition::Drained
+        } else if facts.is_some_and(|f| f.is_stale(now)) {
+            Condition::Stale
+        } else if free == 0 {
+            Condition::Full
+        } else if free < self.node.units_total() {
+            Condition::Partly
+        } else {
+            Condition::Free
+        }
+    }
+
+    /// When the next unit frees up: `now` if `free` units are free now,
+    /// else the earliest end of an active booking (`None` when none holds).
+    pub fn next_free(&self, now: Timestamp, free: u32) -> Option<Timestamp> {
+        if free > 0 {
+            return Some(now);
+        }
+        self.active(now).map(|b| b.end).min()
+    }
+
+    /// The current and future bookings `user` holds here: what the
+    /// per-user limits (`max_bookings_per_user_node`, `max_active_per_user`)
+    /// count.
+    pub fn held_by(&self, user: &UserName, now: Timestamp) -> u32 {
+        let n = self
+            .bookings
+            .iter()
+            .filter(|b| &b.user == user && b.is_current_or_future(now))
+            .count();
+        u32::try_from(n).unwrap_or(u32::MAX)
     }
 
     /// Units of the node free for the whole of `[start, end)`.
@@ -308,11 +396,7 @@ impl NodeState {
                 policy.timezone
             )));
         }
-        let here = self
-            .bookings
-            .iter()
-            .filter(|b| b.user == req.user && b.is_current_or_future(now))
-            .count() as u32;
+        let here = self.held_by(&req.user, now);
         let cap = policy.max_bookings_per_user_node;
         if cap > 0 && here >= cap {
             return Err(Error::Refused(format!(
@@ -455,6 +539,20 @@ impl NodeState {
         }
         b.end = now;
         Ok(b.clone())
+    }
+
+    /// Releases every current and future booking of `user` here, as
+    /// `release --all` and `release -w NODE` do: active ones end at `now`,
+    /// future ones are removed. Returns them in the order they were held;
+    /// none is an empty list, not an error.
+    pub fn release_all_of(&mut self, user: &UserName, now: Timestamp) -> Result<Vec<Booking>> {
+        let ids: Vec<BookingId> = self
+            .bookings
+            .iter()
+            .filter(|b| &b.user == user && b.is_current_or_future(now))
+            .map(|b| b.id.clone())
+            .collect();
+        ids.iter().map(|id| self.release(id, now)).collect()
     }
 
     /// Moves the end of `id` to `new_end`, if the units stay free and the rules hold.
@@ -638,7 +736,6 @@ fn in_one_numa(cpus: &CpuSet, numa: &[CpuSet]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::names::NodeName;
     use crate::window::Window;
     use proptest::prelude::*;
 
@@ -694,6 +791,193 @@ mod tests {
             "{e}"
         );
         assert!(s.problems().is_empty());
+    }
+
+    #[test]
+    fn release_all_takes_the_users_current_and_future_only() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut s = state(4);
+        let alice = UserName::new("alice").unwrap();
+        // n1:1 ends before the release, n1:2 holds, n1:3 is to come, n1:4 is bob's.
+        s.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        s.book(&req("alice", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        s.book(
+            &req("alice", Size::Units(1), "2026-11-23T14:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        s.book(&req("bob", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        let at = ts("2026-11-23T11:30:00Z");
+        let gone = s.release_all_of(&alice, at).unwrap();
+        let ids: Vec<String> = gone.iter().map(|b| b.id.to_string()).collect();
+        assert_eq!(ids, ["n1:2", "n1:3"]);
+        // The active one ends now; the future one never started.
+        assert_eq!(gone[0].end, at);
+        assert_eq!(gone[1].end, gone[1].start);
+        assert_eq!(s.held_by(&alice, at), 0);
+        assert!(s.get(&BookingId::parse("n1:3").unwrap()).is_none());
+        // The ended booking and bob's are as they were.
+        assert_eq!(
+            s.get(&BookingId::parse("n1:1").unwrap()).unwrap().end,
+            ts("2026-11-23T11:00:00Z")
+        );
+        assert_eq!(
+            s.get(&BookingId::parse("n1:4").unwrap()).unwrap().end,
+            ts("2026-11-23T13:00:00Z")
+        );
+        // Nothing left to release is no error.
+        assert!(s.release_all_of(&alice, at).unwrap().is_empty());
+        assert!(s.problems().is_empty());
+    }
+
+    /// Facts of node n1 written at `heartbeat`.
+    fn facts_at(heartbeat: &str) -> Facts {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "node": "n1", "heartbeat": heartbeat,
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn condition_drain_then_stale_then_fullness() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let fresh = facts_at("2026-11-23T09:59:00Z");
+        let stale = facts_at("2026-11-23T09:00:00Z");
+        let mut s = state(2);
+        let free = s.units_free_now(now);
+        assert_eq!(free, 2);
+        assert_eq!(s.condition(None, now, free), Condition::Free);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Free);
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Stale);
+        s.book(&req("a", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let free = s.units_free_now(now);
+        assert_eq!(free, 1);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Partly);
+        s.book(&req("b", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        let free = s.units_free_now(now);
+        assert_eq!(free, 0);
+        assert_eq!(s.condition(Some(&fresh), now, free), Condition::Full);
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Stale);
+        s.node.drained = Some(crate::node::Drain {
+            reason: "disk".into(),
+            by: UserName::new("root").unwrap(),
+            since: now,
+        });
+        assert_eq!(s.condition(Some(&stale), now, free), Condition::Drained);
+        assert_eq!(Condition::Drained.as_str(), "drained");
+        assert_eq!(Condition::Partly.as_str(), "partly");
+    }
+
+    #[test]
+    fn next_free_is_now_or_the_first_end() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let mut s = state(2);
+        assert_eq!(s.next_free(now, s.units_free_now(now)), Some(now));
+        s.book(&req("a", Size::Units(1), NOW, 3), &p, now, &[])
+            .unwrap();
+        s.book(&req("b", Size::Units(1), NOW, 2), &p, now, &[])
+            .unwrap();
+        // A booking that starts later does not free anything.
+        s.book(
+            &req("c", Size::Units(1), "2026-11-23T12:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(s.units_free_now(now), 0);
+        assert_eq!(s.next_free(now, 0), Some(ts("2026-11-23T12:00:00Z")));
+        // Until b ends its unit is taken; then c takes it.
+        let just_before = ts("2026-11-23T11:59:59Z");
+        assert_eq!(s.units_free_now(just_before), 0);
+        let end = ts("2026-11-23T12:00:00Z");
+        assert_eq!(s.units_free_now(end), 0);
+        assert_eq!(s.next_free(end, 0), Some(ts("2026-11-23T13:00:00Z")));
+        // Nothing active and nothing free: no time to give.
+        assert_eq!(state(1).next_free(now, 0), None);
+    }
+
+    /// A state of `units` units on node `name`.
+    fn state_on(name: &str, units: u32) -> NodeState {
+        let mut s = state(units);
+        s.node.name = NodeName::new(name).unwrap();
+        s
+    }
+
+    #[test]
+    fn held_counts_current_and_future_of_the_user_on_other_nodes() {
+        let p = Policy::default();
+        let now = ts(NOW);
+        let alice = UserName::new("alice").unwrap();
+        let mut n1 = state_on("n1", 4);
+        let mut n2 = state_on("n2", 4);
+        let mut n3 = state_on("n3", 4);
+        // n1: one current booking of alice's.
+        n1.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        // n2: one current, one future of alice's, and bob's.
+        n2.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        n2.book(
+            &req("alice", Size::Units(1), "2026-11-24T10:00:00Z", 1),
+            &p,
+            now,
+            &[],
+        )
+        .unwrap();
+        n2.book(&req("bob", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        // n3: alice's booking, ended by the time counted.
+        n3.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let later = ts("2026-11-23T10:30:00Z");
+        n3.release(&BookingId::parse("n3:1").unwrap(), later)
+            .unwrap();
+        let states = [n1, n2, n3];
+        assert_eq!(states[1].held_by(&alice, later), 2);
+        assert_eq!(states[2].held_by(&alice, later), 0);
+        let n1_name = NodeName::new("n1").unwrap();
+        let n2_name = NodeName::new("n2").unwrap();
+        assert_eq!(held_elsewhere(&states, &alice, None, later), 3);
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n1_name), later), 2);
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n2_name), later), 1);
+        let bob = UserName::new("bob").unwrap();
+        assert_eq!(held_elsewhere(&states, &bob, Some(&n1_name), later), 1);
+        assert_eq!(held_elsewhere(&states, &bob, Some(&n2_name), later), 0);
+        // Once the hour is over only the future booking is left.
+        let after = ts("2026-11-23T11:00:00Z");
+        assert_eq!(held_elsewhere(&states, &alice, Some(&n1_name), after), 1);
+    }
+
+    #[test]
+    fn max_active_adds_the_bookings_held_elsewhere() {
+        let p = Policy {
+            max_active_per_user: 2,
+            ..Policy::default()
+        };
+        let now = ts(NOW);
+        let mut s = state(4);
+        s.book(&req("alice", Size::Units(1), NOW, 1), &p, now, &[])
+            .unwrap();
+        let mut r = req("alice", Size::Units(1), NOW, 1);
+        r.held_elsewhere = 1;
+        let e = s.book(&r, &p, now, &[]).unwrap_err().to_string();
+        assert!(
+            e.contains("already holds 2") && e.contains("max_active_per_user"),
+            "{e}"
+        );
+        r.held_elsewhere = 0;
+        s.book(&r, &p, now, &[]).unwrap();
     }
 
     #[test]

@@ -53,6 +53,17 @@ pub fn parse_time(text: &str, now: Timestamp, tz: &TimeZone) -> Result<Timestamp
     Err(bad())
 }
 
+/// How long ago a requested start may be and still be taken as now: the
+/// minute it can take to type a command whose `--at` was "now" in mind.
+pub const PAST_GRACE_S: i64 = 60;
+
+/// Whether a requested start `at` is in the past at `now`: earlier than
+/// `now` by more than [`PAST_GRACE_S`], counted in whole seconds. A start
+/// within the grace is taken as now; one before it is refused.
+pub fn is_past(at: Timestamp, now: Timestamp) -> bool {
+    at.as_second() < now.as_second() - PAST_GRACE_S
+}
+
 /// `ts` rounded down to whole seconds: stored times carry no fractions.
 pub fn whole_seconds(ts: Timestamp) -> Timestamp {
     Timestamp::from_second(ts.as_second()).unwrap_or(ts)
@@ -102,6 +113,21 @@ mod tests {
             parse_time("2026-12-01 09:30", now, &tz).unwrap(),
             ts("2026-12-01T08:30:00Z")
         );
+    }
+
+    #[test]
+    fn past_only_beyond_the_grace() {
+        let now = ts("2026-11-23T10:15:00Z");
+        assert!(!is_past(now, now));
+        assert!(!is_past(ts("2026-11-23T12:00:00Z"), now));
+        // Exactly the grace ago still counts as now; a second more does not.
+        assert!(!is_past(ts("2026-11-23T10:14:00Z"), now));
+        assert!(is_past(ts("2026-11-23T10:13:59Z"), now));
+        assert!(is_past(ts("2026-11-22T10:15:00Z"), now));
+        // Whole seconds: fractions of `now` do not narrow the grace.
+        let late = ts("2026-11-23T10:15:00.999Z");
+        assert!(!is_past(ts("2026-11-23T10:14:00Z"), late));
+        assert!(is_past(ts("2026-11-23T10:13:59.999Z"), late));
     }
 
     #[test]
