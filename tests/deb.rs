@@ -572,7 +572,11 @@ fn debian_package_installs_works_removes_and_purges_cleanly() {
         run("/usr/sbin/kloigos-pam", &["enable", "--pam-dir", pd]).ok();
         assert_ne!(fs::read(pam_dir.join("sshd")).ok(), pam_before);
     } else {
-        eprintln!("note: no /etc/pam.d/sshd (openssh-server missing): kloigos-pam not exercised");
+        // The rest of the test still runs; this part is counted as skipped
+        // (a failure under CI).
+        kloigos_tests::skip::skip(
+            "no /etc/pam.d/sshd, so kloigos-pam is not exercised: apt-get install openssh-server",
+        );
     }
 
     // 6. apt remove: the programs and the schedule go; the account, the

@@ -326,10 +326,11 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
 
     kloigos_tests::require_root!();
     let devices = Path::new("/sys/fs/cgroup/devices");
-    if !devices.join("devices.deny").exists() {
-        eprintln!("SKIPPED (no cgroup v1 devices hierarchy): the GPU fence test");
-        return;
-    }
+    kloigos_tests::require!(
+        devices.join("devices.deny").exists(),
+        "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
+         kernel's device controller (mount -t cgroup -o devices none /sys/fs/cgroup/devices)"
+    );
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let alice = user_with_uid("khg-alice", 59901);
     let bob = user_with_uid("khg-bob", 59902);
@@ -607,10 +608,11 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
 
     kloigos_tests::require_root!();
     let devices = Path::new("/sys/fs/cgroup/devices");
-    if !devices.join("devices.deny").exists() {
-        eprintln!("SKIPPED (no cgroup v1 devices hierarchy): the GPU stray test");
-        return;
-    }
+    kloigos_tests::require!(
+        devices.join("devices.deny").exists(),
+        "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
+         kernel's device controller (mount -t cgroup -o devices none /sys/fs/cgroup/devices)"
+    );
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let dave = user_with_uid("khg-dave", 59904);
     let erin = user_with_uid("khg-erin", 59905);
