@@ -383,6 +383,25 @@ fn dashboard_server_is_read_only_and_refuses_traversal_and_long_heads() {
         Duration::from_secs(30),
         || s.raw(b"GET / HTTP/1.1\r\n\r\n").starts_with("HTTP/1.1 200")
     ));
+    // A client that never finishes its request head is answered 408 at the
+    // head deadline, and the connection is closed.
+    let mut slow = std::net::TcpStream::connect(&s.addr).unwrap();
+    std::io::Write::write_all(&mut slow, b"GET / HT").unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut slow, &mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    // A file past the served bound (64 MiB, kloigos-dashboard's MAX_FILE)
+    // is refused, not read.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(out.join("cluster.json"))
+        .unwrap()
+        .set_len(64 * 1024 * 1024 + 1)
+        .unwrap();
+    let r = s.raw(b"GET /cluster.json HTTP/1.1\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 500"), "{}", &r[..r.len().min(200)]);
 }
 
 #[test]
