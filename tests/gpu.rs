@@ -299,8 +299,33 @@ impl Probe {
 /// the managed uid band: one at a time.
 static SYSTEM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
+/// The cgroup v1 devices hierarchy the fence writes to, or what is missing.
+fn devices_hierarchy() -> Result<&'static std::path::Path, String> {
+    let devices = std::path::Path::new("/sys/fs/cgroup/devices");
+    if devices.join("devices.deny").exists() {
+        Ok(devices)
+    } else {
+        Err(
+            "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
+             kernel's device controller (mount -t cgroup -o devices none /sys/fs/cgroup/devices)"
+                .into(),
+        )
+    }
+}
+
 /// Removes the test's device groups, whatever happened to the test.
 struct Groups(Vec<std::path::PathBuf>);
+
+impl Groups {
+    /// The fence's groups of `uids` under `devices`.
+    fn of(devices: &std::path::Path, uids: &[u32]) -> Groups {
+        Groups(
+            uids.iter()
+                .map(|u| devices.join(format!("kloigos/user-{u}")))
+                .collect(),
+        )
+    }
+}
 
 impl Drop for Groups {
     fn drop(&mut self) {
@@ -321,23 +346,14 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     use kloigos_tests::housekeeper::{live_processes, user_with_uid, HkNode};
     use kloigos_tests::poll::wait_until;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
     use std::time::Duration;
 
     kloigos_tests::require_root!();
-    let devices = Path::new("/sys/fs/cgroup/devices");
-    kloigos_tests::require!(
-        devices.join("devices.deny").exists(),
-        "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
-         kernel's device controller (mount -t cgroup -o devices none /sys/fs/cgroup/devices)"
-    );
+    let devices = kloigos_tests::require_ok!(devices_hierarchy());
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let alice = user_with_uid("khg-alice", 59901);
     let bob = user_with_uid("khg-bob", 59902);
-    let _groups = Groups(vec![
-        devices.join("kloigos/user-59901"),
-        devices.join("kloigos/user-59902"),
-    ]);
+    let _groups = Groups::of(devices, &[59901, 59902]);
     let n = HkNode::new(
         "gpunode",
         Policy {
@@ -603,23 +619,14 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     use kloigos_tests::housekeeper::{user_with_uid, HkNode};
     use kloigos_tests::poll::wait_until;
     use std::os::unix::fs::PermissionsExt;
-    use std::path::Path;
     use std::time::Duration;
 
     kloigos_tests::require_root!();
-    let devices = Path::new("/sys/fs/cgroup/devices");
-    kloigos_tests::require!(
-        devices.join("devices.deny").exists(),
-        "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
-         kernel's device controller (mount -t cgroup -o devices none /sys/fs/cgroup/devices)"
-    );
+    let devices = kloigos_tests::require_ok!(devices_hierarchy());
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
     let dave = user_with_uid("khg-dave", 59904);
     let erin = user_with_uid("khg-erin", 59905);
-    let _groups = Groups(vec![
-        devices.join("kloigos/user-59904"),
-        devices.join("kloigos/user-59905"),
-    ]);
+    let _groups = Groups::of(devices, &[59904, 59905]);
     // Two GPUs declared by device path. Nodes without a driver cannot be
     // held open, so they carry the numbers of /dev/full and /dev/net/tun
     // (denied only in the groups of managed users, uids 59900 and up).

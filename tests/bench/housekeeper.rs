@@ -69,6 +69,20 @@ fn stopping_user(u: &TempUser, stopper: &str) -> Vec<Reaped> {
     all
 }
 
+/// The baseline: `pkill -KILL -u` repeated until /proc shows none of `u`'s
+/// processes; milliseconds taken.
+fn pkill_until_gone(u: &TempUser) -> f64 {
+    let uid = u.uid.to_string();
+    let t = Instant::now();
+    let gone = wait_until(Duration::from_secs(10), || {
+        let _ = Command::new("pkill").args(["-KILL", "-u", &uid]).status();
+        live_processes(u.uid) == 0
+    });
+    let ms = t.elapsed().as_secs_f64() * 1000.0;
+    assert!(gone, "pkill never got them all");
+    ms
+}
+
 fn main() {
     kloigos_tests::require_root!();
     let booked = user_with_uid("khkb-booked", 59981);
@@ -330,14 +344,7 @@ fn main() {
         pass_ms.push(ms);
 
         let (_s, _f) = forking_user(&victim);
-        let uid = victim.uid.to_string();
-        let t = Instant::now();
-        let gone = wait_until(Duration::from_secs(10), || {
-            let _ = Command::new("pkill").args(["-KILL", "-u", &uid]).status();
-            live_processes(victim.uid) == 0
-        });
-        pkill_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(gone, "pkill never got them all");
+        pkill_ms.push(pkill_until_gone(&victim));
     }
     pass_ms.sort_by(f64::total_cmp);
     pkill_ms.sort_by(f64::total_cmp);
@@ -367,14 +374,7 @@ fn main() {
             "the stopper's processes survived the pass"
         );
         let _s = stopping_user(&victim, &stopper);
-        let uid = victim.uid.to_string();
-        let t = Instant::now();
-        let gone = wait_until(Duration::from_secs(10), || {
-            let _ = Command::new("pkill").args(["-KILL", "-u", &uid]).status();
-            live_processes(victim.uid) == 0
-        });
-        pkill_ms.push(t.elapsed().as_secs_f64() * 1000.0);
-        assert!(gone, "pkill never got them all");
+        pkill_ms.push(pkill_until_gone(&victim));
     }
     pass_ms.sort_by(f64::total_cmp);
     pkill_ms.sort_by(f64::total_cmp);
