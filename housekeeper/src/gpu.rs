@@ -53,7 +53,9 @@ pub fn add_samples(gpus: &mut [Gpu], record: &mut Record, now: Timestamp) {
                 "--query-gpu=uuid,utilization.gpu,memory.used,memory.total",
                 "--format=csv,noheader,nounits",
             ];
-            let samples = match run_bounded(&smi, &args, SAMPLE_TIMEOUT, MAX_SAMPLE_BYTES) {
+            // Never past the pass's deadline, like every other program.
+            let timeout = crate::deadline::bound(SAMPLE_TIMEOUT);
+            let samples = match run_bounded(&smi, &args, timeout, MAX_SAMPLE_BYTES) {
                 Ok(out) => parse_nvidia_smi(&out),
                 Err(e) => {
                     crate::log::error(&format!("GPU utilization: {e}"));
