@@ -218,7 +218,7 @@ pub enum ShareRead {
     Read(std::result::Result<Box<SharedView>, ShareFailure>),
 }
 
-/// Everything a decision is made from. Nothing here is read by [`decide`].
+/// Everything a decision is made from, read before [`decide`], which does no I/O.
 #[derive(Debug)]
 pub struct Inputs<'a> {
     /// The user logging in (looked up).
