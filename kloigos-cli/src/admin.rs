@@ -12,7 +12,6 @@ use kloigos_core::names::{Label, NodeName, UserName};
 use kloigos_core::node::{Drain, NodeSpec};
 use kloigos_core::policy::Policy;
 use kloigos_core::ports::PortRange;
-use kloigos_core::privilege::CriticalSection;
 use kloigos_core::size::parse_size;
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, Store};
@@ -23,6 +22,7 @@ use crate::args::{AdminCmd, InitArgs, NodeFlags};
 use crate::ctx::{node_arg, Ctx};
 use crate::error::{CliError, Result};
 use crate::output::{escape, print_json};
+use crate::privilege::CriticalSection;
 
 /// Dispatches `admin` subcommands.
 pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Result<u8> {

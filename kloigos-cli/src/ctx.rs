@@ -10,7 +10,6 @@ use kloigos_core::config::{self, Config};
 use kloigos_core::journal::Event;
 use kloigos_core::names::NodeName;
 use kloigos_core::policy::Policy;
-use kloigos_core::privilege::{CriticalSection, Privileges};
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{Store, Trust};
 use kloigos_core::users::{self, Account};
@@ -18,6 +17,7 @@ use kloigos_core::Error;
 
 use crate::args::{Cli, Cmd};
 use crate::error::{CliError, Result};
+use crate::privilege::{CriticalSection, Privileges};
 
 /// The state of one `kloigos` invocation.
 pub struct Ctx {

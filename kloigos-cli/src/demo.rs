@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kloigos_core::privilege::Privileges;
 use kloigos_core::users;
 
 use crate::error::{CliError, Result};
+use crate::privilege::Privileges;
 
 /// Marks a directory as a demo this command may wipe and rebuild.
 const MARKER: &str = ".kloigos-demo";

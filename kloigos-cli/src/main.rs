@@ -11,18 +11,19 @@ mod doctor;
 mod error;
 mod info;
 mod output;
+mod privilege;
 mod session;
 mod timeline;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use kloigos_core::privilege::Privileges;
 
 use kloigos_cli::args;
 use kloigos_cli::args::{Cli, Cmd};
 
 use crate::error::CliError;
+use crate::privilege::Privileges;
 
 fn main() -> ExitCode {
     // Record the caller and replace the environment before anything else

@@ -167,7 +167,7 @@ pub(crate) fn child(ctx: &Ctx) -> Result<Command> {
         .map_err(|e| CliError::Usage(format!("cannot find the kloigos binary: {e}")))?;
     let mut c = Command::new(exe);
     c.env_clear()
-        .env("PATH", kloigos_core::privilege::SAFE_PATH)
+        .env("PATH", crate::privilege::SAFE_PATH)
         .args(&ctx.passthrough);
     if let Some(nc) = ctx.privs.caller_var("NO_COLOR") {
         c.env("NO_COLOR", nc);

@@ -32,7 +32,6 @@ mod idlist;
 pub mod journal;
 pub mod placement;
 pub mod printable;
-pub mod privilege;
 pub mod store;
 mod text;
 pub mod timeline;

@@ -20,7 +20,8 @@ use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
-use crate::error::{Error, Result};
+use kloigos_core::error::{Error, Result};
+use kloigos_core::users;
 
 /// The fixed PATH every kloigos process runs with.
 pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -91,13 +92,13 @@ impl Privileges {
         let setuid = ids.real != ids.effective;
         let service = if setuid {
             // The binary's owner is the service account; its group from the user database.
-            let gid = crate::users::by_uid(ids.effective.as_raw())
+            let gid = users::by_uid(ids.effective.as_raw())
                 .ok()
                 .flatten()
                 .map_or(gids.effective.as_raw(), |a| a.gid);
             Some((ids.effective.as_raw(), gid))
         } else {
-            crate::users::by_name(service_user)
+            users::by_name(service_user)
                 .ok()
                 .flatten()
                 .map(|a| (a.uid, a.gid))
