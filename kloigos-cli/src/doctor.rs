@@ -2,7 +2,7 @@
 //!
 //! This side gathers facts (owners and modes, the PAM stack's text, a file
 //! created on the share for its timestamp, `nft list`) and prints; the
-//! judgements are in `kloigos_core::doctor`. One line per check; `--json`
+//! judgements are in [`judge`]. One line per check; `--json`
 //! gives a list of `{check, status, detail, fix}`. Exit 0 unless a check
 //! FAILs, then 1.
 
@@ -13,15 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use jiff::Timestamp;
-use kloigos_core::doctor::{self, Entry, Finding, NftProbe, Stat, Status};
 use kloigos_core::facts::Facts;
 use kloigos_core::store::{self, FACTS_FILE, JOURNAL_FILE, LOCK_FILE, STATE_FILE};
 use kloigos_core::users;
 use nix::fcntl::OFlag;
 
+mod judge;
+
 use crate::ctx::Ctx;
 use crate::error::Result;
 use crate::output::print_json;
+use judge::{Entry, Finding, NftProbe, Stat, Status};
 
 /// The PAM service whose account phase must hold the module.
 const PAM_SERVICE: &str = "sshd";
@@ -61,7 +63,7 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
     if configured {
         let policy = ctx.store.policy();
         let tree_owner = stat(ctx.store.root()).map(|s| s.uid);
-        findings.push(doctor::check_service_account(
+        findings.push(judge::check_service_account(
             &service_name(ctx),
             users::by_name(&service_name(ctx))
                 .ok()
@@ -105,7 +107,7 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
             count(Status::Fail)
         );
     }
-    Ok(doctor::exit_code(&findings))
+    Ok(judge::exit_code(&findings))
 }
 
 fn not_checked(check: &str) -> Finding {
@@ -151,7 +153,7 @@ fn config_check(ctx: &Ctx, service_uid: Option<u32>) -> Finding {
         None => Ok(summary.as_str()),
         Some(e) => Err(e.as_str()),
     };
-    doctor::check_config(
+    judge::check_config(
         &path.display().to_string(),
         st.as_ref(),
         loaded,
@@ -193,7 +195,7 @@ fn binary(service_uid: Option<u32>) -> (Finding, Option<u32>) {
         .filter_map(|d| stat(d).map(|s| (d.display().to_string(), s)))
         .collect();
     (
-        doctor::check_binary(
+        judge::check_binary(
             &exe.display().to_string(),
             &st,
             service_uid,
@@ -238,7 +240,7 @@ fn tree(ctx: &Ctx, service_uid: Option<u32>, policy_error: Option<kloigos_core::
         }
         add(d.join(LOCK_FILE), Entry::Lock);
     }
-    let f = doctor::check_tree(&root.display().to_string(), &entries, service_uid);
+    let f = judge::check_tree(&root.display().to_string(), &entries, service_uid);
     match policy_error {
         Some(e) if f.status == Status::Ok => {
             Finding::fail("shared-tree", e.to_string(), "see `kloigos admin fsck`")
@@ -295,8 +297,8 @@ fn clock(ctx: &Ctx) -> Finding {
         }
     };
     let remote = Timestamp::new(meta.mtime(), meta.mtime_nsec() as i32).unwrap_or(before);
-    doctor::check_clock(
-        doctor::skew_secs(before, after, remote),
+    judge::check_clock(
+        judge::skew_secs(before, after, remote),
         &root.display().to_string(),
     )
 }
@@ -309,12 +311,12 @@ fn pam() -> Finding {
         }
         fs::read_to_string(Path::new("/etc/pam.d").join(name)).ok()
     };
-    let account = doctor::pam_stack(PAM_SERVICE, "account", &read);
+    let account = judge::pam_stack(PAM_SERVICE, "account", &read);
     let mut others = Vec::new();
     for kind in ["auth", "session", "password"] {
-        others.extend(doctor::pam_stack(PAM_SERVICE, kind, &read).unwrap_or_default());
+        others.extend(judge::pam_stack(PAM_SERVICE, kind, &read).unwrap_or_default());
     }
-    doctor::check_pam(
+    judge::check_pam(
         PAM_SERVICE,
         PAM_MODULE,
         account.as_deref().map_err(String::as_str),
@@ -342,7 +344,7 @@ fn heartbeat(ctx: &Ctx) -> Finding {
             .map(Some)
             .map_err(|e| e.to_string())
     };
-    doctor::check_heartbeat(
+    judge::check_heartbeat(
         node.as_str(),
         is_node,
         read.as_ref().map(Option::as_ref).map_err(String::as_str),
@@ -358,7 +360,7 @@ fn cpus(ctx: &Ctx) -> Option<Finding> {
     // A sysfs file of one short line; unreadable means not known, not missing.
     let text = fs::read_to_string("/sys/devices/system/cpu/online").ok()?;
     let online = kloigos_core::cpuset::CpuSet::parse(text.trim()).ok()?;
-    doctor::check_cpus(node.as_str(), &spec, &online)
+    judge::check_cpus(node.as_str(), &spec, &online)
 }
 
 /// Whether this node needs the nft table (it has ports and the housekeeper
@@ -388,5 +390,5 @@ fn nft(ctx: &Ctx) -> Finding {
             Err(e) => NftProbe::Missing(format!("cannot run nft: {e}")),
         }
     };
-    doctor::check_nft(needed.as_deref(), &probe)
+    judge::check_nft(needed.as_deref(), &probe)
 }

@@ -24,7 +24,6 @@ pub mod window;
 pub use error::{Error, ErrorKind, Result};
 pub mod access;
 pub mod config;
-pub mod doctor;
 pub mod facts;
 pub mod fence;
 pub mod gate;

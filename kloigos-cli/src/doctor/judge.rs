@@ -9,8 +9,8 @@ use std::fmt;
 use jiff::Timestamp;
 use serde::Serialize;
 
-use crate::cpuset::CpuSet;
-use crate::facts::{Facts, STALE_AFTER_SECS};
+use kloigos_core::cpuset::CpuSet;
+use kloigos_core::facts::{Facts, STALE_AFTER_SECS};
 
 /// How a check came out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize)]
@@ -897,7 +897,7 @@ pub fn check_heartbeat(
 /// only when the spec names CPUs the host lacks (the housekeeper then
 /// confines their bookings to the CPUs that exist), `None` otherwise.
 pub fn check_cpus(node: &str, spec: &CpuSet, online: &CpuSet) -> Option<Finding> {
-    let missing = crate::enforce::missing_cpus(spec, Some(online))?;
+    let missing = kloigos_core::enforce::missing_cpus(spec, Some(online))?;
     Some(Finding::fail(
         "cpus",
         format!(
@@ -906,7 +906,7 @@ pub fn check_cpus(node: &str, spec: &CpuSet, online: &CpuSet) -> Option<Finding>
         ),
         format!(
             "`{}` (bookings that hold the missing CPUs must end or be released first)",
-            crate::enforce::set_node_cpus_fix(node, spec, online)
+            kloigos_core::enforce::set_node_cpus_fix(node, spec, online)
         ),
     ))
 }
