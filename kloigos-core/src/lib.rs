@@ -2,7 +2,14 @@
 //!
 //! The binaries (`kloigos`, `pam_kloigos.so`, `kloigos-housekeeper`) parse
 //! their input, call into this crate and print. Decisions are pure functions
-//! of their inputs and a `now` passed in; I/O lives in [`store`] and [`users`].
+//! of their inputs and a `now` passed in. I/O lives in [`store`] (the shared
+//! tree and the local copy) and [`users`] (the user and group databases),
+//! plus a few functions named for what they touch, kept next to
+//! the format they serve: [`gate::read_share`] and [`gate::read_copy`]
+//! (through [`store`]), [`access::SubUids::read`] (`/etc/subuid`),
+//! [`dashboard::write_site`] and [`names::NodeName::from_hostname`].
+//! Process-wide state (privileges, signals, the environment) is never
+//! touched here: that is the binaries' job.
 #![forbid(unsafe_code)]
 
 pub mod booking;
