@@ -233,44 +233,22 @@ pub fn require_admin(policy: &Policy, caller: &Account, what: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpuset::CpuSet;
-    use crate::names::NodeName;
-    use crate::node::NodeSpec;
-    use crate::state::{Request, Size};
+    use crate::state::Size;
+    use crate::testing::{gated_policy, node3_with_alice, request, ts, BOOKED_AT};
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
-
+    /// node3 in units of 2 CPUs, alice booked for one unit 10:00-12:00 on
+    /// 2026-11-23 and again on 2026-11-24.
     fn setup() -> (Policy, NodeState) {
-        let policy = Policy {
-            bypass_users: vec![UserName::new("ops").unwrap()],
-            admin_group: Some(UserName::new("wheel").unwrap()),
-            ..Policy::default()
-        };
-        let mut st = NodeState::new(NodeSpec::new(
-            NodeName::new("node3").unwrap(),
-            CpuSet::parse("0-3").unwrap(),
-        ));
-        st.node.unit_cpus = Some(2);
-        let alice = UserName::new("alice").unwrap();
-        for (start, end) in [
-            ("2026-11-23T10:00:00Z", "2026-11-23T12:00:00Z"),
-            ("2026-11-24T10:00:00Z", "2026-11-24T12:00:00Z"),
-        ] {
-            let r = Request {
-                user: alice.clone(),
-                uid: 1001,
-                created_by: alice.clone(),
-                size: Size::Units(1),
-                start: ts(start),
-                end: ts(end),
-                note: Default::default(),
-                held_elsewhere: 0,
-            };
-            st.book(&r, &policy, ts("2026-11-23T09:00:00Z"), &[])
-                .unwrap();
-        }
+        let policy = gated_policy();
+        let mut st = node3_with_alice(Some(2), Size::Units(1));
+        let next_day = request(
+            "alice",
+            1001,
+            Size::Units(1),
+            ts("2026-11-24T10:00:00Z"),
+            ts("2026-11-24T12:00:00Z"),
+        );
+        st.book(&next_day, &policy, ts(BOOKED_AT), &[]).unwrap();
         (policy, st)
     }
 

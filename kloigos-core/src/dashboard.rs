@@ -508,25 +508,21 @@ mod tests {
 
     #[test]
     fn snapshot_flags_stale_idle_and_strays_and_ships_no_free_time() {
-        use crate::names::UserName;
-        use crate::state::{Request, Size};
-        let now: Timestamp = "2026-11-23T10:00:00Z".parse().unwrap();
+        use crate::state::Size;
+        use crate::testing::{request, ts};
+        let now = ts("2026-11-23T10:00:00Z");
         let mut spec =
             crate::node::NodeSpec::new(NodeName::new("n1").unwrap(), CpuSet::parse("0-3").unwrap());
         spec.unit_cpus = Some(2);
         let mut st = NodeState::new(spec);
         for (user, units) in [("alice", 1), ("bob", 1)] {
-            let u = UserName::new(user).unwrap();
-            let req = Request {
-                user: u.clone(),
-                uid: 1000,
-                created_by: u,
-                size: Size::Units(units),
-                start: now,
-                end: "2026-11-23T12:00:00Z".parse().unwrap(),
-                note: Default::default(),
-                held_elsewhere: 0,
-            };
+            let req = request(
+                user,
+                1000,
+                Size::Units(units),
+                now,
+                ts("2026-11-23T12:00:00Z"),
+            );
             st.book(&req, &Policy::default(), now, &[]).unwrap();
         }
         let facts = |age: i64| -> Facts {

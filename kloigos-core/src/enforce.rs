@@ -664,11 +664,8 @@ mod tests {
     use super::*;
     use crate::names::NodeName;
     use crate::node::NodeSpec;
-    use crate::state::{Request, Size};
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::state::Size;
+    use crate::testing::{request, ts};
 
     const NOW: &str = "2026-11-23T11:00:00Z";
 
@@ -687,17 +684,7 @@ mod tests {
         start: &str,
         end: &str,
     ) -> Booking {
-        let name = UserName::new(user).unwrap();
-        let r = Request {
-            user: name.clone(),
-            uid,
-            created_by: name,
-            size: Size::Units(units),
-            start: ts(start),
-            end: ts(end),
-            note: Default::default(),
-            held_elsewhere: 0,
-        };
+        let r = request(user, uid, Size::Units(units), ts(start), ts(end));
         st.book(&r, &Policy::default(), ts("2026-11-23T09:00:00Z"), &[])
             .unwrap()
     }

@@ -194,11 +194,8 @@ mod tests {
     use crate::names::{NodeName, UserName};
     use crate::node::NodeSpec;
     use crate::policy::Policy;
-    use crate::state::{Request, Size};
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::state::Size;
+    use crate::testing::{request, ts};
 
     fn gpu(index: u32, minor: u32) -> Gpu {
         Gpu {
@@ -231,17 +228,13 @@ mod tests {
         spec.gpus = Some(GpuSet::parse("0-3").unwrap());
         let mut st = NodeState::new(spec);
         let now = ts("2026-11-23T10:00:00Z");
-        let u = UserName::new("alice").unwrap();
-        let req = Request {
-            user: u.clone(),
-            uid: 1001,
-            created_by: u,
-            size: Size::Units(2),
-            start: now,
-            end: ts("2026-11-23T11:00:00Z"),
-            note: Default::default(),
-            held_elsewhere: 0,
-        };
+        let req = request(
+            "alice",
+            1001,
+            Size::Units(2),
+            now,
+            ts("2026-11-23T11:00:00Z"),
+        );
         st.book(&req, &Policy::default(), now, &[]).unwrap();
         let policy = Policy {
             bypass_users: vec![UserName::new("ops").unwrap()],

@@ -590,46 +590,15 @@ pub fn check_name(config: &Config, name: &str, now: Timestamp) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cpuset::CpuSet;
     use crate::names::UserName;
-    use crate::node::NodeSpec;
-    use crate::state::{Request, Size};
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::state::Size;
+    use crate::testing::{gated_policy as policy, node3, node3_with_alice, ts};
 
     const NOW: &str = "2026-11-23T11:00:00Z";
 
-    fn policy() -> Policy {
-        Policy {
-            bypass_users: vec![UserName::new("ops").unwrap()],
-            admin_group: Some(UserName::new("wheel").unwrap()),
-            ..Policy::default()
-        }
-    }
-
-    fn node3() -> NodeName {
-        NodeName::new("node3").unwrap()
-    }
-
-    /// node3 with alice (uid 1001) booked 10:00-12:00 on 2026-11-23.
+    /// node3 with alice (uid 1001) booked whole 10:00-12:00 on 2026-11-23.
     fn state() -> NodeState {
-        let mut st = NodeState::new(NodeSpec::new(node3(), CpuSet::parse("0-3").unwrap()));
-        let alice = UserName::new("alice").unwrap();
-        let r = Request {
-            user: alice.clone(),
-            uid: 1001,
-            created_by: alice,
-            size: Size::Whole,
-            start: ts("2026-11-23T10:00:00Z"),
-            end: ts("2026-11-23T12:00:00Z"),
-            note: Default::default(),
-            held_elsewhere: 0,
-        };
-        st.book(&r, &policy(), ts("2026-11-23T09:00:00Z"), &[])
-            .unwrap();
-        st
+        node3_with_alice(None, Size::Whole)
     }
 
     fn alice() -> Account {

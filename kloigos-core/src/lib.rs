@@ -39,6 +39,8 @@ pub mod journal;
 pub mod placement;
 pub mod printable;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testing;
 mod text;
 pub mod timeline;
 pub mod users;

@@ -80,11 +80,7 @@ mod tests {
     use crate::cpuset::CpuSet;
     use crate::names::UserName;
     use crate::node::NodeSpec;
-    use crate::state::Request;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::testing::{request, ts};
 
     fn node(name: &str, units: u32, labels: &[&str]) -> NodeState {
         let mut spec = NodeSpec::new(
@@ -97,17 +93,8 @@ mod tests {
     }
 
     fn fill(st: &mut NodeState, units: u32, until: &str) {
-        let u = UserName::new("x").unwrap();
-        let r = Request {
-            user: u.clone(),
-            uid: 1000,
-            created_by: u,
-            size: Size::Units(units),
-            start: ts("2026-11-23T10:00:00Z"),
-            end: ts(until),
-            note: Default::default(),
-            held_elsewhere: 0,
-        };
+        let from = ts("2026-11-23T10:00:00Z");
+        let r = request("x", 1000, Size::Units(units), from, ts(until));
         st.book(&r, &Policy::default(), ts("2026-11-23T10:00:00Z"), &[])
             .unwrap();
     }

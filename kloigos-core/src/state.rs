@@ -736,12 +736,10 @@ fn in_one_numa(cpus: &CpuSet, numa: &[CpuSet]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::{request, ts};
     use crate::window::Window;
     use proptest::prelude::*;
 
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
     const NOW: &str = "2026-11-23T10:00:00Z";
 
     fn state(units: u32) -> NodeState {
@@ -753,18 +751,10 @@ mod tests {
 
     fn req(user: &str, size: Size, start: &str, hours: i64) -> Request {
         let start = ts(start);
-        Request {
-            user: UserName::new(user).unwrap(),
-            uid: 1000,
-            created_by: UserName::new(user).unwrap(),
-            size,
-            start,
-            end: start
-                .checked_add(SignedDuration::from_hours(hours))
-                .unwrap(),
-            note: Default::default(),
-            held_elsewhere: 0,
-        }
+        let end = start
+            .checked_add(SignedDuration::from_hours(hours))
+            .unwrap();
+        request(user, 1000, size, start, end)
     }
 
     #[test]

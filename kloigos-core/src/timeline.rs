@@ -296,12 +296,8 @@ mod tests {
     use super::*;
     use crate::cpuset::CpuSet;
     use crate::node::{Drain, NodeSpec};
-    use crate::state::Request;
+    use crate::testing::{request, ts};
     use crate::window::Window;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
 
     fn node(name: &str, units: u32) -> NodeState {
         let mut spec = NodeSpec::new(
@@ -313,17 +309,7 @@ mod tests {
     }
 
     fn book(st: &mut NodeState, user: &str, units: u32, start: &str, end: &str) {
-        let u = UserName::new(user).unwrap();
-        let r = Request {
-            user: u.clone(),
-            uid: 1000,
-            created_by: u,
-            size: Size::Units(units),
-            start: ts(start),
-            end: ts(end),
-            note: Default::default(),
-            held_elsewhere: 0,
-        };
+        let r = request(user, 1000, Size::Units(units), ts(start), ts(end));
         st.book(&r, &Policy::default(), ts("2026-11-23T00:00:00Z"), &[])
             .unwrap();
     }

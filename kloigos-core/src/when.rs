@@ -77,10 +77,7 @@ pub fn plus_secs(ts: Timestamp, secs: i64) -> Timestamp {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::testing::ts;
 
     #[test]
     fn forms() {

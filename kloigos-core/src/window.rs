@@ -208,10 +208,7 @@ pub fn earliest_fit(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ts(s: &str) -> Timestamp {
-        s.parse().unwrap()
-    }
+    use crate::testing::ts;
 
     fn paris() -> TimeZone {
         TimeZone::get("Europe/Paris").unwrap()
