@@ -13,10 +13,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use kloigos_tests::cmd::{must, run, Run};
-use kloigos_tests::housekeeper::{live_processes, user_with_uid};
+use kloigos_tests::housekeeper::live_processes;
 use kloigos_tests::node::{free_uid, install_script, Lan, Node, SshClient};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::require_root;
+use kloigos_tests::sys::TempUser;
 
 /// Managed users (alice, bob) get uids from here up, and the cluster's
 /// `min_uid` is this and `max_uid` 59999, so the passes on the nodes
@@ -103,8 +104,8 @@ fn e2e_three_nodes_book_login_expire_kill_uninstall() {
         .expect("scratch dir");
     std::fs::set_permissions(scratch.path(), std::fs::Permissions::from_mode(0o755))
         .expect("chmod");
-    let alice = user_with_uid("kle2ealice", USER_UID);
-    let bob = user_with_uid("kle2ebob", USER_UID + 1);
+    let alice = TempUser::with_uid("kle2ealice", USER_UID);
+    let bob = TempUser::with_uid("kle2ebob", USER_UID + 1);
     // The service account exists only on the nodes (install.sh creates it
     // there); the "file server" (this host) only sees its uid.
     let svc_uid = free_uid(59970);

@@ -343,16 +343,17 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     use kloigos_core::policy::Policy;
     use kloigos_core::state::{Request, Size};
     use kloigos_tests::cmd::must;
-    use kloigos_tests::housekeeper::{live_processes, user_with_uid, HkNode};
+    use kloigos_tests::housekeeper::{live_processes, HkNode};
     use kloigos_tests::poll::wait_until;
+    use kloigos_tests::sys::TempUser;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     kloigos_tests::require_root!();
     let devices = kloigos_tests::require_ok!(devices_hierarchy());
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    let alice = user_with_uid("khg-alice", 59901);
-    let bob = user_with_uid("khg-bob", 59902);
+    let alice = TempUser::with_uid("khg-alice", 59901);
+    let bob = TempUser::with_uid("khg-bob", 59902);
     let _groups = Groups::of(devices, &[59901, 59902]);
     let n = HkNode::new(
         "gpunode",
@@ -616,16 +617,17 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     use kloigos_core::gpuset::GpuSet;
     use kloigos_core::policy::Policy;
     use kloigos_tests::cmd::must;
-    use kloigos_tests::housekeeper::{user_with_uid, HkNode};
+    use kloigos_tests::housekeeper::HkNode;
     use kloigos_tests::poll::wait_until;
+    use kloigos_tests::sys::TempUser;
     use std::os::unix::fs::PermissionsExt;
     use std::time::Duration;
 
     kloigos_tests::require_root!();
     let devices = kloigos_tests::require_ok!(devices_hierarchy());
     let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    let dave = user_with_uid("khg-dave", 59904);
-    let erin = user_with_uid("khg-erin", 59905);
+    let dave = TempUser::with_uid("khg-dave", 59904);
+    let erin = TempUser::with_uid("khg-erin", 59905);
     let _groups = Groups::of(devices, &[59904, 59905]);
     // Two GPUs declared by device path. Nodes without a driver cannot be
     // held open, so they carry the numbers of /dev/full and /dev/net/tun

@@ -24,10 +24,10 @@ use kloigos_core::store::LocalCopy;
 use kloigos_tests::cmd::{must, run, Run};
 use kloigos_tests::fuse::{Behaviour, FuseMount};
 use kloigos_tests::housekeeper::{
-    build_stopper, is_gone, live_processes, run_bounded, spawn_as, user_with_uid, HkNode, Reaped,
+    build_stopper, is_gone, live_processes, run_bounded, spawn_as, HkNode, Reaped,
 };
 use kloigos_tests::poll::wait_until;
-use kloigos_tests::sys::Netns;
+use kloigos_tests::sys::{Netns, TempUser};
 use serde_json::json;
 
 /// Manages `min_uid ..= 59999` only: no pass of one test reaches the
@@ -66,9 +66,9 @@ const HANG: Duration = Duration::from_secs(90);
 fn kill_ends_every_process_of_unbooked_users_in_one_pass_and_spares_the_rest() {
     kloigos_tests::require_root!();
     let _band = kill_band();
-    let victim = user_with_uid("khk-victim", 59991);
-    let bypass = user_with_uid("khk-bypass", 59992);
-    let booked = user_with_uid("khk-booked", 59993);
+    let victim = TempUser::with_uid("khk-victim", 59991);
+    let bypass = TempUser::with_uid("khk-bypass", 59992);
+    let booked = TempUser::with_uid("khk-booked", 59993);
     let p = Policy {
         bypass_users: vec![UserName::new(&bypass.name).unwrap()],
         ..policy(59990)
@@ -172,7 +172,7 @@ fn kill_ends_every_process_of_unbooked_users_in_one_pass_and_spares_the_rest() {
 fn a_user_who_sigstops_everything_of_theirs_cannot_hang_the_pass() {
     kloigos_tests::require_root!();
     let _band = kill_band();
-    let attacker = user_with_uid("khk-stopper", 59995);
+    let attacker = TempUser::with_uid("khk-stopper", 59995);
     let n = HkNode::new(
         "hk-sigstop",
         policy(59990),
@@ -249,7 +249,7 @@ fn pid_in(path: &Path) -> i32 {
 #[test]
 fn a_hung_nft_is_killed_at_the_deadline_and_the_pass_releases_its_lock() {
     kloigos_tests::require_root!();
-    let user = user_with_uid("khk-hungnft", 59971);
+    let user = TempUser::with_uid("khk-hungnft", 59971);
     let n = HkNode::new(
         "hk-hungnft",
         policy(59970),
@@ -291,7 +291,7 @@ fn a_hung_nft_is_killed_at_the_deadline_and_the_pass_releases_its_lock() {
 #[test]
 fn a_hung_release_hook_is_killed_at_the_deadline_and_the_next_pass_runs() {
     kloigos_tests::require_root!();
-    let user = user_with_uid("khk-hunghook", 59972);
+    let user = TempUser::with_uid("khk-hunghook", 59972);
     let n = HkNode::new(
         "hk-hunghook",
         policy(59970),
@@ -451,7 +451,7 @@ fn listening(ns: &Netns, port: u16) -> bool {
 #[test]
 fn nft_lets_booked_users_serve_only_on_their_ports() {
     kloigos_tests::require_root!();
-    let user = user_with_uid("khk-nft", 59951);
+    let user = TempUser::with_uid("khk-nft", 59951);
     let tag = std::process::id() % 100_000;
     let a = Netns::create(&format!("khk-a{tag}"));
     let b = Netns::create(&format!("khk-b{tag}"));
@@ -818,7 +818,7 @@ fn cgroup_backend_confines_a_booked_user_to_their_cpus() {
         "the host has one CPU: confinement to a CPU subset cannot be observed (use a machine with 2 or more)"
     );
     let _serial = host_cpuset();
-    let user = user_with_uid("khk-cg", 59941);
+    let user = TempUser::with_uid("khk-cg", 59941);
     let p = Policy {
         tasks_max_per_unit: Some(100),
         ..policy(59940)
@@ -915,7 +915,7 @@ fn a_node_spec_naming_cpus_the_host_lacks_is_confined_to_those_it_has() {
         "CPU 1 is not online: confinement cannot be observed (use a machine with 2 or more CPUs)"
     );
     let _serial = host_cpuset();
-    let user = user_with_uid("khk-cpus", 59942);
+    let user = TempUser::with_uid("khk-cpus", 59942);
     // CPUs 1 to two past the last one here: it lacks the top two, and
     // leaving CPU 0 out makes the confinement visible.
     let last = *online.cpus().last().unwrap();
@@ -1432,8 +1432,8 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
 #[test]
 fn facts_local_copy_metrics_hooks_and_dry_run() {
     kloigos_tests::require_root!();
-    let alice = user_with_uid("khk-alice", 59961);
-    let stray = user_with_uid("khk-stray", 59962);
+    let alice = TempUser::with_uid("khk-alice", 59961);
+    let stray = TempUser::with_uid("khk-stray", 59962);
     let n = HkNode::new(
         "hk-files",
         policy(59960),
@@ -1578,7 +1578,7 @@ os.kill(pid, 9)
 #[test]
 fn warns_a_user_on_their_terminal_before_the_booking_ends() {
     kloigos_tests::require_root!();
-    let user = user_with_uid("khk-warn", 59971);
+    let user = TempUser::with_uid("khk-warn", 59971);
     let n = HkNode::new(
         "hk-warn",
         policy(59970),
@@ -1623,7 +1623,7 @@ fn warns_a_user_on_their_terminal_before_the_booking_ends() {
 #[test]
 fn a_broken_nodes_entry_is_a_degraded_pass_that_kills_nobody() {
     kloigos_tests::require_root!();
-    let victim = user_with_uid("khk-brk", 59925);
+    let victim = TempUser::with_uid("khk-brk", 59925);
     // A band of one uid: no other test's users are in reach.
     let n = HkNode::new(
         "hk-broken",
@@ -1707,9 +1707,9 @@ fn users_far_above_60000_are_confined_while_booked_and_ended_after() {
     let all =
         std::fs::read_to_string("/sys/fs/cgroup/cpuset/cpuset.effective_cpus").unwrap_or_default();
     let _serial = host_cpuset();
-    let ldap = user_with_uid("khk-ldap", 70_001);
+    let ldap = TempUser::with_uid("khk-ldap", 70_001);
     // 200001, unless a subordinate range covers it here.
-    let sssd = user_with_uid("khk-sssd", kloigos_tests::pam::person_uid_from(200_001));
+    let sssd = TempUser::with_uid("khk-sssd", kloigos_tests::pam::person_uid_from(200_001));
     // Only these two are in range: no pass here reaches another test's users.
     let p = Policy {
         min_uid: 70_001,

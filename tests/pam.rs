@@ -16,7 +16,6 @@ use kloigos_core::store::{to_json, LocalCopy};
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::cmd::{run, Run};
 use kloigos_tests::fuse::{Behaviour, FuseMount, Seen, PATIENCE};
-use kloigos_tests::housekeeper::user_with_uid;
 use kloigos_tests::pam::{self, pamtester, PamService, Pamtested, Sshd, SyslogSink, Verdict};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::TempUser;
@@ -853,9 +852,9 @@ fn users_far_above_60000_are_gated() {
     kloigos_tests::require_root!();
     let g = Gate::new("far", Policy::default());
     g.permissive("");
-    let ldap = user_with_uid("kp-far-ldap", 70_000);
+    let ldap = TempUser::with_uid("kp-far-ldap", 70_000);
     // 200000, sssd's first uid, unless a subordinate range covers it here.
-    let sssd = user_with_uid("kp-far-sssd", pam::person_uid_from(200_000));
+    let sssd = TempUser::with_uid("kp-far-sssd", pam::person_uid_from(200_000));
     let id = g.book(&ldap, -60, 3600);
     g.agree(&ldap.name, "allow", "shared");
     let line = g.agree(&sssd.name, "deny", "shared");

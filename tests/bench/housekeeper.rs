@@ -22,9 +22,7 @@ use jiff::Timestamp;
 use kloigos_core::policy::Policy;
 use kloigos_tests::bench::{median_ms, report, Goal};
 use kloigos_tests::cmd::{must, run};
-use kloigos_tests::housekeeper::{
-    build_stopper, live_processes, spawn_as, user_with_uid, HkNode, Reaped,
-};
+use kloigos_tests::housekeeper::{build_stopper, live_processes, spawn_as, HkNode, Reaped};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::{Netns, TempUser};
 use serde_json::json;
@@ -85,8 +83,8 @@ fn pkill_until_gone(u: &TempUser) -> f64 {
 
 fn main() {
     kloigos_tests::require_root!();
-    let booked = user_with_uid("khkb-booked", 59981);
-    let victim = user_with_uid("khkb-victim", 59982);
+    let booked = TempUser::with_uid("khkb-booked", 59981);
+    let victim = TempUser::with_uid("khkb-victim", 59982);
     let ns = Netns::create(&format!("khkb{}", std::process::id() % 100_000));
     let p = Policy {
         min_uid: 59980,

@@ -1,6 +1,6 @@
 //! Fixtures for the housekeeper's system tests and benchmark: a node in a
-//! temp cluster with a housekeeper config, bookings, throwaway users with a
-//! chosen uid, processes run as them.
+//! temp cluster with a housekeeper config, bookings, processes run as
+//! throwaway users with a chosen uid ([`TempUser::with_uid`]).
 //!
 //! Every pass kills the processes of managed users without a booking, and
 //! other test binaries create users of their own at the same time. So each
@@ -21,61 +21,9 @@ use kloigos_core::policy::Policy;
 use kloigos_core::state::{Request, Size};
 
 use crate::cluster::TempCluster;
-use crate::cmd::{run, Run};
+use crate::cmd::Run;
 use crate::poll::wait_until;
 use crate::sys::TempUser;
-
-/// A user with a fixed uid (see the module docs), removed with its
-/// processes on drop (through [`TempUser`]).
-pub fn user_with_uid(name: &str, uid: u32) -> TempUser {
-    let _ = run("pkill", &["-KILL", "-u", &uid.to_string()]);
-    let uid_s = uid.to_string();
-    // useradd/userdel fail while another test holds the passwd lock: retry.
-    let mut last = String::new();
-    for attempt in 0..20 {
-        // A leftover of an earlier run, under this name or holding this uid.
-        let holder = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
-            .ok()
-            .flatten();
-        for old in [Some(name.to_string()), holder.map(|u| u.name)]
-            .into_iter()
-            .flatten()
-        {
-            let _ = run("userdel", &["-r", "-f", &old]);
-        }
-        let _ = run("groupdel", &[name]);
-        let r = run(
-            "useradd",
-            // No subordinate uids (see `pam::user`): 200001 must stay a person's.
-            &[
-                "-m",
-                "-s",
-                "/bin/sh",
-                "-K",
-                "SUB_UID_COUNT=0",
-                "-K",
-                "SUB_GID_COUNT=0",
-                "-u",
-                &uid_s,
-                "-U",
-                name,
-            ],
-        );
-        if r.code == 0 {
-            let u = nix::unistd::User::from_name(name)
-                .expect("getpwnam")
-                .expect("user just created");
-            return TempUser {
-                name: name.into(),
-                uid,
-                gid: u.gid.as_raw(),
-            };
-        }
-        last = r.stderr;
-        std::thread::sleep(std::time::Duration::from_millis(50 * (attempt + 1)));
-    }
-    panic!("useradd {name} (uid {uid}) kept failing: {last}");
-}
 
 /// A cluster with one node and a housekeeper config pointing at temp
 /// directories for its state copy, metrics and hooks.

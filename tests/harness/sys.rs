@@ -23,33 +23,56 @@ impl TempUser {
         TempUser::create_with(name, groups, &[])
     }
 
-    /// [`TempUser::create`] with `extra` useradd options (`--badname`,
-    /// `-u UID`). Retried while useradd finds /etc/passwd locked: parallel
-    /// tests (and other suites) add users at the same time.
+    /// [`TempUser::create`] with `extra` useradd options (`--badname`).
     pub fn create_with(name: &str, groups: &[&str], extra: &[&str]) -> TempUser {
-        static LOCK: Mutex<()> = Mutex::new(());
-        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
-        let _ = run("userdel", &["-r", "-f", name]);
-        // No subordinate uids: useradd would hand out ranges from 100000 up,
-        // which the gate never manages, so a test user at such a uid (200000)
-        // would stop being gated while another test's user exists.
-        let mut args = vec![
-            "-m",
-            "-s",
-            "/bin/bash",
-            "-K",
-            "SUB_UID_COUNT=0",
-            "-K",
-            "SUB_GID_COUNT=0",
-        ];
+        let mut args = vec!["-m", "-s", "/bin/bash"];
         let joined = groups.join(",");
         if !groups.is_empty() {
             args.extend(["-G", joined.as_str()]);
         }
         args.extend(extra);
+        TempUser::add(name, &args, || {
+            let _ = run("userdel", &["-r", "-f", name]);
+        })
+    }
+
+    /// User `name` at a fixed `uid`, with a group of its own and `/bin/sh`.
+    /// A leftover of an earlier run goes first, with its processes: the
+    /// account of that name, the one holding that uid, the group `name`.
+    pub fn with_uid(name: &str, uid: u32) -> TempUser {
+        let uid_s = uid.to_string();
+        let _ = run("pkill", &["-KILL", "-u", &uid_s]);
+        let args = ["-m", "-s", "/bin/sh", "-u", &uid_s, "-U"];
+        TempUser::add(name, &args, || {
+            let holder = nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid))
+                .ok()
+                .flatten();
+            for old in [Some(name.to_string()), holder.map(|u| u.name)]
+                .into_iter()
+                .flatten()
+            {
+                let _ = run("userdel", &["-r", "-f", &old]);
+            }
+            let _ = run("groupdel", &[name]);
+        })
+    }
+
+    /// `useradd OPTIONS... name` without subordinate uids, after `clear`
+    /// has removed what stands in the way, retried while it fails: useradd
+    /// and userdel fail while another process (a parallel test, another
+    /// suite) holds the passwd lock.
+    fn add(name: &str, options: &[&str], clear: impl Fn()) -> TempUser {
+        static LOCK: Mutex<()> = Mutex::new(());
+        let _g = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        // No subordinate uids: useradd would hand out ranges from 100000 up,
+        // which the gate never manages, so a test user at such a uid (200000)
+        // would stop being gated while another test's user exists.
+        let mut args = vec!["-K", "SUB_UID_COUNT=0", "-K", "SUB_GID_COUNT=0"];
+        args.extend(options);
         args.push(name);
         let mut last = None;
-        for _ in 0..50 {
+        for attempt in 1..=50 {
+            clear();
             let r = run("useradd", &args);
             if r.code == 0 {
                 let u = nix::unistd::User::from_name(name)
@@ -62,7 +85,7 @@ impl TempUser {
                 };
             }
             last = Some(r);
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(20 * attempt.min(10)));
         }
         panic!("useradd {args:?} kept failing: {last:?}");
     }
