@@ -12,6 +12,7 @@ use kloigos_core::state::NodeState;
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::cmd::Run;
 use kloigos_tests::poll::wait_until;
+use kloigos_tests::uid;
 use serde_json::Value;
 
 fn cluster_with_nodes() -> TempCluster {
@@ -327,7 +328,7 @@ fn list_and_history_with_summary() {
 #[test]
 fn check_login_exit_codes() {
     let c = TempCluster::with_policy(kloigos_core::policy::Policy {
-        min_uid: 1,
+        min_uid: uid(1),
         ..Default::default()
     });
     c.add_node("node1", "0-3", None, None);

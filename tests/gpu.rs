@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use kloigos_core::facts::Facts;
 use kloigos_core::names::NodeName;
 use kloigos_tests::cluster::TempCluster;
+use kloigos_tests::uid;
 use serde_json::{json, Value};
 
 /// A cluster with `plain` (8 CPUs, one unit, no GPUs) and `gpu4`
@@ -358,7 +359,7 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     let n = HkNode::new(
         "gpunode",
         Policy {
-            min_uid: 59900,
+            min_uid: uid(59900),
             ..Policy::default()
         },
         "0-3",
@@ -412,11 +413,11 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
     }
     // carol (no account, no processes) holds GPU 0; alice then gets GPU 1.
     let now = Timestamp::now();
-    let book = |user: &str, uid: u32| {
+    let book = |user: &str, raw: u32| {
         let name = UserName::new(user).unwrap();
         let req = Request {
             user: name.clone(),
-            uid,
+            uid: uid(raw),
             created_by: name,
             size: Size::Gpus(1),
             start: now,
@@ -650,7 +651,7 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     let n = HkNode::new(
         "straynode",
         Policy {
-            min_uid: 59900,
+            min_uid: uid(59900),
             ..Policy::default()
         },
         "0-1",
@@ -715,7 +716,7 @@ fn facts_list_the_gpus_with_utilization_sampled_at_most_every_few_minutes() {
     let n = HkNode::new(
         "factsnode",
         Policy {
-            min_uid: 59900,
+            min_uid: uid(59900),
             ..Policy::default()
         },
         "0-1",
@@ -861,11 +862,11 @@ fn the_pam_session_hook_sets_the_bookings_variables_over_ssh_and_never_denies() 
         .store
         .update_node(&name, now, |st| {
             st.node.gpus = Some(GpuSet::parse("0-3")?);
-            for (who, uid) in [("kgs-other", 59_907), (u.name.as_str(), u.uid)] {
+            for (who, raw) in [("kgs-other", 59_907), (u.name.as_str(), u.uid)] {
                 let n = UserName::new(who)?;
                 let req = Request {
                     user: n.clone(),
-                    uid,
+                    uid: uid(raw),
                     created_by: n,
                     size: Size::Gpus(1),
                     start: now,

@@ -28,14 +28,15 @@ use kloigos_tests::housekeeper::{
 };
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::{Netns, TempUser};
+use kloigos_tests::uid;
 use serde_json::json;
 
 /// Manages `min_uid ..= 59999` only: no pass of one test reaches the
 /// users of the high-uid test (70001, 200001).
 fn policy(min_uid: u32) -> Policy {
     Policy {
-        min_uid,
-        max_uid: Some(59_999),
+        min_uid: uid(min_uid),
+        max_uid: Some(uid(59_999)),
         ..Policy::default()
     }
 }
@@ -1480,7 +1481,7 @@ fn facts_local_copy_metrics_hooks_and_dry_run() {
         copy.state.as_ref(),
         Some(&n.cluster.store.node(&n.node).unwrap())
     );
-    assert_eq!(copy.policy.min_uid, 59960);
+    assert_eq!(copy.policy.min_uid, uid(59960));
     assert!(kloigos_core::gate::is_fresh(copy.copied_at, now(), 60));
     let meta = std::fs::metadata(&copy_path).unwrap();
     assert_eq!((meta.uid(), meta.mode() & 0o777), (0, 0o644));
@@ -1628,8 +1629,8 @@ fn a_broken_nodes_entry_is_a_degraded_pass_that_kills_nobody() {
     let n = HkNode::new(
         "hk-broken",
         Policy {
-            min_uid: 59925,
-            max_uid: Some(59925),
+            min_uid: uid(59925),
+            max_uid: Some(uid(59925)),
             ..Policy::default()
         },
         "0-1",
@@ -1712,8 +1713,8 @@ fn users_far_above_60000_are_confined_while_booked_and_ended_after() {
     let sssd = TempUser::with_uid("khk-sssd", kloigos_tests::pam::person_uid_from(200_001));
     // Only these two are in range: no pass here reaches another test's users.
     let p = Policy {
-        min_uid: 70_001,
-        max_uid: Some(sssd.uid),
+        min_uid: uid(70_001),
+        max_uid: Some(uid(sssd.uid)),
         ..Policy::default()
     };
     let slices = if cpuset && all.trim() != "0" {

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use jiff::{SignedDuration, Timestamp};
 use kloigos_core::booking::BookingId;
-use kloigos_core::names::{NodeName, UserName};
+use kloigos_core::names::{GroupName, NodeName, UserName};
 use kloigos_core::policy::Policy;
 use kloigos_core::state::{Request, Size};
 use kloigos_core::store::{to_json, LocalCopy};
@@ -19,6 +19,7 @@ use kloigos_tests::fuse::{Behaviour, FuseMount, Seen, PATIENCE};
 use kloigos_tests::pam::{self, pamtester, PamService, Pamtested, Sshd, SyslogSink, Verdict};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::TempUser;
+use kloigos_tests::uid;
 
 /// A way to spoil the state file.
 type Spoil<'a> = Box<dyn Fn() + 'a>;
@@ -100,7 +101,7 @@ impl Gate {
         let name = UserName::new(&user.name).expect("name");
         let req = Request {
             user: name.clone(),
-            uid: user.uid,
+            uid: uid(user.uid),
             created_by: name,
             size: Size::Whole,
             start: at(from),
@@ -295,7 +296,7 @@ fn bypass_admin_and_root_get_in_with_the_shared_dir_removed() {
     let admins = pam::group(&format!("kpadm{}", tag("")));
     let policy = Policy {
         bypass_users: vec![UserName::new(&format!("kpe{}", tag(""))).expect("name")],
-        admin_group: Some(UserName::new(&admins.name).expect("name")),
+        admin_group: Some(GroupName::new(&admins.name).expect("name")),
         ..Policy::default()
     };
     let g = Gate::new("byp", policy);
@@ -866,7 +867,7 @@ fn users_far_above_60000_are_gated() {
     g.agree(&sssd.name, "allow", "shared");
     // max_uid bounds the range: above it, not gated.
     let bounded = Policy {
-        max_uid: Some(100_000),
+        max_uid: Some(uid(100_000)),
         ..Policy::default()
     };
     std::fs::write(g.cluster.store.cluster_path(), to_json(&bounded)).expect("policy");

@@ -7,12 +7,13 @@ use std::path::Path;
 
 use jiff::Timestamp;
 use kloigos_core::dashboard;
+use kloigos_core::ids::{Gid, Uid};
 use kloigos_core::store::Store;
 
 use crate::log;
 
 /// Reads every node and writes the site into `dir`.
-pub fn regenerate(dir: &Path, store: &Store, service: Option<(u32, u32)>, now: Timestamp) {
+pub fn regenerate(dir: &Path, store: &Store, service: Option<(Uid, Gid)>, now: Timestamp) {
     if !dir.is_absolute() {
         log::error(&format!(
             "housekeeper.dashboard_dir '{}' must be an absolute path; dashboard not regenerated",

@@ -4,6 +4,8 @@
 use std::io;
 use std::path::PathBuf;
 
+use kloigos_core::ids::Uid;
+
 /// Everything a housekeeper pass can fail on.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -84,7 +86,7 @@ pub enum Error {
     #[error("ending the processes of uid {uid}: {msg}")]
     Kill {
         /// The user.
-        uid: u32,
+        uid: Uid,
         /// What went wrong.
         msg: String,
     },

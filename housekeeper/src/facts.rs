@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use jiff::Timestamp;
 use kloigos_core::config::GpuConfig;
 use kloigos_core::facts::{idle_since, Facts, Gpu, UserUse};
+use kloigos_core::ids::Uid;
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::FORMAT_VERSION;
 
@@ -17,9 +18,9 @@ use crate::record::Record;
 pub fn gather(
     node: &NodeName,
     gpu: &GpuConfig,
-    by_uid: &BTreeMap<u32, (u32, u64)>,
-    names: &BTreeMap<u32, UserName>,
-    managed: &dyn Fn(u32) -> bool,
+    by_uid: &BTreeMap<Uid, (u32, u64)>,
+    names: &BTreeMap<Uid, UserName>,
+    managed: &dyn Fn(Uid) -> bool,
     record: &mut Record,
     now: Timestamp,
 ) -> Facts {

@@ -32,6 +32,7 @@ use jiff::Timestamp;
 use kloigos_core::config::GpuConfig;
 use kloigos_core::enforce::{ProcOwner, Rules};
 use kloigos_core::fence::{self, DevNum, DeviceRules, Holder};
+use kloigos_core::ids::Uid;
 use kloigos_core::state::NodeState;
 
 use crate::error::{Error, Result};
@@ -98,13 +99,13 @@ impl Devices {
     }
 
     /// The group of `uid`.
-    pub fn user_dir(&self, uid: u32) -> PathBuf {
+    pub fn user_dir(&self, uid: Uid) -> PathBuf {
         self.group.join(format!("user-{uid}"))
     }
 
     /// Writes `rules` into `uid`'s group (created if missing), then moves
     /// `pids` that are not in it yet. Returns how many were moved.
-    pub fn set(&self, uid: u32, rules: &DeviceRules, pids: &[i32]) -> Result<usize> {
+    pub fn set(&self, uid: Uid, rules: &DeviceRules, pids: &[i32]) -> Result<usize> {
         let dir = self.user_dir(uid);
         fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
         let (deny, allow) = rules.v1_lines();
@@ -133,7 +134,7 @@ impl Devices {
     /// a process started since the scan) go back to the parent group, and
     /// the groups are removed. Returns their uids. Where other controllers
     /// share the hierarchy, the slice backend owns the groups: left alone.
-    pub fn prune(&self, keep: &[u32]) -> Result<Vec<u32>> {
+    pub fn prune(&self, keep: &[Uid]) -> Result<Vec<Uid>> {
         if self.shared {
             return Ok(Vec::new());
         }
@@ -142,7 +143,7 @@ impl Devices {
 
     /// Every group removed, its processes back in the parent group
     /// (`--uninstall`); returns their uids.
-    pub fn remove_all(&self) -> Result<Vec<u32>> {
+    pub fn remove_all(&self) -> Result<Vec<Uid>> {
         let uids = self.remove_groups(&[])?;
         if !self.shared {
             // Busy or already gone: left for the slice backend or nobody.
@@ -151,7 +152,7 @@ impl Devices {
         Ok(uids)
     }
 
-    fn remove_groups(&self, keep: &[u32]) -> Result<Vec<u32>> {
+    fn remove_groups(&self, keep: &[Uid]) -> Result<Vec<Uid>> {
         let parent = self
             .group
             .parent()
@@ -169,7 +170,7 @@ impl Devices {
                 .file_name()
                 .to_str()
                 .and_then(|n| n.strip_prefix("user-"))
-                .and_then(|n| n.parse::<u32>().ok())
+                .and_then(|n| n.parse::<Uid>().ok())
             else {
                 continue;
             };
@@ -217,7 +218,7 @@ fn pids_in(path: &Path) -> Result<Vec<i32>> {
 
 /// The processes of the users in `plan` holding one of `gpus` open.
 fn holders(
-    plan: &std::collections::BTreeMap<u32, DeviceRules>,
+    plan: &std::collections::BTreeMap<Uid, DeviceRules>,
     gpus: &BTreeSet<DevNum>,
     procs: &[Proc],
 ) -> Vec<Holder> {
@@ -363,7 +364,7 @@ pub fn apply(
             Err(e) => crate::log::error(&format!("GPU fence of uid {uid}: {e}")),
         }
     }
-    let keep: Vec<u32> = plan.keys().copied().collect();
+    let keep: Vec<Uid> = plan.keys().copied().collect();
     if let Err(e) = dev.prune(&keep) {
         crate::log::error(&format!("GPU fence: removing groups: {e}"));
     }
@@ -376,6 +377,7 @@ pub fn apply(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::uid;
 
     const MOUNTS: &str = "31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
 34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset
@@ -386,7 +388,7 @@ mod tests {
     fn the_devices_hierarchy_is_found_under_pid1s_group() {
         let d = Devices::locate(MOUNTS, "5:devices:/\n3:cpuset:/\n0::/\n").unwrap();
         assert_eq!(
-            d.user_dir(7),
+            d.user_dir(uid(7)),
             PathBuf::from("/sys/fs/cgroup/devices/kloigos/user-7")
         );
         assert!(!d.shared);

@@ -23,6 +23,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kloigos_core::ids::Uid;
+
 use crate::error::{Error, Result};
 use crate::procfs;
 use crate::sys::{self, PidFd};
@@ -51,8 +53,8 @@ pub struct Outcome {
 }
 
 /// Ends every process of `uid`, starting no new round after `until`.
-pub fn end_user(uid: u32, until: Instant) -> Result<Outcome> {
-    if uid == 0 {
+pub fn end_user(uid: Uid, until: Instant) -> Result<Outcome> {
+    if uid.is_root() {
         return Err(Error::Kill {
             uid,
             msg: "refusing to end root's processes".into(),
@@ -81,7 +83,7 @@ pub fn end_user(uid: u32, until: Instant) -> Result<Outcome> {
 
 /// Sends `signal` to every process of `uid` seen now, waits up to `wait`
 /// for them to exit, and returns how many processes of `uid` are live then.
-fn signal_round(uid: u32, signal: i32, wait: Duration, seen: &mut BTreeSet<i32>) -> Result<usize> {
+fn signal_round(uid: Uid, signal: i32, wait: Duration, seen: &mut BTreeSet<i32>) -> Result<usize> {
     let mut held: Vec<PidFd> = Vec::new();
     for pid in procfs::pids_to_end(uid) {
         let fd = match PidFd::open(pid) {
@@ -121,7 +123,7 @@ fn signal_round(uid: u32, signal: i32, wait: Duration, seen: &mut BTreeSet<i32>)
 
 /// Where logind tracks the user, ends their sessions and their user@
 /// service (and so lingering units) the supported way first.
-fn logind_terminate(uid: u32) {
+fn logind_terminate(uid: Uid) {
     if !Path::new(&format!("/run/systemd/users/{uid}")).exists() {
         return;
     }

@@ -29,6 +29,8 @@ mod slices;
 // The syscalls without a safe wrapper (pidfds, memfd, fork-free exits).
 #[allow(unsafe_code)]
 mod sys;
+#[cfg(test)]
+mod testing;
 mod warn;
 
 use std::path::PathBuf;

@@ -13,6 +13,7 @@ use kloigos_core::enforce::{
     self, Controls, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction, Switches,
 };
 use kloigos_core::facts::Facts;
+use kloigos_core::ids::{Gid, Uid};
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::{Policy, FORMAT_VERSION};
 use kloigos_core::state::NodeState;
@@ -84,17 +85,20 @@ struct Inputs {
     cfg: Config,
     node: NodeName,
     store: Store,
-    service: Option<(u32, u32)>,
+    service: Option<(Uid, Gid)>,
     state_dir: PathBuf,
     copy_name: String,
     deadline: Duration,
 }
 
 fn inputs(opts: &Options) -> Result<Inputs> {
-    let cfg = Config::load(&opts.config, &Trust::service(0))?;
+    let cfg = Config::load(&opts.config, &Trust::root_only())?;
     let node = cfg.node_name()?;
     let service = users::by_name(&cfg.service_user)?.map(|a| (a.uid, a.gid));
-    let store = Store::new(&cfg.shared, Trust::service(service.map_or(0, |s| s.0)));
+    let store = Store::new(
+        &cfg.shared,
+        service.map_or_else(Trust::root_only, |s| Trust::root_and(s.0)),
+    );
     let copy = &cfg.housekeeper.state_copy;
     let (Some(dir), Some(name)) = (copy.parent(), copy.file_name().and_then(|n| n.to_str())) else {
         return Err(Error::Usage(format!(
@@ -150,9 +154,9 @@ pub fn run(opts: &Options) -> Result<Report> {
     pass.at("reading /proc");
     let procs = procfs::scan();
     let by_uid = procfs::by_uid(&procs);
-    let names: BTreeMap<u32, UserName> = by_uid
+    let names: BTreeMap<Uid, UserName> = by_uid
         .keys()
-        .filter(|u| **u != 0)
+        .filter(|u| !u.is_root())
         .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
         .collect();
 
@@ -190,7 +194,8 @@ pub fn run(opts: &Options) -> Result<Report> {
             inp.node
         ));
         if !opts.dry_run {
-            let copy = LocalCopy::new(now, policy, None).with_service_uid(inp.service.map(|s| s.0));
+            let copy = LocalCopy::new(now, policy, None)
+                .with_service_uid(inp.service.map(|s| s.0.as_raw()));
             write_copy(&inp, &copy);
             finish(
                 &inp,
@@ -378,7 +383,7 @@ pub fn run(opts: &Options) -> Result<Report> {
     record.warned = warned_next;
     if pass.may_start("writing the local state copy") {
         let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
-            .with_service_uid(inp.service.map(|s| s.0));
+            .with_service_uid(inp.service.map(|s| s.0.as_raw()));
         write_copy(&inp, &copy);
     }
     if pass.may_start("writing facts.json") {
@@ -536,8 +541,8 @@ fn write_copy(inp: &Inputs, copy: &LocalCopy) {
 #[allow(clippy::too_many_arguments)]
 fn write_facts(
     inp: &Inputs,
-    by_uid: &BTreeMap<u32, (u32, u64)>,
-    names: &BTreeMap<u32, UserName>,
+    by_uid: &BTreeMap<Uid, (u32, u64)>,
+    names: &BTreeMap<Uid, UserName>,
     policy: &Policy,
     record: &mut Record,
     now: Timestamp,
@@ -591,8 +596,8 @@ fn finish(inp: &Inputs, record: &mut Record, mut m: Metrics, now: Timestamp, sta
 fn degraded(
     inp: &Inputs,
     record: &mut Record,
-    by_uid: &BTreeMap<u32, (u32, u64)>,
-    names: &BTreeMap<u32, UserName>,
+    by_uid: &BTreeMap<Uid, (u32, u64)>,
+    names: &BTreeMap<Uid, UserName>,
     now: Timestamp,
     started: Instant,
     dry_run: bool,
@@ -619,7 +624,7 @@ fn degraded(
 /// `--uninstall`: remove the table and every limit the housekeeper set.
 fn uninstall(inp: &Inputs, record: &mut Record, dry_run: bool) -> Result<Report> {
     let backend = Backend::select(inp.cfg.housekeeper.slices).unwrap_or(Backend::None);
-    let uids: Vec<u32> = backend.observe().into_keys().collect();
+    let uids: Vec<Uid> = backend.observe().into_keys().collect();
     if dry_run {
         println!(
             "would remove table inet kloigos and the {} limits of uid(s) {uids:?}",

@@ -6,6 +6,7 @@ use std::fs;
 
 use kloigos_core::cpuset::CpuSet;
 use kloigos_core::facts::Numa;
+use kloigos_core::ids::Uid;
 
 /// One process, as much of it as the housekeeper needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -13,7 +14,7 @@ pub struct Proc {
     /// Process id.
     pub pid: i32,
     /// Real, effective and saved uid.
-    pub uids: [u32; 3],
+    pub uids: [Uid; 3],
     /// State letter (`R`, `S`, `D`, `Z`, ...).
     pub state: char,
     /// Controlling terminal as the kernel encodes it (0: none).
@@ -25,7 +26,7 @@ pub struct Proc {
 impl Proc {
     /// Whether the process belongs to `uid` (any of its three uids) and is
     /// not a zombie: the processes a helper running as `uid` can signal.
-    pub fn is_live_of(&self, uid: u32) -> bool {
+    pub fn is_live_of(&self, uid: Uid) -> bool {
         self.is_live() && self.uids.contains(&uid)
     }
 
@@ -36,11 +37,11 @@ impl Proc {
 }
 
 /// Parses the `Uid:` line of /proc/PID/status.
-fn parse_status_uids(status: &str) -> Option<[u32; 3]> {
+fn parse_status_uids(status: &str) -> Option<[Uid; 3]> {
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
     let mut it = line["Uid:".len()..]
         .split_whitespace()
-        .map(|s| s.parse::<u32>());
+        .map(|s| s.parse::<Uid>());
     Some([it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?])
 }
 
@@ -103,7 +104,7 @@ fn status_of(pid: i32) -> Option<String> {
 /// `uid`: not a zombie, with `uid` as its real or saved uid. Those are the
 /// processes `uid` itself may signal; one that only borrows `uid` as its
 /// effective uid (a root daemon acting for the user) is not the user's.
-fn is_to_end_status(status: &str, uid: u32) -> bool {
+fn is_to_end_status(status: &str, uid: Uid) -> bool {
     let zombie = status
         .lines()
         .find(|l| l.starts_with("State:"))
@@ -112,13 +113,13 @@ fn is_to_end_status(status: &str, uid: u32) -> bool {
 }
 
 /// Whether process `pid` is now one to end for `uid` (see [`pids_to_end`]).
-pub fn is_to_end(pid: i32, uid: u32) -> bool {
+pub fn is_to_end(pid: i32, uid: Uid) -> bool {
     status_of(pid).is_some_and(|s| is_to_end_status(&s, uid))
 }
 
 /// The processes to end for `uid` now: live, with `uid` as real or saved
 /// uid, read through /proc/PID/status only (the kill loop's scan, kept cheap).
-pub fn pids_to_end(uid: u32) -> Vec<i32> {
+pub fn pids_to_end(uid: Uid) -> Vec<i32> {
     pids()
         .into_iter()
         .filter(|pid| is_to_end(*pid, uid))
@@ -126,8 +127,8 @@ pub fn pids_to_end(uid: u32) -> Vec<i32> {
 }
 
 /// Live processes and CPU ticks per uid (a process counts for each distinct uid it holds).
-pub fn by_uid(procs: &[Proc]) -> BTreeMap<u32, (u32, u64)> {
-    let mut m: BTreeMap<u32, (u32, u64)> = BTreeMap::new();
+pub fn by_uid(procs: &[Proc]) -> BTreeMap<Uid, (u32, u64)> {
+    let mut m: BTreeMap<Uid, (u32, u64)> = BTreeMap::new();
     for p in procs.iter().filter(|p| p.is_live()) {
         let mut uids = p.uids.to_vec();
         uids.sort_unstable();
@@ -224,6 +225,7 @@ pub fn boot_id() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::uid;
 
     #[test]
     fn stat_with_a_hostile_command_name() {
@@ -234,7 +236,7 @@ mod tests {
     #[test]
     fn status_uids() {
         let s = "Name:\tsh\nState:\tS (sleeping)\nUid:\t1001\t1001\t0\t1001\nGid:\t1\t1\t1\t1\n";
-        assert_eq!(parse_status_uids(s), Some([1001, 1001, 0]));
+        assert_eq!(parse_status_uids(s), Some([uid(1001), uid(1001), uid(0)]));
     }
 
     #[test]
@@ -242,18 +244,27 @@ mod tests {
         let st = |state: &str, uids: &str| format!("Name:\tx\nState:\t{state}\nUid:\t{uids}\t0\n");
         assert!(is_to_end_status(
             &st("S (sleeping)", "1001\t1001\t1001"),
-            1001
+            uid(1001)
         ));
-        assert!(is_to_end_status(&st("T (stopped)", "1001\t0\t0"), 1001));
-        assert!(is_to_end_status(&st("R (running)", "0\t0\t1001"), 1001));
-        assert!(!is_to_end_status(&st("S (sleeping)", "0\t1001\t0"), 1001));
+        assert!(is_to_end_status(
+            &st("T (stopped)", "1001\t0\t0"),
+            uid(1001)
+        ));
+        assert!(is_to_end_status(
+            &st("R (running)", "0\t0\t1001"),
+            uid(1001)
+        ));
+        assert!(!is_to_end_status(
+            &st("S (sleeping)", "0\t1001\t0"),
+            uid(1001)
+        ));
         assert!(!is_to_end_status(
             &st("Z (zombie)", "1001\t1001\t1001"),
-            1001
+            uid(1001)
         ));
         assert!(!is_to_end_status(
             &st("S (sleeping)", "1002\t1002\t1002"),
-            1001
+            uid(1001)
         ));
     }
 
@@ -261,7 +272,7 @@ mod tests {
     fn this_process_is_seen() {
         let me = read_proc(std::process::id() as i32).unwrap();
         assert!(me.is_live());
-        assert!(me.uids.contains(&nix::unistd::getuid().as_raw()));
+        assert!(me.uids.contains(&uid(nix::unistd::getuid().as_raw())));
         assert!(meminfo().0 > 0);
     }
 }

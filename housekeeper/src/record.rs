@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use jiff::Timestamp;
 use kloigos_core::booking::BookingId;
 use kloigos_core::cpuset::CpuSet;
+use kloigos_core::ids::Uid;
 use kloigos_core::store::{self, Trust};
 use serde::{Deserialize, Serialize};
 
@@ -38,7 +39,7 @@ pub struct Record {
     /// The table as last loaded.
     pub nft: Option<NftRecord>,
     /// CPU ticks per uid at the last pass, for CPU use.
-    pub cpu_ticks: BTreeMap<u32, u64>,
+    pub cpu_ticks: BTreeMap<Uid, u64>,
     /// GPU names and when nvidia-smi was last asked.
     pub gpus: Option<(Timestamp, Vec<String>)>,
     /// CPUs of the node spec this host lacked at the last pass (said in the
@@ -49,7 +50,7 @@ pub struct Record {
     /// Since when each GPU (by index) has shown 0% utilization.
     pub gpu_idle: BTreeMap<u32, Timestamp>,
     /// Since when each user's processes have used no CPU.
-    pub user_idle: BTreeMap<u32, Timestamp>,
+    pub user_idle: BTreeMap<Uid, Timestamp>,
     /// Processes holding a GPU their user does not hold (`pid:start`), and
     /// when each was first seen.
     pub gpu_strays: BTreeMap<String, Timestamp>,
@@ -64,7 +65,7 @@ impl Record {
     /// Reads the record; a missing or unreadable one starts afresh (logged).
     pub fn load(dir: &Path) -> Record {
         let path = Record::path(dir);
-        match store::read_trusted(&path, &Trust::service(0)) {
+        match store::read_trusted(&path, &Trust::root_only()) {
             Ok(bytes) => serde_json::from_slice(&bytes).unwrap_or_else(|e| {
                 crate::log::error(&format!(
                     "{}: unreadable ({e}); starting a new record",

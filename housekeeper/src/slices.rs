@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use kloigos_core::config::SliceBackend;
 use kloigos_core::cpuset::CpuSet;
 use kloigos_core::enforce::{Controls, SliceLimits};
+use kloigos_core::ids::Uid;
 
 use crate::error::{Error, Result};
 
@@ -89,7 +90,7 @@ impl Backend {
     }
 
     /// Limits in place, by uid.
-    pub fn observe(&self) -> BTreeMap<u32, SliceLimits> {
+    pub fn observe(&self) -> BTreeMap<Uid, SliceLimits> {
         match self {
             Backend::Systemd(s) => s.observe(),
             Backend::Cgroup(c) => c.observe(),
@@ -98,7 +99,7 @@ impl Backend {
     }
 
     /// Sets the limits of `uid`.
-    pub fn set(&self, uid: u32, limits: &SliceLimits) -> Result<()> {
+    pub fn set(&self, uid: Uid, limits: &SliceLimits) -> Result<()> {
         match self {
             Backend::Systemd(s) => s.set(uid, limits),
             Backend::Cgroup(c) => c.set(uid, limits),
@@ -107,7 +108,7 @@ impl Backend {
     }
 
     /// Removes the limits of `uid`.
-    pub fn clear(&self, uids: &[u32]) -> Result<()> {
+    pub fn clear(&self, uids: &[Uid]) -> Result<()> {
         match self {
             Backend::Systemd(s) => s.clear(uids),
             Backend::Cgroup(c) => {
@@ -134,7 +135,7 @@ impl Backend {
 
     /// Moves processes of booked users that are not yet in their cgroup
     /// into it (see [`Backend::own_groups`]). Returns how many moved.
-    pub fn attach(&self, uid: u32, pids: &[i32]) -> Result<usize> {
+    pub fn attach(&self, uid: Uid, pids: &[i32]) -> Result<usize> {
         let mut moved = 0;
         for h in self.own_groups() {
             moved += h.attach(uid, pids)?;
@@ -145,7 +146,7 @@ impl Backend {
     /// The processes among `pids` that [`Backend::attach`] would move, by
     /// group, for `--dry-run` (groups not created yet are left out: setting
     /// them is planned, and says the processes are moved in).
-    pub fn to_move(&self, uid: u32, pids: &[i32]) -> Vec<(PathBuf, Vec<i32>)> {
+    pub fn to_move(&self, uid: Uid, pids: &[i32]) -> Vec<(PathBuf, Vec<i32>)> {
         self.own_groups()
             .into_iter()
             .filter(|h| h.user_dir(uid).is_dir())
@@ -156,7 +157,7 @@ impl Backend {
 
     /// The steps of setting `limits`, for `--dry-run` and the log: what
     /// the backend sets, then any step it takes besides.
-    pub fn describe_set(&self, uid: u32, limits: &SliceLimits) -> Vec<String> {
+    pub fn describe_set(&self, uid: Uid, limits: &SliceLimits) -> Vec<String> {
         let props = properties(limits)
             .iter()
             .map(|(k, v)| format!("{k}={v}"))
@@ -178,7 +179,7 @@ impl Backend {
     }
 
     /// The steps of removing the limits of `uid`, for `--dry-run`.
-    pub fn describe_clear(&self, uid: u32) -> Vec<String> {
+    pub fn describe_clear(&self, uid: Uid) -> Vec<String> {
         let mut steps = vec![format!("remove the limits of uid {uid}")];
         if let Backend::Systemd(s) = self {
             steps.extend(s.cpuset_step_clear(uid));
@@ -243,7 +244,7 @@ pub fn parse_dropin(text: &str) -> Option<SliceLimits> {
 }
 
 /// The uid in a name like `user-1001.slice.d` (prefix and suffix given).
-fn uid_in(name: &str, prefix: &str, suffix: &str) -> Option<u32> {
+fn uid_in(name: &str, prefix: &str, suffix: &str) -> Option<Uid> {
     let n = name.strip_prefix(prefix)?.strip_suffix(suffix)?;
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -343,12 +344,12 @@ impl Systemd {
         }
     }
 
-    fn dropin_dir(&self, uid: u32) -> PathBuf {
+    fn dropin_dir(&self, uid: Uid) -> PathBuf {
         self.unit_dir.join(format!("user-{uid}.slice.d"))
     }
 
     /// Whether the drop-in of `uid` holds exactly `l`.
-    fn dropin_matches(&self, uid: u32, l: &SliceLimits) -> bool {
+    fn dropin_matches(&self, uid: Uid, l: &SliceLimits) -> bool {
         fs::read_to_string(self.dropin_dir(uid).join(DROPIN))
             .ok()
             .and_then(|t| parse_dropin(&t))
@@ -359,7 +360,7 @@ impl Systemd {
     /// The drop-ins' limits; on a hybrid host a user whose cpuset group is
     /// missing or differs (or who has a group and no drop-in) reads as
     /// garbled, so the plan sets (or removes) it again.
-    fn observe(&self) -> BTreeMap<u32, SliceLimits> {
+    fn observe(&self) -> BTreeMap<Uid, SliceLimits> {
         let mut out = self.observe_dropins();
         if let Some(h) = &self.v1_cpuset {
             let sets = h.cpusets();
@@ -382,7 +383,7 @@ impl Systemd {
         out
     }
 
-    fn observe_dropins(&self) -> BTreeMap<u32, SliceLimits> {
+    fn observe_dropins(&self) -> BTreeMap<Uid, SliceLimits> {
         let mut out = BTreeMap::new();
         let Ok(rd) = fs::read_dir(&self.unit_dir) else {
             return out;
@@ -408,7 +409,7 @@ impl Systemd {
 
     /// The drop-in and runtime properties (unless the drop-in already holds
     /// `l`: then only the cpuset group differed), then the v1 cpuset group.
-    fn set(&self, uid: u32, l: &SliceLimits) -> Result<()> {
+    fn set(&self, uid: Uid, l: &SliceLimits) -> Result<()> {
         if !self.dropin_matches(uid, l) {
             let dir = self.dropin_dir(uid);
             create_dir(&dir)?;
@@ -428,7 +429,7 @@ impl Systemd {
     }
 
     /// What setting `l` does about cpuset besides the properties, if anything.
-    fn cpuset_step_set(&self, uid: u32, l: &SliceLimits) -> Option<String> {
+    fn cpuset_step_set(&self, uid: Uid, l: &SliceLimits) -> Option<String> {
         match &self.site {
             CpusetSite::Unified => None,
             CpusetSite::V1(_) => {
@@ -456,7 +457,7 @@ impl Systemd {
     }
 
     /// What removing the limits of `uid` does about cpuset besides.
-    fn cpuset_step_clear(&self, uid: u32) -> Option<String> {
+    fn cpuset_step_clear(&self, uid: Uid) -> Option<String> {
         let h = self.v1_cpuset.as_ref()?;
         Some(format!(
             "+ cgroup v1 cpuset {}: its processes moved back to {}, the group removed",
@@ -468,7 +469,7 @@ impl Systemd {
     /// Moves the users' processes out of their cpuset groups and removes
     /// them; removes the drop-ins and the runtime properties, then reloads
     /// once so the slices fall back to their vendor defaults.
-    fn clear(&self, uids: &[u32]) -> Result<()> {
+    fn clear(&self, uids: &[Uid]) -> Result<()> {
         if uids.is_empty() {
             return Ok(());
         }
@@ -651,7 +652,7 @@ impl Hier {
         self.base.join("kloigos")
     }
 
-    fn user_dir(&self, uid: u32) -> PathBuf {
+    fn user_dir(&self, uid: Uid) -> PathBuf {
         self.group().join(format!("user-{uid}"))
     }
 
@@ -660,7 +661,7 @@ impl Hier {
     }
 
     /// Creates `kloigos/user-UID` and writes the limits its controllers hold.
-    fn set(&self, uid: u32, l: &SliceLimits) -> Result<()> {
+    fn set(&self, uid: Uid, l: &SliceLimits) -> Result<()> {
         let group = self.group();
         let dir = self.user_dir(uid);
         if self.v2 {
@@ -717,7 +718,7 @@ impl Hier {
 
     /// The CPUs and memory nodes of each `kloigos/user-UID` group (a
     /// cpuset hierarchy); CPUs that cannot be read back read as garbled.
-    fn cpusets(&self) -> BTreeMap<u32, (CpuSet, Vec<u32>)> {
+    fn cpusets(&self) -> BTreeMap<Uid, (CpuSet, Vec<u32>)> {
         let mut out = BTreeMap::new();
         let Ok(rd) = fs::read_dir(self.group()) else {
             return out;
@@ -756,7 +757,7 @@ impl Hier {
     }
 
     /// The processes among `pids` not in the user's group.
-    fn outside(&self, uid: u32, pids: &[i32]) -> Vec<i32> {
+    fn outside(&self, uid: Uid, pids: &[i32]) -> Vec<i32> {
         let inside = Hier::procs_in(&self.user_dir(uid));
         pids.iter()
             .copied()
@@ -766,7 +767,7 @@ impl Hier {
 
     /// Moves those of `pids` not yet in the user's group into it (if it
     /// exists). Returns how many moved.
-    fn attach(&self, uid: u32, pids: &[i32]) -> Result<usize> {
+    fn attach(&self, uid: Uid, pids: &[i32]) -> Result<usize> {
         let dir = self.user_dir(uid);
         if !dir.is_dir() {
             return Ok(0);
@@ -785,7 +786,7 @@ impl Hier {
 
     /// Moves what is left in the user's group back to PID 1's cgroup, then
     /// removes the group (and `kloigos/` once no user is left in it).
-    fn clear(&self, uid: u32) -> Result<()> {
+    fn clear(&self, uid: Uid) -> Result<()> {
         let dir = self.user_dir(uid);
         if !dir.is_dir() {
             return Ok(());
@@ -844,7 +845,7 @@ impl Cgroups {
         self.v2.iter().chain(&self.v1)
     }
 
-    fn observe(&self) -> BTreeMap<u32, SliceLimits> {
+    fn observe(&self) -> BTreeMap<Uid, SliceLimits> {
         let mut out = BTreeMap::new();
         let Some(cs) = self.hiers().find(|h| h.has("cpuset")) else {
             return out;
@@ -889,14 +890,14 @@ impl Cgroups {
         }
     }
 
-    fn set(&self, uid: u32, l: &SliceLimits) -> Result<()> {
+    fn set(&self, uid: Uid, l: &SliceLimits) -> Result<()> {
         for h in self.hiers() {
             h.set(uid, l)?;
         }
         Ok(())
     }
 
-    fn clear(&self, uid: u32) -> Result<()> {
+    fn clear(&self, uid: Uid) -> Result<()> {
         for h in self.hiers() {
             h.clear(uid)?;
         }
@@ -907,6 +908,7 @@ impl Cgroups {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::uid;
 
     fn limits() -> SliceLimits {
         SliceLimits {
@@ -933,10 +935,13 @@ mod tests {
 
     #[test]
     fn uid_names() {
-        assert_eq!(uid_in("user-1001.slice.d", "user-", ".slice.d"), Some(1001));
+        assert_eq!(
+            uid_in("user-1001.slice.d", "user-", ".slice.d"),
+            Some(uid(1001))
+        );
         assert_eq!(uid_in("user-.slice.d", "user-", ".slice.d"), None);
         assert_eq!(uid_in("user-1+1.slice.d", "user-", ".slice.d"), None);
-        assert_eq!(uid_in("user-7", "user-", ""), Some(7));
+        assert_eq!(uid_in("user-7", "user-", ""), Some(uid(7)));
     }
 
     const HYBRID: &str = "\
@@ -1031,7 +1036,7 @@ mod tests {
         let s = Systemd::with_site("/nonexistent".into(), site);
         assert!(s.v1_cpuset.is_none());
         assert_eq!(
-            Backend::Systemd(s).describe_set(7, &limits()).len(),
+            Backend::Systemd(s).describe_set(uid(7), &limits()).len(),
             1,
             "no extra step where systemd applies AllowedCPUs"
         );
@@ -1066,12 +1071,12 @@ mod tests {
         });
         assert_eq!(site, CpusetSite::ReadOnly("/sys/fs/cgroup/cpuset".into()));
         let b = Backend::Systemd(Systemd::with_site("/nonexistent".into(), site));
-        let steps = b.describe_set(7, &limits());
+        let steps = b.describe_set(uid(7), &limits());
         assert!(
             steps[1].contains("NOT applied") && steps[1].contains("read-only"),
             "{steps:?}"
         );
-        assert_eq!(b.describe_clear(7).len(), 1);
+        assert_eq!(b.describe_clear(uid(7)).len(), 1);
         // Made writable (remounted rw): used.
         let rw = nspawn.replace("cgroup/cpuset ro,", "cgroup/cpuset rw,");
         let site = CpusetSite::decide(&rw, "3:cpuset:/\n", |_| Some(String::new()));
@@ -1109,7 +1114,7 @@ mod tests {
         let s = Systemd::with_site(units.clone(), CpusetSite::V1(cpuset.clone()));
         let l = limits();
         let b = Backend::Systemd(s);
-        let steps = b.describe_set(7, &l);
+        let steps = b.describe_set(uid(7), &l);
         assert_eq!(steps.len(), 2, "{steps:?}");
         assert!(
             steps[0].starts_with("user-7.slice: AllowedCPUs=4-7 "),
@@ -1123,7 +1128,7 @@ mod tests {
             )),
             "{steps:?}"
         );
-        let clear = b.describe_clear(7);
+        let clear = b.describe_clear(uid(7));
         assert_eq!(clear.len(), 2, "{clear:?}");
         assert!(clear[1].contains("moved back to"), "{clear:?}");
         let Backend::Systemd(s) = &b else {
@@ -1133,25 +1138,25 @@ mod tests {
         // The drop-in alone (the group missing, as after a reboot) is not in place.
         fs::create_dir_all(units.join("user-7.slice.d")).unwrap();
         fs::write(units.join("user-7.slice.d").join(DROPIN), render_dropin(&l)).unwrap();
-        assert!(s.dropin_matches(7, &l));
-        assert!(b.describe_set(7, &l)[0].contains("already in place"));
-        assert_ne!(s.observe().get(&7), Some(&l));
+        assert!(s.dropin_matches(uid(7), &l));
+        assert!(b.describe_set(uid(7), &l)[0].contains("already in place"));
+        assert_ne!(s.observe().get(&uid(7)), Some(&l));
         // The shared v1 routine creates the group, seeded from its parent.
-        s.v1_cpuset.as_ref().unwrap().set(7, &l).unwrap();
+        s.v1_cpuset.as_ref().unwrap().set(uid(7), &l).unwrap();
         let read = |p: PathBuf| fs::read_to_string(p).unwrap();
         assert_eq!(read(cpuset.join("kloigos/cpuset.cpus")), "0-7");
         assert_eq!(read(dir.join("cpuset.cpus")), "4-7");
         assert_eq!(read(dir.join("cpuset.mems")), "0");
-        assert_eq!(s.observe().get(&7), Some(&l), "both in place");
+        assert_eq!(s.observe().get(&uid(7)), Some(&l), "both in place");
         // The group differs: not in place.
         fs::write(dir.join("cpuset.cpus"), "0-7").unwrap();
-        assert_ne!(s.observe().get(&7), Some(&l));
+        assert_ne!(s.observe().get(&uid(7)), Some(&l));
         // A group without a drop-in is observed, so the plan removes it.
         fs::remove_dir_all(units.join("user-7.slice.d")).unwrap();
-        assert!(s.observe().contains_key(&7));
+        assert!(s.observe().contains_key(&uid(7)));
         // Nothing to move where the group does not exist.
-        assert!(b.to_move(8, &[1, 2]).is_empty());
+        assert!(b.to_move(uid(8), &[1, 2]).is_empty());
         fs::write(dir.join("cgroup.procs"), "1\n").unwrap();
-        assert_eq!(b.to_move(7, &[1, 2]), vec![(dir, vec![2])]);
+        assert_eq!(b.to_move(uid(7), &[1, 2]), vec![(dir, vec![2])]);
     }
 }

@@ -155,7 +155,10 @@ fn scratch(name: &std::ffi::CStr) -> std::io::Result<File> {
 /// Runs `f` with effective uid/gid and groups of the service account, then
 /// switches back to root. `None`: the account does not exist here, so `f`
 /// runs as root (files owned by root are trusted as well).
-pub fn as_service<T>(account: Option<(u32, u32)>, f: impl FnOnce() -> T) -> Result<T> {
+pub fn as_service<T>(
+    account: Option<(kloigos_core::ids::Uid, kloigos_core::ids::Gid)>,
+    f: impl FnOnce() -> T,
+) -> Result<T> {
     let Some((uid, gid)) = account else {
         return Ok(f());
     };
@@ -165,9 +168,9 @@ pub fn as_service<T>(account: Option<(u32, u32)>, f: impl FnOnce() -> T) -> Resu
     let saved = nix::unistd::getgroups()
         .map_err(|e| Error::Privilege(format!("read the supplementary groups: {e}")))?;
     // Groups, then gid, then uid; back in the reverse order.
-    nix::unistd::setgroups(&[Gid::from_raw(gid)])
-        .and_then(|()| nix::unistd::setegid(Gid::from_raw(gid)))
-        .and_then(|()| nix::unistd::seteuid(Uid::from_raw(uid)))
+    nix::unistd::setgroups(&[Gid::from_raw(gid.as_raw())])
+        .and_then(|()| nix::unistd::setegid(Gid::from_raw(gid.as_raw())))
+        .and_then(|()| nix::unistd::seteuid(Uid::from_raw(uid.as_raw())))
         .map_err(|e| {
             restore_root(&saved);
             Error::Privilege(format!("switch to the service account (uid {uid}): {e}"))

@@ -7,6 +7,8 @@ use std::io::Write;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::PathBuf;
 
+use kloigos_core::ids::Uid;
+
 use crate::procfs::Proc;
 
 /// The device path of a controlling terminal number, for ptys and consoles.
@@ -27,7 +29,7 @@ pub fn tty_path(tty_nr: i32) -> Option<PathBuf> {
 }
 
 /// Writes `message` to each terminal of `uid`; returns how many got it.
-pub fn to_terminals(uid: u32, procs: &[Proc], message: &str) -> usize {
+pub fn to_terminals(uid: Uid, procs: &[Proc], message: &str) -> usize {
     let ttys: BTreeSet<PathBuf> = procs
         .iter()
         .filter(|p| p.is_live_of(uid))
@@ -46,7 +48,7 @@ pub fn to_terminals(uid: u32, procs: &[Proc], message: &str) -> usize {
         // Only a character device the user owns: never someone else's terminal.
         let ok = f
             .metadata()
-            .is_ok_and(|m| m.file_type().is_char_device() && m.uid() == uid);
+            .is_ok_and(|m| m.file_type().is_char_device() && m.uid() == uid.as_raw());
         if ok && f.write_all(text.as_bytes()).is_ok() {
             n += 1;
         }

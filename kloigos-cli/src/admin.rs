@@ -77,7 +77,7 @@ pub fn admin(ctx: &Ctx, cmd: AdminCmd) -> Result<u8> {
 
 fn init(ctx: &Ctx, a: &InitArgs) -> Result<u8> {
     // On the configured (real) tree only root creates the cluster; on your own tree (--shared) you may.
-    if !ctx.overridden && ctx.privs.caller_uid != 0 {
+    if !ctx.overridden && !ctx.privs.caller_uid.is_root() {
         return Err(Error::Refused(
             "`admin init` on the configured shared directory needs root (install.sh runs it)"
                 .into(),

@@ -79,10 +79,12 @@ impl Ctx {
             privs.drop_to_caller()?;
         }
         // Setuid: the service account is whoever owns the binary, whatever its name.
-        let mut trust = Trust::service(privs.service_uid().unwrap_or(0));
+        let mut trust = privs
+            .service_uid()
+            .map_or_else(Trust::root_only, Trust::root_and);
         if overridden {
             // A caller on their own tree may trust their own files.
-            trust = trust.also(privs.caller_uid);
+            trust = trust.also(privs.caller_uid.as_raw());
         }
         let loaded = match (&config_override, &cli.shared) {
             (Some(path), _) => Config::load(path, &trust).map_err(CliError::from),
@@ -102,14 +104,14 @@ impl Ctx {
             if let Ok(Some(a)) = users::by_name(&config.service_user) {
                 privs.service = Some((a.uid, a.gid));
                 if !overridden {
-                    trust = Trust::service(a.uid);
+                    trust = Trust::root_and(a.uid);
                 }
             }
         }
         let root = config.shared_for(cli.partition.as_deref())?;
         let store = Store::new(root, trust);
         // root's doctor checks nft first and switches itself (see doctor.rs).
-        if doctor && privs.caller_uid == 0 && !overridden {
+        if doctor && privs.caller_uid.is_root() && !overridden {
             privs.keep_root_caller()?;
         } else if !overridden && !execs {
             privs.become_service()?;

@@ -127,13 +127,13 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     };
     // root is never gated, so as root the demo books for `daemon`, which
     // every Linux has (`nobody` is never gated either).
-    let holder = if me.uid == 0 {
+    let holder = if me.uid.is_root() {
         "daemon".to_string()
     } else {
         me.name.to_string()
     };
     let stranger = if holder == "daemon" { "bin" } else { "daemon" };
-    let as_holder: Vec<&str> = if me.uid == 0 {
+    let as_holder: Vec<&str> = if me.uid.is_root() {
         vec!["-u", "daemon"]
     } else {
         vec![]

@@ -14,6 +14,7 @@ use std::process::Command;
 
 use jiff::Timestamp;
 use kloigos_core::facts::Facts;
+use kloigos_core::ids::Uid;
 use kloigos_core::store::{self, FACTS_FILE, JOURNAL_FILE, LOCK_FILE, STATE_FILE};
 use kloigos_core::users;
 use nix::fcntl::OFlag;
@@ -46,6 +47,8 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
             .flatten()
             .map(|a| a.uid)
     });
+    // Owners come from stat(2) as bare numbers; the judgements compare those.
+    let service_uid = service_uid.map(Uid::as_raw);
     let configured = ctx.config_error.is_none();
     // While root still is root: the checks that need it.
     let nft = if configured {
@@ -68,8 +71,12 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
             users::by_name(&service_name(ctx))
                 .ok()
                 .flatten()
-                .map(|a| a.uid),
-            policy.as_ref().ok().and_then(|p| p.service_uid),
+                .map(|a| a.uid.as_raw()),
+            policy
+                .as_ref()
+                .ok()
+                .and_then(|p| p.service_uid)
+                .map(Uid::as_raw),
             binary_owner,
             tree_owner,
         ));

@@ -16,12 +16,11 @@
 use std::ffi::OsString;
 use std::time::Duration;
 
+use kloigos_core::error::{Error, Result};
+use kloigos_core::ids::{Gid, Uid};
+use kloigos_core::users;
 use nix::sys::signal::{SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
-use nix::unistd::{Gid, Uid};
-
-use kloigos_core::error::{Error, Result};
-use kloigos_core::users;
 
 /// The fixed PATH every kloigos process runs with.
 pub const SAFE_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
@@ -52,18 +51,18 @@ fn denied(what: &str, e: impl std::fmt::Display) -> Error {
 #[derive(Debug, Clone)]
 pub struct Privileges {
     /// The caller's real uid.
-    pub caller_uid: u32,
+    pub caller_uid: Uid,
     /// The caller's real gid.
-    pub caller_gid: u32,
+    pub caller_gid: Gid,
     /// The caller's supplementary groups at start (sorted, deduplicated);
     /// the setuid binary never changes them, so a drop back must find them again.
-    pub caller_groups: Vec<u32>,
+    pub caller_groups: Vec<Gid>,
     /// The effective uid at start (the service account when setuid).
-    pub start_euid: u32,
+    pub start_euid: Uid,
     /// The service account's uid and gid, when known: in setuid mode the
     /// binary's owner (whatever its name) and its primary group; otherwise
     /// the account named at start (or by the configuration).
-    pub service: Option<(u32, u32)>,
+    pub service: Option<(Uid, Gid)>,
     /// The caller's environment as it was, handed back only to programs
     /// exec'd after the drop to the caller.
     pub caller_env: Vec<(OsString, OsString)>,
@@ -86,17 +85,17 @@ impl Privileges {
         // Unblocking signals of our own process cannot fail with valid arguments.
         let _ =
             nix::sys::signal::sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
-        let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
-        let gids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
+        let [real, effective, _] = read_uids()?;
+        let [real_gid, effective_gid, _] = read_gids()?;
         let caller_groups = current_groups()?;
-        let setuid = ids.real != ids.effective;
+        let setuid = real != effective;
         let service = if setuid {
             // The binary's owner is the service account; its group from the user database.
-            let gid = users::by_uid(ids.effective.as_raw())
+            let gid = users::by_uid(effective)
                 .ok()
                 .flatten()
-                .map_or(gids.effective.as_raw(), |a| a.gid);
-            Some((ids.effective.as_raw(), gid))
+                .map_or(effective_gid, |a| a.gid);
+            Some((effective, gid))
         } else {
             users::by_name(service_user)
                 .ok()
@@ -104,10 +103,10 @@ impl Privileges {
                 .map(|a| (a.uid, a.gid))
         };
         Ok(Privileges {
-            caller_uid: ids.real.as_raw(),
-            caller_gid: gids.real.as_raw(),
+            caller_uid: real,
+            caller_gid: real_gid,
             caller_groups,
-            start_euid: ids.effective.as_raw(),
+            start_euid: effective,
             service,
             caller_env,
         })
@@ -128,7 +127,7 @@ impl Privileges {
 
     /// The uid whose files readers trust besides root: the binary's owner in
     /// setuid mode, else the service account if it exists.
-    pub fn service_uid(&self) -> Option<u32> {
+    pub fn service_uid(&self) -> Option<Uid> {
         if self.is_setuid() {
             Some(self.start_euid)
         } else {
@@ -147,25 +146,25 @@ impl Privileges {
     /// Every switch is verified by reading the ids back. Call
     /// [`Privileges::drop_to_caller`] before this, never after.
     pub fn become_service(&self) -> Result<()> {
-        if self.caller_uid == 0 {
+        if self.caller_uid.is_root() {
             // In setuid mode `service` is the binary's owner (set by `start`).
             let Some((uid, gid)) = self.service else {
                 return Ok(());
             };
-            if uid == 0 {
+            if uid.is_root() {
                 return Ok(());
             }
             if self.is_setuid() {
                 // root ran the setuid binary: euid 0 back (the real uid is 0) to be allowed to set groups.
-                nix::unistd::seteuid(Uid::from_raw(0))
+                nix::unistd::seteuid(nix_uid(Uid::ROOT))
                     .map_err(|e| denied("take back root's effective uid", e))?;
             }
-            let g = Gid::from_raw(gid);
+            let g = nix_gid(gid);
             nix::unistd::setgroups(&[g])
                 .map_err(|e| denied("set the service account's groups", e))?;
             nix::unistd::setresgid(g, g, g)
                 .map_err(|e| denied("switch to the service group", e))?;
-            let u = Uid::from_raw(uid);
+            let u = nix_uid(uid);
             nix::unistd::setresuid(u, u, u)
                 .map_err(|e| denied("switch to the service account", e))?;
             verify_groups(&[gid])?;
@@ -173,7 +172,7 @@ impl Privileges {
             return verify_uids(uid);
         }
         if self.is_setuid() {
-            let u = Uid::from_raw(self.start_euid);
+            let u = nix_uid(self.start_euid);
             nix::unistd::setresuid(u, u, u)
                 .map_err(|e| denied("switch to the service account", e))?;
             return verify_uids(self.start_euid);
@@ -185,8 +184,8 @@ impl Privileges {
     /// real uid), e.g. for `doctor`'s root-only checks. Does nothing for
     /// anyone else; [`Privileges::become_service`] still works afterwards.
     pub fn keep_root_caller(&self) -> Result<()> {
-        if self.caller_uid == 0 && self.is_setuid() {
-            nix::unistd::seteuid(Uid::from_raw(0))
+        if self.caller_uid.is_root() && self.is_setuid() {
+            nix::unistd::seteuid(nix_uid(Uid::ROOT))
                 .map_err(|e| denied("take back root's effective uid", e))?;
         }
         Ok(())
@@ -198,16 +197,16 @@ impl Privileges {
     /// uids. Each is read back; getting the start uid back must then fail.
     pub fn drop_to_caller(&self) -> Result<()> {
         verify_groups(&self.caller_groups)?;
-        let g = Gid::from_raw(self.caller_gid);
+        let g = nix_gid(self.caller_gid);
         nix::unistd::setresgid(g, g, g).map_err(|e| denied("drop to the caller's gid", e))?;
-        let u = Uid::from_raw(self.caller_uid);
+        let u = nix_uid(self.caller_uid);
         nix::unistd::setresuid(u, u, u).map_err(|e| denied("drop to the caller's uid", e))?;
         verify_groups(&self.caller_groups)?;
         verify_gids(self.caller_gid)?;
         verify_uids(self.caller_uid)?;
-        if self.caller_uid != 0
+        if !self.caller_uid.is_root()
             && self.start_euid != self.caller_uid
-            && nix::unistd::setuid(Uid::from_raw(self.start_euid)).is_ok()
+            && nix::unistd::setuid(nix_uid(self.start_euid)).is_ok()
         {
             return Err(denied(
                 "drop privileges for good",
@@ -230,26 +229,26 @@ impl Privileges {
 }
 
 /// The process's supplementary groups, sorted and deduplicated.
-pub fn current_groups() -> Result<Vec<u32>> {
-    let mut g: Vec<u32> = nix::unistd::getgroups()
+pub fn current_groups() -> Result<Vec<Gid>> {
+    let mut g = nix::unistd::getgroups()
         .map_err(|e| denied("read the supplementary groups", e))?
         .into_iter()
-        .map(Gid::as_raw)
-        .collect();
+        .map(|g| Gid::new(g.as_raw()))
+        .collect::<Result<Vec<Gid>>>()?;
     g.sort_unstable();
     g.dedup();
     Ok(g)
 }
 
 /// Compares a group list read back with the one wanted, as sets.
-fn groups_match(got: &[u32], want: &[u32]) -> bool {
+fn groups_match(got: &[Gid], want: &[Gid]) -> bool {
     let mut w = want.to_vec();
     w.sort_unstable();
     w.dedup();
     got == w.as_slice()
 }
 
-fn verify_groups(want: &[u32]) -> Result<()> {
+fn verify_groups(want: &[Gid]) -> Result<()> {
     let got = current_groups()?;
     if !groups_match(&got, want) {
         return Err(denied(
@@ -260,26 +259,42 @@ fn verify_groups(want: &[u32]) -> Result<()> {
     Ok(())
 }
 
-fn verify_uids(want: u32) -> Result<()> {
+/// The real, effective and saved uids.
+fn read_uids() -> Result<[Uid; 3]> {
     let ids = nix::unistd::getresuid().map_err(|e| denied("read the process uids", e))?;
-    verify_three(
-        "uids",
-        [ids.real, ids.effective, ids.saved].map(|u| u.as_raw()),
-        want,
-    )
+    let [r, e, s] = [ids.real, ids.effective, ids.saved].map(|u| Uid::new(u.as_raw()));
+    Ok([r?, e?, s?])
 }
 
-fn verify_gids(want: u32) -> Result<()> {
+/// The real, effective and saved gids.
+fn read_gids() -> Result<[Gid; 3]> {
     let ids = nix::unistd::getresgid().map_err(|e| denied("read the process gids", e))?;
-    verify_three(
-        "gids",
-        [ids.real, ids.effective, ids.saved].map(|g| g.as_raw()),
-        want,
-    )
+    let [r, e, s] = [ids.real, ids.effective, ids.saved].map(|g| Gid::new(g.as_raw()));
+    Ok([r?, e?, s?])
+}
+
+fn nix_uid(u: Uid) -> nix::unistd::Uid {
+    nix::unistd::Uid::from_raw(u.as_raw())
+}
+
+fn nix_gid(g: Gid) -> nix::unistd::Gid {
+    nix::unistd::Gid::from_raw(g.as_raw())
+}
+
+fn verify_uids(want: Uid) -> Result<()> {
+    verify_three("uids", read_uids()?, want)
+}
+
+fn verify_gids(want: Gid) -> Result<()> {
+    verify_three("gids", read_gids()?, want)
 }
 
 /// Checks that real, effective and saved ids all read back as `want`.
-fn verify_three(what: &str, got: [u32; 3], want: u32) -> Result<()> {
+fn verify_three<T: PartialEq + Copy + std::fmt::Debug + std::fmt::Display>(
+    what: &str,
+    got: [T; 3],
+    want: T,
+) -> Result<()> {
     if got != [want; 3] {
         return Err(denied(
             &format!("set all three {what}"),
@@ -328,11 +343,15 @@ impl Drop for CriticalSection {
 mod tests {
     use super::*;
 
+    fn gids(raw: &[u32]) -> Vec<Gid> {
+        raw.iter().map(|g| Gid::new(*g).unwrap()).collect()
+    }
+
     #[test]
     fn group_lists_compare_as_sets() {
-        assert!(groups_match(&[10, 20], &[20, 10, 10]));
-        assert!(!groups_match(&[10, 20, 30], &[10, 20]));
-        assert!(!groups_match(&[10], &[10, 20]));
+        assert!(groups_match(&gids(&[10, 20]), &gids(&[20, 10, 10])));
+        assert!(!groups_match(&gids(&[10, 20, 30]), &gids(&[10, 20])));
+        assert!(!groups_match(&gids(&[10]), &gids(&[10, 20])));
         assert!(groups_match(&[], &[]));
     }
 
@@ -357,21 +376,21 @@ mod tests {
     #[test]
     fn a_process_that_is_not_setuid_trusts_the_named_account() {
         let p = Privileges {
-            caller_uid: 1000,
-            caller_gid: 1000,
-            caller_groups: vec![1000],
-            start_euid: 1000,
-            service: Some((990, 990)),
+            caller_uid: Uid::new(1000).unwrap(),
+            caller_gid: Gid::new(1000).unwrap(),
+            caller_groups: gids(&[1000]),
+            start_euid: Uid::new(1000).unwrap(),
+            service: Some((Uid::new(990).unwrap(), Gid::new(990).unwrap())),
             caller_env: vec![("HOME".into(), "/home/a".into())],
         };
         assert!(!p.is_setuid());
-        assert_eq!(p.service_uid(), Some(990));
+        assert_eq!(p.service_uid(), Uid::new(990).ok());
         assert_eq!(p.caller_var("HOME").unwrap(), "/home/a");
         let s = Privileges {
-            start_euid: 991,
+            start_euid: Uid::new(991).unwrap(),
             ..p
         };
         assert!(s.is_setuid());
-        assert_eq!(s.service_uid(), Some(991));
+        assert_eq!(s.service_uid(), Uid::new(991).ok());
     }
 }

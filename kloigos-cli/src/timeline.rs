@@ -10,6 +10,7 @@ use jiff::{SignedDuration, Timestamp};
 use kloigos_core::booking::Booking;
 use kloigos_core::dashboard::{user_colour, USER_COLOURS};
 use kloigos_core::duration::{human_secs, Dur};
+use kloigos_core::ids::Uid;
 use kloigos_core::names::{Label, UserName};
 use kloigos_core::policy::Policy;
 use kloigos_core::printable::escape;
@@ -47,7 +48,7 @@ pub struct View<'a> {
     /// Whether to colour.
     pub color: bool,
     /// The caller's uid: their bookings stand out.
-    pub caller_uid: u32,
+    pub caller_uid: Uid,
 }
 
 /// `timeline --json`.

@@ -8,6 +8,7 @@ use jiff::Timestamp;
 
 use crate::booking::Booking;
 use crate::error::{Error, Result};
+use crate::ids::Uid;
 use crate::names::UserName;
 use crate::policy::Policy;
 use crate::state::NodeState;
@@ -35,7 +36,7 @@ impl Login {
 
 /// Whether `who` is an admin: root, a listed admin, or in the admin group.
 pub fn is_admin(policy: &Policy, who: &Account) -> bool {
-    who.uid == 0
+    who.uid.is_root()
         || policy.admins.contains(&who.name)
         || policy
             .admin_group
@@ -107,7 +108,8 @@ impl SubUids {
     }
 
     /// Whether `uid` lies in a subordinate range.
-    pub fn contains(&self, uid: u32) -> bool {
+    pub fn contains(&self, uid: Uid) -> bool {
+        let uid = uid.as_raw();
         self.ranges.iter().any(|&(first, count)| {
             uid >= first && u64::from(uid) < u64::from(first) + u64::from(count)
         })
@@ -118,12 +120,12 @@ impl SubUids {
 /// `min_uid ..= max_uid`, minus `nobody`, systemd's dynamic users and the
 /// subordinate ranges. The one rule of the login gate, `check-login` and the
 /// housekeeper. Root (uid 0) is below every `min_uid` kloigos accepts.
-pub fn unmanaged(policy: &Policy, sub: &SubUids, uid: u32) -> Option<String> {
+pub fn unmanaged(policy: &Policy, sub: &SubUids, uid: Uid) -> Option<String> {
     unmanaged_in(policy.min_uid, policy.max_uid, sub, uid)
 }
 
 /// [`unmanaged`] with the policy's bounds given apart.
-pub fn unmanaged_in(min_uid: u32, max_uid: Option<u32>, sub: &SubUids, uid: u32) -> Option<String> {
+pub fn unmanaged_in(min_uid: Uid, max_uid: Option<Uid>, sub: &SubUids, uid: Uid) -> Option<String> {
     if uid < min_uid {
         return Some(format!(
             "uid {uid} is below min_uid {min_uid}: a system account, not managed"
@@ -132,10 +134,10 @@ pub fn unmanaged_in(min_uid: u32, max_uid: Option<u32>, sub: &SubUids, uid: u32)
     if let Some(max) = max_uid.filter(|m| uid > *m) {
         return Some(format!("uid {uid} is above max_uid {max}: not managed"));
     }
-    if uid == NOBODY_UID {
+    if uid.as_raw() == NOBODY_UID {
         return Some(format!("uid {uid} is nobody: not managed"));
     }
-    if DYNAMIC_UIDS.contains(&uid) {
+    if DYNAMIC_UIDS.contains(&uid.as_raw()) {
         return Some(format!(
             "uid {uid} is one of systemd's dynamic users: not managed"
         ));
@@ -152,7 +154,7 @@ pub fn unmanaged_in(min_uid: u32, max_uid: Option<u32>, sub: &SubUids, uid: u32)
 /// outside the managed range ([`unmanaged`]) are ignored; root, bypass
 /// users and admins are let in. `None`: the booking decides.
 pub fn login_without_state(policy: &Policy, sub: &SubUids, user: &Account) -> Option<Login> {
-    if user.uid == 0 {
+    if user.uid.is_root() {
         return Some(Login::Allow("root is never gated".into()));
     }
     if let Some(why) = unmanaged(policy, sub, user.uid) {
@@ -233,8 +235,9 @@ pub fn require_admin(policy: &Policy, caller: &Account, what: &str) -> Result<()
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::GroupName;
     use crate::state::Size;
-    use crate::testing::{gated_policy, node3_with_alice, request, ts, BOOKED_AT};
+    use crate::testing::{gated_policy, node3_with_alice, request, ts, uid, BOOKED_AT};
 
     /// node3 in units of 2 CPUs, alice booked for one unit 10:00-12:00 on
     /// 2026-11-23 and again on 2026-11-24.
@@ -329,27 +332,28 @@ mod tests {
         let none = SubUids::default();
         let mut p = Policy::default();
         // Unbounded by default: LDAP/AD uids far above 60000 are managed.
-        for uid in [1000, 59_999, 60_000, 70_000, 200_000, u32::MAX] {
-            assert_eq!(unmanaged(&p, &none, uid), None, "{uid}");
+        // u32::MAX - 1 is the highest uid there is (see `Uid`).
+        for raw in [1000, 59_999, 60_000, 70_000, 200_000, u32::MAX - 1] {
+            assert_eq!(unmanaged(&p, &none, uid(raw)), None, "{raw}");
         }
-        for uid in [0, 999, NOBODY_UID, 61_184, 65_519] {
-            assert!(unmanaged(&p, &none, uid).is_some(), "{uid}");
+        for raw in [0, 999, NOBODY_UID, 61_184, 65_519] {
+            assert!(unmanaged(&p, &none, uid(raw)).is_some(), "{raw}");
         }
-        assert_eq!(unmanaged(&p, &none, 61_183), None);
-        assert_eq!(unmanaged(&p, &none, 65_520), None);
-        p.max_uid = Some(70_000);
-        assert_eq!(unmanaged(&p, &none, 70_000), None);
-        assert!(unmanaged(&p, &none, 70_001)
+        assert_eq!(unmanaged(&p, &none, uid(61_183)), None);
+        assert_eq!(unmanaged(&p, &none, uid(65_520)), None);
+        p.max_uid = Some(uid(70_000));
+        assert_eq!(unmanaged(&p, &none, uid(70_000)), None);
+        assert!(unmanaged(&p, &none, uid(70_001))
             .unwrap()
             .contains("max_uid 70000"));
         p.max_uid = None;
         let sub = SubUids::parse("alice:100000:65536\nbad line\nbob:x:1\n");
-        assert!(unmanaged(&p, &sub, 100_000)
+        assert!(unmanaged(&p, &sub, uid(100_000))
             .unwrap()
             .contains("subordinate"));
-        assert!(unmanaged(&p, &sub, 165_535).is_some());
-        assert_eq!(unmanaged(&p, &sub, 165_536), None);
-        assert_eq!(unmanaged(&p, &sub, 99_999), None);
+        assert!(unmanaged(&p, &sub, uid(165_535)).is_some());
+        assert_eq!(unmanaged(&p, &sub, uid(165_536)), None);
+        assert_eq!(unmanaged(&p, &sub, uid(99_999)), None);
         // A user at 200000 is gated: a stranger is denied through the state.
         let far = Account::new("far", 200_000, &[]).unwrap();
         assert_eq!(login_without_state(&p, &sub, &far), None);
@@ -361,7 +365,7 @@ mod tests {
         let path = t.path().join("subuid");
         assert_eq!(SubUids::read(&path), SubUids::default());
         std::fs::write(&path, "u:300000:10\n").unwrap();
-        assert!(SubUids::read(&path).contains(300_005));
+        assert!(SubUids::read(&path).contains(uid(300_005)));
         std::fs::write(&path, vec![b'#'; (SUBUID_MAX + 1) as usize]).unwrap();
         let big = SubUids::read(&path);
         assert!(
@@ -370,7 +374,10 @@ mod tests {
         );
         // A directory cannot be read: nothing excluded, and said why.
         let dir = SubUids::read(t.path());
-        assert!(dir.problem.is_some() && !dir.contains(300_005), "{dir:?}");
+        assert!(
+            dir.problem.is_some() && !dir.contains(uid(300_005)),
+            "{dir:?}"
+        );
     }
 
     #[test]
@@ -387,7 +394,7 @@ mod tests {
             .to_string()
             .contains("needs an admin"));
         let gated = Policy {
-            booking_group: Some(UserName::new("gpu").unwrap()),
+            booking_group: Some(GroupName::new("gpu").unwrap()),
             ..p
         };
         assert!(may_book(&gated, &bob)

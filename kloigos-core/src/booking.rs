@@ -8,6 +8,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use crate::cpuset::CpuSet;
 use crate::error::{Error, Result};
 use crate::gpuset::GpuSet;
+use crate::ids::Uid;
 use crate::names::{NodeName, UserName};
 use crate::ports::PortRange;
 
@@ -135,7 +136,7 @@ pub struct Booking {
     /// Who holds it.
     pub user: UserName,
     /// Their uid, so nodes agree on the account even if names drift.
-    pub uid: u32,
+    pub uid: Uid,
     /// First and last unit, inclusive.
     pub units: [u32; 2],
     /// The CPUs of those units.

@@ -17,6 +17,7 @@ use crate::access::{unmanaged_in, SubUids};
 use crate::booking::{Booking, BookingId};
 use crate::cpuset::CpuSet;
 use crate::facts::Numa;
+use crate::ids::Uid;
 use crate::names::UserName;
 use crate::policy::Policy;
 use crate::ports::PortRange;
@@ -117,16 +118,16 @@ pub fn missing_cpus(spec: &CpuSet, online: Option<&CpuSet>) -> Option<CpuSet> {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rules {
     /// Accounts below this uid are never managed.
-    pub min_uid: u32,
+    pub min_uid: Uid,
     /// Accounts above this uid are never managed (none: no bound).
-    pub max_uid: Option<u32>,
+    pub max_uid: Option<Uid>,
     /// Subordinate uid ranges, never managed (see [`crate::access::unmanaged`]);
     /// none until the housekeeper reads `/etc/subuid` into it.
     pub subuids: SubUids,
     /// Users never killed or confined.
     pub bypass: Vec<UserName>,
     /// The service account's uid, when it exists.
-    pub service_uid: Option<u32>,
+    pub service_uid: Option<Uid>,
     /// Seconds after a booking ends before its holder's processes are ended.
     pub grace_s: u64,
     /// Warn this many seconds before a booking ends.
@@ -162,7 +163,7 @@ impl Default for Switches {
 impl Rules {
     /// Why `uid` is not managed here, or `None` when it is (the one rule
     /// of [`crate::access::unmanaged`]).
-    pub fn unmanaged(&self, uid: u32) -> Option<String> {
+    pub fn unmanaged(&self, uid: Uid) -> Option<String> {
         unmanaged_in(self.min_uid, self.max_uid, &self.subuids, uid)
     }
 
@@ -170,7 +171,7 @@ impl Rules {
     /// (the config's `warn_before_s`, overriding the policy's `warn_before`).
     pub fn new(
         policy: &Policy,
-        service_uid: Option<u32>,
+        service_uid: Option<Uid>,
         grace_s: u64,
         warn_before_s: Option<&[u64]>,
     ) -> Rules {
@@ -215,7 +216,7 @@ pub struct UserLimits {
     /// Account name from the bookings.
     pub user: UserName,
     /// Account uid from the bookings.
-    pub uid: u32,
+    pub uid: Uid,
     /// The active bookings behind these limits.
     pub bookings: Vec<BookingId>,
     /// Units held in total.
@@ -232,11 +233,11 @@ pub struct Desired {
     /// The instant decided for.
     pub now: Timestamp,
     /// Booked users by uid.
-    pub users: BTreeMap<u32, UserLimits>,
+    pub users: BTreeMap<Uid, UserLimits>,
     /// The nftables file to load, or `None` when no booking needs rules.
     pub nft: Option<String>,
     /// For users whose booking ended recently: when their grace period ends.
-    pub grace_until: BTreeMap<u32, Timestamp>,
+    pub grace_until: BTreeMap<Uid, Timestamp>,
     /// Bookings not yet ended (active and future), for warnings.
     pub current: Vec<Booking>,
     /// Bookings of this node that have ended, for release hooks.
@@ -273,7 +274,7 @@ pub fn desired(
     rules: Rules,
 ) -> Desired {
     let units_total = u64::from(state.node.units_total().max(1));
-    let mut users: BTreeMap<u32, UserLimits> = BTreeMap::new();
+    let mut users: BTreeMap<Uid, UserLimits> = BTreeMap::new();
     for b in state.active(now) {
         let u = users.entry(b.uid).or_insert_with(|| UserLimits {
             user: b.user.clone(),
@@ -320,7 +321,7 @@ pub fn desired(
         u.slice.tasks_max = policy.tasks_max_per_unit.map(|t| t.saturating_mul(units));
         u.slice = host.controls.project(&u.slice);
     }
-    let mut grace_until: BTreeMap<u32, Timestamp> = BTreeMap::new();
+    let mut grace_until: BTreeMap<Uid, Timestamp> = BTreeMap::new();
     let mut ended = Vec::new();
     for b in state.bookings.iter().filter(|b| b.end <= now) {
         ended.push(b.clone());
@@ -356,7 +357,7 @@ pub fn desired(
 /// managed user's socket that answers a connection (`ct direction reply`) is
 /// dropped unless its source port is one of that user's; connections the user
 /// opens are untouched.
-pub fn render_nft(users: &BTreeMap<u32, UserLimits>) -> Option<String> {
+pub fn render_nft(users: &BTreeMap<Uid, UserLimits>) -> Option<String> {
     let with_ports: Vec<&UserLimits> = users.values().filter(|u| !u.ports.is_empty()).collect();
     if with_ports.is_empty() {
         return None;
@@ -426,7 +427,7 @@ pub enum NftSeen {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProcOwner {
     /// The uid.
-    pub uid: u32,
+    pub uid: Uid,
     /// Its account name, when the uid has one.
     pub user: Option<UserName>,
     /// Live (non-zombie) processes.
@@ -437,7 +438,7 @@ pub struct ProcOwner {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Observed {
     /// Slices the housekeeper has set, by uid, with their limits.
-    pub slices: BTreeMap<u32, SliceLimits>,
+    pub slices: BTreeMap<Uid, SliceLimits>,
     /// The managed ruleset.
     pub nft: Option<NftSeen>,
     /// Owners of live processes.
@@ -455,14 +456,14 @@ pub enum SliceAction {
     /// Create or change the slice of `uid` to these limits.
     Set {
         /// The user's uid.
-        uid: u32,
+        uid: Uid,
         /// The limits.
         limits: SliceLimits,
     },
     /// Remove the limits of `uid` (the booking ended).
     Clear {
         /// The user's uid.
-        uid: u32,
+        uid: Uid,
     },
 }
 
@@ -479,7 +480,7 @@ pub enum NftAction {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KillTarget {
     /// The uid.
-    pub uid: u32,
+    pub uid: Uid,
     /// Its name, if it has one.
     pub user: Option<UserName>,
     /// Live processes seen.
@@ -492,7 +493,7 @@ pub struct KillTarget {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warning {
     /// The holder's uid.
-    pub uid: u32,
+    pub uid: Uid,
     /// The holder.
     pub user: UserName,
     /// The booking ending.
@@ -537,7 +538,7 @@ impl Plan {
 pub fn kill_reason(desired: &Desired, owner: &ProcOwner) -> Option<String> {
     let r = &desired.rules;
     let uid = owner.uid;
-    if uid == 0 || Some(uid) == r.service_uid || r.unmanaged(uid).is_some() {
+    if uid.is_root() || Some(uid) == r.service_uid || r.unmanaged(uid).is_some() {
         return None;
     }
     if owner.user.as_ref().is_some_and(|n| r.bypass.contains(n)) {
@@ -665,7 +666,7 @@ mod tests {
     use crate::names::NodeName;
     use crate::node::NodeSpec;
     use crate::state::Size;
-    use crate::testing::{request, ts};
+    use crate::testing::{request, ts, uid};
 
     const NOW: &str = "2026-11-23T11:00:00Z";
 
@@ -708,12 +709,12 @@ mod tests {
     }
 
     fn rules(policy: &Policy) -> Rules {
-        Rules::new(policy, Some(999), 60, None)
+        Rules::new(policy, Some(uid(999)), 60, None)
     }
 
-    fn owner(uid: u32, name: &str, n: u32) -> ProcOwner {
+    fn owner(raw: u32, name: &str, n: u32) -> ProcOwner {
         ProcOwner {
-            uid,
+            uid: uid(raw),
             user: UserName::new(name).ok(),
             processes: n,
         }
@@ -752,7 +753,7 @@ mod tests {
         };
         let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
         assert_eq!(d.users.len(), 1, "bob's booking is in the future");
-        let a = &d.users[&1001];
+        let a = &d.users[&uid(1001)];
         assert_eq!(a.units, 3);
         assert_eq!(a.slice.cpus.to_string(), "0-11");
         assert_eq!(a.slice.mem_nodes, vec![0, 1]);
@@ -778,15 +779,15 @@ mod tests {
         );
         let p = Policy::default();
         let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
-        let a = &d.users[&1001].slice;
+        let a = &d.users[&uid(1001)].slice;
         assert_eq!(a.memory_max, Some(2 << 30));
         assert_eq!(a.memory_high, Some(pages((2u64 << 30) * 9 / 10)));
         assert_eq!(a.tasks_max, None);
         // No memory known at all: no memory limit.
         st.node.mem_per_unit = None;
         let d = desired(&p, &st, ts(NOW), &Host::default(), rules(&p));
-        assert_eq!(d.users[&1001].slice.memory_max, None);
-        assert!(d.users[&1001].slice.mem_nodes.is_empty());
+        assert_eq!(d.users[&uid(1001)].slice.memory_max, None);
+        assert!(d.users[&uid(1001)].slice.mem_nodes.is_empty());
     }
 
     #[test]
@@ -860,18 +861,19 @@ mod tests {
         let p = Policy::default();
         let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
         let mut obs = Observed::default();
-        obs.slices.insert(4242, d.users[&1001].slice.clone());
+        obs.slices
+            .insert(uid(4242), d.users[&uid(1001)].slice.clone());
         let first = plan(&d, &obs);
         assert_eq!(first.slices.len(), 2);
         assert!(matches!(
             &first.slices[0],
-            SliceAction::Set { uid: 1001, .. }
+            SliceAction::Set { uid: u, .. } if *u == uid(1001)
         ));
-        assert_eq!(first.slices[1], SliceAction::Clear { uid: 4242 });
+        assert_eq!(first.slices[1], SliceAction::Clear { uid: uid(4242) });
         assert!(matches!(&first.nft, Some(NftAction::Load(t)) if Some(t) == d.nft.as_ref()));
         // What the first pass leaves is what the second pass sees.
         let obs = Observed {
-            slices: [(1001, d.users[&1001].slice.clone())].into(),
+            slices: [(uid(1001), d.users[&uid(1001)].slice.clone())].into(),
             nft: Some(NftSeen::Loaded(d.nft.clone().unwrap())),
             warned: first.warned_next.clone(),
             hooks_done: Some(first.hooks_done_next.clone()),
@@ -901,7 +903,7 @@ mod tests {
         let p = Policy::default();
         // A slice to set, one to clear, a table to load, bob to end.
         let obs = Observed {
-            slices: [(4242, host_slice())].into(),
+            slices: [(uid(4242), host_slice())].into(),
             processes: vec![owner(1001, "alice", 3), owner(1002, "bob", 7)],
             ..Observed::default()
         };
@@ -978,7 +980,7 @@ mod tests {
         };
         let at = |controls: Controls| {
             let h = Host { controls, ..host() };
-            desired(&p, &st, ts(NOW), &h, rules(&p)).users[&1001]
+            desired(&p, &st, ts(NOW), &h, rules(&p)).users[&uid(1001)]
                 .slice
                 .clone()
         };
@@ -1011,7 +1013,7 @@ mod tests {
         read_back.memory_max = None;
         read_back.tasks_max = None;
         let obs = Observed {
-            slices: [(1001, read_back)].into(),
+            slices: [(uid(1001), read_back)].into(),
             ..Observed::default()
         };
         assert!(plan(&d, &obs).slices.is_empty());
@@ -1084,13 +1086,13 @@ mod tests {
                 owner(1004, "dave", 2),
                 owner(1005, "ops", 3),
                 ProcOwner {
-                    uid: 1006,
+                    uid: uid(1006),
                     user: None,
                     processes: 1,
                 },
                 owner(65534, "nobody", 1),
                 ProcOwner {
-                    uid: 100_000,
+                    uid: uid(100_000),
                     user: None,
                     processes: 4,
                 },
@@ -1099,24 +1101,28 @@ mod tests {
             ..Observed::default()
         };
         let pl = plan(&d, &obs);
-        let uids: Vec<u32> = pl.kill.iter().map(|k| k.uid).collect();
+        let uids: Vec<u32> = pl.kill.iter().map(|k| k.uid.as_raw()).collect();
         assert_eq!(uids, vec![1002, 1004, 1006]);
         // Without /etc/subuid listing it, uid 100000 is a person (LDAP, AD):
         // managed like any other, unless max_uid bounds the range.
         let d2 = desired(&p, &st, ts(NOW), &host(), rules(&p));
-        let uids2: Vec<u32> = plan(&d2, &obs).kill.iter().map(|k| k.uid).collect();
+        let uids2: Vec<u32> = plan(&d2, &obs)
+            .kill
+            .iter()
+            .map(|k| k.uid.as_raw())
+            .collect();
         assert_eq!(uids2, vec![1002, 1004, 1006, 100_000]);
         let bounded = Policy {
-            max_uid: Some(59_999),
+            max_uid: Some(uid(59_999)),
             ..p.clone()
         };
         let d3 = desired(&bounded, &st, ts(NOW), &host(), rules(&bounded));
-        assert!(!plan(&d3, &obs).kill.iter().any(|k| k.uid == 100_000));
+        assert!(!plan(&d3, &obs).kill.iter().any(|k| k.uid == uid(100_000)));
         assert!(pl.kill[0].reason.contains("no booking"));
         assert!(pl.kill[1].reason.contains("ended more than 60 s ago"));
         // After carol's grace period she goes too.
         let later = desired(&p, &st, ts("2026-11-23T11:00:31Z"), &host(), r);
-        assert!(plan(&later, &obs).kill.iter().any(|k| k.uid == 1003));
+        assert!(plan(&later, &obs).kill.iter().any(|k| k.uid == uid(1003)));
     }
 
     #[test]
@@ -1241,9 +1247,9 @@ mod tests {
             ..host()
         };
         let d = desired(&p, &st, ts(NOW), &h, rules(&p));
-        assert_eq!(d.users[&1001].slice.cpus.to_string(), "0-3");
-        assert_eq!(d.users[&1002].slice.cpus.to_string(), "4-5");
-        assert_eq!(d.users[&1002].slice.mem_nodes, vec![0]);
+        assert_eq!(d.users[&uid(1001)].slice.cpus.to_string(), "0-3");
+        assert_eq!(d.users[&uid(1002)].slice.cpus.to_string(), "4-5");
+        assert_eq!(d.users[&uid(1002)].slice.mem_nodes, vec![0]);
         assert_eq!(d.missing_cpus.map(|c| c.to_string()), Some("6-15".into()));
         // Booked only CPUs the host lacks: confined to those it has.
         let h = Host {
@@ -1251,11 +1257,11 @@ mod tests {
             ..host()
         };
         let d = desired(&p, &st, ts(NOW), &h, rules(&p));
-        assert_eq!(d.users[&1002].slice.cpus.to_string(), "0-1");
+        assert_eq!(d.users[&uid(1002)].slice.cpus.to_string(), "0-1");
         // All there, or not known: nothing missing, the booked CPUs as they are.
         let d = desired(&p, &st, ts(NOW), &host(), rules(&p));
         assert_eq!(d.missing_cpus, None);
-        assert_eq!(d.users[&1002].slice.cpus.to_string(), "4-11");
+        assert_eq!(d.users[&uid(1002)].slice.cpus.to_string(), "4-11");
         let all = CpuSet::parse("0-31").unwrap();
         assert_eq!(missing_cpus(&st.node.cpus, Some(&all)), None);
     }

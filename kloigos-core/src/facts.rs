@@ -5,6 +5,7 @@ use jiff::Timestamp;
 use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::cpuset::CpuSet;
+use crate::ids::Uid;
 use crate::names::{NodeName, UserName};
 use crate::state::Topology;
 
@@ -181,7 +182,7 @@ pub struct UserUse {
     /// Account name.
     pub user: UserName,
     /// Account uid.
-    pub uid: u32,
+    pub uid: Uid,
     /// Processes running.
     pub processes: u32,
     /// CPU time used since the previous pass, in CPU-seconds per second.

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 
 use crate::enforce::{ProcOwner, Rules};
 use crate::facts::Gpu;
+use crate::ids::Uid;
 use crate::state::NodeState;
 
 /// The character-device major of NVIDIA GPUs (`/dev/nvidiaN`, minor N).
@@ -70,7 +71,7 @@ impl DeviceRules {
 /// service account, not a bypass user).
 pub fn is_managed(rules: &Rules, owner: &ProcOwner) -> bool {
     let uid = owner.uid;
-    uid != 0
+    !uid.is_root()
         && rules.unmanaged(uid).is_none()
         && Some(uid) != rules.service_uid
         && !owner
@@ -88,7 +89,7 @@ pub fn plan(
     now: Timestamp,
     gpus: &[Gpu],
     owners: &[ProcOwner],
-) -> BTreeMap<u32, DeviceRules> {
+) -> BTreeMap<Uid, DeviceRules> {
     let mut out = BTreeMap::new();
     if gpus.is_empty() {
         return out;
@@ -129,7 +130,7 @@ pub struct Holder {
     /// Its start time in clock ticks after boot (`/proc/PID/stat` field 22).
     pub start: u64,
     /// Its owner.
-    pub uid: u32,
+    pub uid: Uid,
     /// The device it holds.
     pub dev: DevNum,
 }
@@ -157,7 +158,7 @@ pub struct Strays {
 /// ended once `grace_s` has passed since (at once with a grace of 0).
 /// `seen` is the previous pass's memory.
 pub fn strays(
-    plan: &BTreeMap<u32, DeviceRules>,
+    plan: &BTreeMap<Uid, DeviceRules>,
     holders: &[Holder],
     seen: &BTreeMap<String, Timestamp>,
     grace_s: u64,
@@ -195,7 +196,7 @@ mod tests {
     use crate::node::NodeSpec;
     use crate::policy::Policy;
     use crate::state::Size;
-    use crate::testing::{request, ts};
+    use crate::testing::{request, ts, uid};
 
     fn gpu(index: u32, minor: u32) -> Gpu {
         Gpu {
@@ -213,9 +214,9 @@ mod tests {
         }
     }
 
-    fn owner(uid: u32, name: &str) -> ProcOwner {
+    fn owner(raw: u32, name: &str) -> ProcOwner {
         ProcOwner {
-            uid,
+            uid: uid(raw),
             user: Some(UserName::new(name).unwrap()),
             processes: 1,
         }
@@ -240,7 +241,7 @@ mod tests {
             bypass_users: vec![UserName::new("ops").unwrap()],
             ..Policy::default()
         };
-        let rules = Rules::new(&policy, Some(990), 60, None);
+        let rules = Rules::new(&policy, Some(uid(990)), 60, None);
         // Minors need not follow indices.
         let gpus = [gpu(0, 4), gpu(1, 5), gpu(2, 6), gpu(3, 7)];
         let owners = [
@@ -256,7 +257,10 @@ mod tests {
             },
         ];
         let p = plan(&rules, &st, now, &gpus, &owners);
-        assert_eq!(p.keys().copied().collect::<Vec<_>>(), [1001, 1002]);
+        assert_eq!(
+            p.keys().copied().collect::<Vec<_>>(),
+            [uid(1001), uid(1002)]
+        );
         let d = |m: &[u32]| -> Vec<DevNum> {
             m.iter()
                 .map(|&minor| DevNum {
@@ -266,20 +270,20 @@ mod tests {
                 .collect()
         };
         assert_eq!(
-            p[&1001],
+            p[&uid(1001)],
             DeviceRules {
                 allow: d(&[4, 5]),
                 deny: d(&[6, 7])
             }
         );
         assert_eq!(
-            p[&1002],
+            p[&uid(1002)],
             DeviceRules {
                 allow: vec![],
                 deny: d(&[4, 5, 6, 7])
             }
         );
-        let (deny, allow) = p[&1001].v1_lines();
+        let (deny, allow) = p[&uid(1001)].v1_lines();
         assert_eq!(deny, ["c 195:6 rwm", "c 195:7 rwm"]);
         assert_eq!(allow, ["c 195:4 rwm", "c 195:5 rwm"]);
         // Released: alice is shut out of all of them.
@@ -289,7 +293,7 @@ mod tests {
         )
         .unwrap();
         let later = ts("2026-11-23T10:31:00Z");
-        assert!(plan(&rules, &st, later, &gpus, &owners)[&1001]
+        assert!(plan(&rules, &st, later, &gpus, &owners)[&uid(1001)]
             .allow
             .is_empty());
         // A node without GPUs in its inventory fences nothing.
@@ -333,8 +337,8 @@ mod tests {
             major: 195,
             minor: 1,
         };
-        let plan: BTreeMap<u32, DeviceRules> = [(
-            1001,
+        let plan: BTreeMap<Uid, DeviceRules> = [(
+            uid(1001),
             DeviceRules {
                 allow: vec![gpu0],
                 deny: vec![gpu1],
@@ -344,7 +348,7 @@ mod tests {
         let h = |pid, dev| Holder {
             pid,
             start: 7,
-            uid: 1001,
+            uid: uid(1001),
             dev,
         };
         // Its own GPU is no stray; another's is; an unmanaged uid is not judged.
@@ -352,7 +356,7 @@ mod tests {
             h(10, gpu0),
             h(11, gpu1),
             Holder {
-                uid: 0,
+                uid: Uid::ROOT,
                 ..h(12, gpu1)
             },
         ];

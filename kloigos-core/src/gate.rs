@@ -31,6 +31,7 @@ use jiff::Timestamp;
 use crate::access::{decide_login, login_without_state, Login, SubUids, SUBUID_FILE};
 use crate::config::{Config, OnError};
 use crate::error::{Error, Result};
+use crate::ids::Uid;
 use crate::names::NodeName;
 use crate::policy::Policy;
 use crate::state::NodeState;
@@ -81,11 +82,11 @@ pub struct Decision {
     /// The user's name, for the log line.
     user: String,
     /// The user's uid, when the account exists.
-    uid: Option<u32>,
+    uid: Option<Uid>,
 }
 
 impl Decision {
-    fn new(user: &str, uid: Option<u32>, login: Login, source: Source) -> Decision {
+    fn new(user: &str, uid: Option<Uid>, login: Login, source: Source) -> Decision {
         Decision {
             login,
             source,
@@ -264,7 +265,7 @@ pub fn share_needed(
     now: Timestamp,
     cache_max_age_s: u64,
 ) -> bool {
-    if user.uid == 0 {
+    if user.uid.is_root() {
         return false;
     }
     match copy {
@@ -283,7 +284,7 @@ pub fn decide(i: &Inputs<'_>) -> Decision {
         d.node = Some(i.node.clone());
         d
     };
-    if user.uid == 0 {
+    if user.uid.is_root() {
         return verdict(Login::Allow("root is never gated".into()), Source::Policy);
     }
     let mut problems = Vec::new();
@@ -407,10 +408,10 @@ pub fn unknown_user(name: &str) -> Decision {
 /// The decision when the node-local configuration itself cannot be used:
 /// root still gets in, everyone else gets `on_error`.
 pub fn without_config(user: &Account, on_error_is: OnError, error: &Error) -> Decision {
-    let mut d = if user.uid == 0 {
+    let mut d = if user.uid.is_root() {
         Decision::new(
             user.name.as_str(),
-            Some(0),
+            Some(Uid::ROOT),
             Login::Allow("root is never gated".into()),
             Source::Policy,
         )
@@ -553,15 +554,15 @@ pub fn check(
 pub fn trust_for(config: &Config) -> (Trust, Option<String>) {
     let name = &config.service_user;
     match users::by_name(name) {
-        Ok(Some(a)) => (Trust::service(a.uid), None),
+        Ok(Some(a)) => (Trust::root_and(a.uid), None),
         Ok(None) => (
-            Trust::service(0),
+            Trust::root_only(),
             Some(format!(
                 "service account '{name}' does not exist here; trusting root-owned files only"
             )),
         ),
         Err(e) => (
-            Trust::service(0),
+            Trust::root_only(),
             Some(format!("{e}; trusting root-owned files only")),
         ),
     }

@@ -19,6 +19,7 @@ pub mod duration;
 pub mod enforce;
 pub mod error;
 pub mod gpuset;
+pub mod ids;
 pub mod names;
 pub mod node;
 pub mod policy;

@@ -1,4 +1,4 @@
-//! Validated names: nodes, users, labels. A name that reaches a path or a
+//! Validated names: nodes, users, groups, labels. A name that reaches a path or a
 //! file has been through one of these types.
 
 use std::fmt;
@@ -106,9 +106,13 @@ name_type!(
     NodeName, "node name", 63, &['.', '_', '-']
 );
 name_type!(
-    /// A user or group name as found in the passwd/group databases (see
-    /// `check_account` for the rule).
+    /// A user name as found in the passwd database (see `check_account`
+    /// for the rule).
     UserName, "user name", check_account
+);
+name_type!(
+    /// A group name as found in the group database (the rule of user names).
+    GroupName, "group name", check_account
 );
 name_type!(
     /// A node label (`gpu`, `bigmem`) or partition name.

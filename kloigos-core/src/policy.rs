@@ -5,7 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::duration::Dur;
 use crate::error::{Error, Result};
-use crate::names::UserName;
+use crate::ids::Uid;
+use crate::names::{GroupName, UserName};
 
 /// The on-disk format version every kloigos file carries.
 pub const FORMAT_VERSION: u32 = 1;
@@ -24,25 +25,25 @@ pub struct Policy {
     pub service_user: UserName,
     /// Its uid, the same on every node; `doctor` checks it.
     #[serde(default)]
-    pub service_uid: Option<u32>,
+    pub service_uid: Option<Uid>,
     /// Users who may administer the cluster and act for others (root always may).
     #[serde(default)]
     pub admins: Vec<UserName>,
     /// Members of this group are admins too.
     #[serde(default)]
-    pub admin_group: Option<UserName>,
+    pub admin_group: Option<GroupName>,
     /// Users who may always log in and whose processes are never killed.
     #[serde(default)]
     pub bypass_users: Vec<UserName>,
     /// When set, only members of this group (and admins) may book.
     #[serde(default)]
-    pub booking_group: Option<UserName>,
+    pub booking_group: Option<GroupName>,
     /// Accounts below this uid are system accounts: never gated, never managed.
     #[serde(default = "default_min_uid")]
-    pub min_uid: u32,
+    pub min_uid: Uid,
     /// Accounts above this uid are never gated or managed (none: no bound).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_uid: Option<u32>,
+    pub max_uid: Option<Uid>,
     /// Booking length when `-t` is not given.
     #[serde(default = "default_duration")]
     pub default_duration: Dur,
@@ -81,8 +82,9 @@ fn default_service_user() -> UserName {
     // A literal that satisfies the name rule.
     UserName::new("kloigos").expect("valid literal")
 }
-fn default_min_uid() -> u32 {
-    1000
+fn default_min_uid() -> Uid {
+    // A literal, not u32::MAX.
+    Uid::new(1000).expect("valid literal")
 }
 fn dur(secs: u64) -> Dur {
     // Literals below are all within Dur's bounds.
@@ -145,10 +147,9 @@ impl Policy {
     pub fn validate(&self) -> std::result::Result<(), String> {
         check_version(self.version)?;
         self.tz()?;
-        if self.max_uid.is_some_and(|m| m < self.min_uid) {
+        if let Some(max) = self.max_uid.filter(|m| *m < self.min_uid) {
             return Err(format!(
-                "max_uid {} is below min_uid {}: no account would be managed",
-                self.max_uid.unwrap_or_default(),
+                "max_uid {max} is below min_uid {}: no account would be managed",
                 self.min_uid
             ));
         }
@@ -261,11 +262,12 @@ pub fn check_version(version: u32) -> std::result::Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testing::uid;
 
     #[test]
     fn minimal_file_gets_defaults() {
         let p: Policy = serde_json::from_str(r#"{"version":1}"#).unwrap();
-        assert_eq!(p.min_uid, 1000);
+        assert_eq!(p.min_uid, uid(1000));
         assert_eq!(p.default_duration.secs(), 3600);
         assert_eq!(p.max_bookings_per_user_node, 16);
         assert_eq!(p.min_duration.secs(), 60);
@@ -327,7 +329,7 @@ mod tests {
         assert!(p.set_field("admins", "../x").is_err());
         assert_eq!(p.timezone, "Europe/Paris");
         p.set_field("max_uid", "70000").unwrap();
-        assert_eq!(p.max_uid, Some(70000));
+        assert_eq!(p.max_uid, Some(uid(70000)));
         assert!(p.set_field("max_uid", "10").is_err(), "below min_uid");
         p.set_field("max_uid", "").unwrap();
         assert_eq!(p.max_uid, None);

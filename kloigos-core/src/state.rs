@@ -13,6 +13,7 @@ use crate::duration::human_secs;
 use crate::error::{Error, Result};
 use crate::facts::Facts;
 use crate::gpuset::GpuSet;
+use crate::ids::Uid;
 use crate::names::{NodeName, UserName};
 use crate::node::NodeSpec;
 use crate::policy::{Policy, FORMAT_VERSION};
@@ -92,7 +93,7 @@ pub struct Request {
     /// Who will hold the booking.
     pub user: UserName,
     /// Their uid.
-    pub uid: u32,
+    pub uid: Uid,
     /// Who asks (differs from `user` when an admin books for someone).
     pub created_by: UserName,
     /// How much.
@@ -183,7 +184,7 @@ impl NodeState {
 
     /// The booking a session of `uid` starting at `now` belongs to: its
     /// active booking here (the earliest started, when it holds several).
-    pub fn session_booking(&self, uid: u32, now: Timestamp) -> Option<&Booking> {
+    pub fn session_booking(&self, uid: Uid, now: Timestamp) -> Option<&Booking> {
         self.active(now)
             .filter(|b| b.uid == uid)
             .min_by_key(|b| (b.start, &b.id))
@@ -736,7 +737,7 @@ fn in_one_numa(cpus: &CpuSet, numa: &[CpuSet]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{request, ts};
+    use crate::testing::{request, ts, uid};
     use crate::window::Window;
     use proptest::prelude::*;
 
@@ -1097,7 +1098,7 @@ mod tests {
         let p = Policy::default();
         let now = ts(NOW);
         let mut other = req("b", Size::Units(1), NOW, 2);
-        other.uid = 1001;
+        other.uid = uid(1001);
         s.book(&other, &p, now, &[]).unwrap();
         let later = s
             .book(
@@ -1107,16 +1108,19 @@ mod tests {
                 &[],
             )
             .unwrap();
-        assert_eq!(s.session_booking(1000, now), None);
+        assert_eq!(s.session_booking(uid(1000), now), None);
         let first = s
             .book(&req("a", Size::Units(1), NOW, 2), &p, now, &[])
             .unwrap();
-        assert_eq!(s.session_booking(1000, now), Some(&first));
+        assert_eq!(s.session_booking(uid(1000), now), Some(&first));
         let t = ts("2026-11-23T11:30:00Z");
-        assert_eq!(s.session_booking(1000, t).map(|b| &b.id), Some(&first.id));
+        assert_eq!(
+            s.session_booking(uid(1000), t).map(|b| &b.id),
+            Some(&first.id)
+        );
         s.release(&first.id, t).unwrap();
         assert_eq!(
-            s.session_booking(1000, t),
+            s.session_booking(uid(1000), t),
             Some(&later).map(|b| s.get(&b.id).unwrap())
         );
     }
@@ -1290,7 +1294,7 @@ mod tests {
                 },
                 node: s.node.name.clone(),
                 user: UserName::new(user).unwrap(),
-                uid: 1000,
+                uid: uid(1000),
                 units: [0, 0],
                 cpus: s.node.run_cpus(0, 0),
                 ports: None,

@@ -4,7 +4,8 @@
 use jiff::Timestamp;
 
 use crate::cpuset::CpuSet;
-use crate::names::{NodeName, UserName};
+use crate::ids::Uid;
+use crate::names::{GroupName, NodeName, UserName};
 use crate::node::NodeSpec;
 use crate::policy::Policy;
 use crate::state::{NodeState, Request, Size};
@@ -14,10 +15,15 @@ pub(crate) fn ts(s: &str) -> Timestamp {
     s.parse().unwrap()
 }
 
+/// A uid from a literal.
+pub(crate) fn uid(raw: u32) -> Uid {
+    Uid::new(raw).unwrap()
+}
+
 /// A request by `user` for themselves, without a note or bookings elsewhere.
 pub(crate) fn request(
     user: &str,
-    uid: u32,
+    raw_uid: u32,
     size: Size,
     start: Timestamp,
     end: Timestamp,
@@ -25,7 +31,7 @@ pub(crate) fn request(
     let name = UserName::new(user).unwrap();
     Request {
         user: name.clone(),
-        uid,
+        uid: uid(raw_uid),
         created_by: name,
         size,
         start,
@@ -40,7 +46,7 @@ pub(crate) fn request(
 pub(crate) fn gated_policy() -> Policy {
     Policy {
         bypass_users: vec![UserName::new("ops").unwrap()],
-        admin_group: Some(UserName::new("wheel").unwrap()),
+        admin_group: Some(GroupName::new("wheel").unwrap()),
         ..Policy::default()
     }
 }

@@ -8,9 +8,10 @@
 
 use std::sync::OnceLock;
 
-use nix::unistd::{Gid, Group, Uid, User};
+use nix::unistd::{Group, User};
 
 use crate::error::{Error, Result};
+use crate::ids::{Gid, Uid};
 use crate::names::UserName;
 
 /// A user account: name, uid, primary gid and the names of all its groups.
@@ -19,9 +20,9 @@ pub struct Account {
     /// Login name.
     pub name: UserName,
     /// User id.
-    pub uid: u32,
+    pub uid: Uid,
     /// Primary group id.
-    pub gid: u32,
+    pub gid: Gid,
     /// Names of the primary and supplementary groups, once looked up.
     groups: OnceLock<Vec<String>>,
 }
@@ -31,8 +32,8 @@ impl Account {
     pub fn new(name: &str, uid: u32, groups: &[&str]) -> Result<Account> {
         Ok(Account {
             name: UserName::new(name)?,
-            uid,
-            gid: uid,
+            uid: Uid::new(uid)?,
+            gid: Gid::new(uid)?,
             groups: OnceLock::from(groups.iter().map(|g| g.to_string()).collect::<Vec<_>>()),
         })
     }
@@ -64,8 +65,8 @@ impl Eq for Account {}
 
 /// The names of the groups of user `name` whose primary group is `gid`:
 /// the primary group first, then the supplementary ones, no duplicates.
-fn lookup_groups(name: &str, gid: u32) -> Vec<String> {
-    let gid = Gid::from_raw(gid);
+fn lookup_groups(name: &str, gid: Gid) -> Vec<String> {
+    let gid = nix::unistd::Gid::from_raw(gid.as_raw());
     let mut groups = Vec::new();
     if let Ok(Some(g)) = Group::from_gid(gid) {
         groups.push(g.name);
@@ -97,8 +98,8 @@ fn from_user(u: User) -> Result<Account> {
     }
     Ok(Account {
         name,
-        uid: u.uid.as_raw(),
-        gid: u.gid.as_raw(),
+        uid: Uid::new(u.uid.as_raw())?,
+        gid: Gid::new(u.gid.as_raw())?,
         groups: OnceLock::new(),
     })
 }
@@ -118,8 +119,8 @@ pub fn by_name(name: &str) -> Result<Option<Account>> {
 
 /// Looks up an account by uid; `Ok(None)` when it does not exist. Its
 /// groups are looked up later, when first asked for.
-pub fn by_uid(uid: u32) -> Result<Option<Account>> {
-    match User::from_uid(Uid::from_raw(uid)) {
+pub fn by_uid(uid: Uid) -> Result<Option<Account>> {
+    match User::from_uid(nix::unistd::Uid::from_raw(uid.as_raw())) {
         Ok(Some(u)) => from_user(u).map(Some),
         Ok(None) => Ok(None),
         Err(e) => Err(Error::Storage {
@@ -130,16 +131,16 @@ pub fn by_uid(uid: u32) -> Result<Option<Account>> {
 }
 
 /// The gid of group `name`, if it exists.
-pub fn group_gid(name: &str) -> Option<u32> {
+pub fn group_gid(name: &str) -> Option<Gid> {
     Group::from_name(name)
         .ok()
         .flatten()
-        .map(|g| g.gid.as_raw())
+        .and_then(|g| Gid::new(g.gid.as_raw()).ok())
 }
 
 /// The name of group `gid`, if it exists.
-pub fn group_name(gid: u32) -> Option<String> {
-    Group::from_gid(Gid::from_raw(gid))
+pub fn group_name(gid: Gid) -> Option<String> {
+    Group::from_gid(nix::unistd::Gid::from_raw(gid.as_raw()))
         .ok()
         .flatten()
         .map(|g| g.name)

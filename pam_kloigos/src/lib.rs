@@ -135,7 +135,7 @@ fn account(pamh: &mut PamHandle, raw_args: &[&CStr], flags: PamFlag) -> PamResul
 /// environment or the PAM handle.
 pub fn decide(args: &Args, user: &str) -> Decision {
     // The node-local configuration is root's: trust root-owned files only.
-    let mut config = match Config::load(&args.config, &Trust::service(0)) {
+    let mut config = match Config::load(&args.config, &Trust::root_only()) {
         Ok(c) => c,
         Err(e) => return without_config(args, user, &e),
     };

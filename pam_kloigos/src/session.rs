@@ -45,7 +45,7 @@ fn putenv(pamh: &mut PamHandle, name: &str, value: &str) -> Result<(), String> {
 /// The variables of `user`'s active booking on this node; `None` when the
 /// user has none (or is unknown here).
 fn variables(args: &Args, user: &str) -> Result<Option<Vec<(&'static str, String)>>, String> {
-    let config = Config::load(&args.config, &Trust::service(0)).map_err(|e| e.to_string())?;
+    let config = Config::load(&args.config, &Trust::root_only()).map_err(|e| e.to_string())?;
     let Some(account) = users::by_name(user).map_err(|e| e.to_string())? else {
         return Ok(None);
     };

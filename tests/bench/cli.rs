@@ -16,6 +16,7 @@ use kloigos_core::state::{NodeState, Request, Size};
 use kloigos_core::store::to_json;
 use kloigos_tests::bench::{median_ms, report, Goal};
 use kloigos_tests::cluster::TempCluster;
+use kloigos_tests::uid;
 
 fn quiet(cmd: &mut Command) {
     let ok = cmd
@@ -42,7 +43,7 @@ fn info_over_many_nodes() {
         for k in 0..3 {
             let req = Request {
                 user: user.clone(),
-                uid: 1000,
+                uid: uid(1000),
                 created_by: user.clone(),
                 size: Size::Units(1),
                 start: now,

@@ -25,6 +25,7 @@ use kloigos_tests::cmd::{must, run};
 use kloigos_tests::housekeeper::{build_stopper, live_processes, spawn_as, HkNode, Reaped};
 use kloigos_tests::poll::wait_until;
 use kloigos_tests::sys::{Netns, TempUser};
+use kloigos_tests::uid;
 use serde_json::json;
 
 fn forking_user(u: &TempUser) -> (Reaped, Reaped) {
@@ -87,8 +88,8 @@ fn main() {
     let victim = TempUser::with_uid("khkb-victim", 59982);
     let ns = Netns::create(&format!("khkb{}", std::process::id() % 100_000));
     let p = Policy {
-        min_uid: 59980,
-        max_uid: Some(59_999),
+        min_uid: uid(59980),
+        max_uid: Some(uid(59_999)),
         tasks_max_per_unit: Some(512),
         ..Policy::default()
     };
@@ -218,7 +219,7 @@ fn main() {
         let g = HkNode::new(
             "hk-bench-gpu",
             Policy {
-                min_uid: 59980,
+                min_uid: uid(59980),
                 tasks_max_per_unit: Some(512),
                 ..Policy::default()
             },

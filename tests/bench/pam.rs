@@ -51,6 +51,7 @@ use kloigos_core::store::{to_json, LocalCopy};
 use kloigos_tests::bench::{report, Goal};
 use kloigos_tests::cluster::TempCluster;
 use kloigos_tests::pam::SyslogSink;
+use kloigos_tests::uid;
 
 const PAM_SUCCESS: c_int = 0;
 const PAM_CONV_ERR: c_int = 19;
@@ -213,7 +214,7 @@ struct Setup {
 
 fn setup(user: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> Setup {
     let policy = Policy {
-        min_uid: 1,
+        min_uid: uid(1),
         ..Policy::default()
     };
     let cluster = TempCluster::with_policy(policy.clone());
@@ -221,7 +222,7 @@ fn setup(user: &nix::unistd::User, now: Timestamp, service_uid: Option<u32>) -> 
     let name = UserName::new(USER).expect("name");
     let req = Request {
         user: name.clone(),
-        uid: user.uid.as_raw(),
+        uid: uid(user.uid.as_raw()),
         created_by: name,
         size: Size::Whole,
         start: now,

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use jiff::Timestamp;
 use kloigos_core::booking::{Booking, BookingId};
+use kloigos_core::ids::Uid;
 use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::Policy;
 use kloigos_core::state::{Request, Size};
@@ -106,7 +107,7 @@ impl HkNode {
         let name = UserName::new(&user.name).expect("user name");
         let req = Request {
             user: name.clone(),
-            uid: user.uid,
+            uid: Uid::new(user.uid).expect("a uid"),
             created_by: name,
             size: Size::Units(units),
             start,

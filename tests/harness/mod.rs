@@ -53,3 +53,8 @@ pub fn bin(name: &str) -> PathBuf {
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
+
+/// A uid from a number a test chose (never `u32::MAX`, which no account has).
+pub fn uid(raw: u32) -> kloigos_core::ids::Uid {
+    kloigos_core::ids::Uid::new(raw).expect("a uid")
+}

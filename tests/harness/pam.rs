@@ -431,7 +431,7 @@ pub fn free_port() -> u16 {
 pub fn person_uid_from(uid: u32) -> u32 {
     let sub = kloigos_core::access::SubUids::read(Path::new("/etc/subuid"));
     let mut u = uid;
-    while sub.contains(u) {
+    while sub.contains(kloigos_core::ids::Uid::new(u).expect("a uid")) {
         u += 1;
     }
     u

@@ -12,6 +12,7 @@ use jiff::Timestamp;
 use kloigos_core::booking::Note;
 use kloigos_core::cpuset::CpuSet;
 use kloigos_core::facts::Facts;
+use kloigos_core::ids::Uid;
 use kloigos_core::names::{Label, NodeName, UserName};
 use kloigos_core::node::{Drain, NodeSpec};
 use kloigos_core::policy::Policy;
@@ -45,7 +46,7 @@ fn book(st: &mut NodeState, user: &str, uid: u32, units: u32, span: (&str, &str)
     let u = UserName::new(user).expect("user name");
     let req = Request {
         user: u.clone(),
-        uid,
+        uid: Uid::new(uid).expect("a uid"),
         created_by: u,
         size: Size::Units(units),
         start,
@@ -206,7 +207,7 @@ pub fn big_cluster(nodes: u32) -> TempCluster {
                 let u = UserName::new(user).expect("name");
                 let req = Request {
                     user: u.clone(),
-                    uid: 3000 + (n + unit + k) % 8,
+                    uid: Uid::new(3000 + (n + unit + k) % 8).expect("a uid"),
                     created_by: u,
                     size: Size::Units(1),
                     start,
