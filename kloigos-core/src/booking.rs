@@ -3,7 +3,7 @@
 use std::fmt;
 
 use jiff::Timestamp;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 use crate::cpuset::CpuSet;
 use crate::error::{Error, Result};
@@ -11,6 +11,7 @@ use crate::gpuset::GpuSet;
 use crate::ids::Uid;
 use crate::names::{NodeName, UserName};
 use crate::ports::PortRange;
+use crate::text::serde_as_text;
 
 /// A booking's id, `<node>:<seq>`, unique in the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -45,17 +46,11 @@ impl fmt::Display for BookingId {
     }
 }
 
-impl Serialize for BookingId {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for BookingId {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        crate::text::from_str(d, "a booking id such as \"node1:7\"", BookingId::parse)
-    }
-}
+serde_as_text!(
+    BookingId,
+    "a booking id such as \"node1:7\"",
+    BookingId::parse
+);
 
 /// Longest note, in bytes.
 pub const MAX_NOTE: usize = 256;

@@ -2,10 +2,9 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::error::Result;
 use crate::idlist;
+use crate::text::serde_as_text;
 
 /// The highest CPU number accepted; far above any machine kloigos books.
 const MAX_CPU: u32 = 65_535;
@@ -69,17 +68,7 @@ impl fmt::Display for CpuSet {
     }
 }
 
-impl Serialize for CpuSet {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for CpuSet {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        crate::text::from_str(d, "a CPU list such as \"0-3,8\"", CpuSet::parse)
-    }
-}
+serde_as_text!(CpuSet, "a CPU list such as \"0-3,8\"", CpuSet::parse);
 
 #[cfg(test)]
 mod tests {

@@ -5,10 +5,9 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::error::Result;
 use crate::idlist;
+use crate::text::serde_as_text;
 
 /// The highest GPU index accepted: NVIDIA device minors stop at 254 (255 is
 /// `nvidiactl`), and no node holds more GPUs than that.
@@ -67,17 +66,7 @@ impl fmt::Display for GpuSet {
     }
 }
 
-impl Serialize for GpuSet {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for GpuSet {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        crate::text::from_str(d, "a GPU list such as \"0-3\"", GpuSet::parse)
-    }
-}
+serde_as_text!(GpuSet, "a GPU list such as \"0-3\"", GpuSet::parse);
 
 #[cfg(test)]
 mod tests {

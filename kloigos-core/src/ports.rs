@@ -2,9 +2,8 @@
 
 use std::fmt;
 
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
-
 use crate::error::{Error, Result};
+use crate::text::serde_as_text;
 
 /// An inclusive, non-empty range of TCP/UDP ports, never including port 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -91,17 +90,11 @@ impl fmt::Display for PortRange {
     }
 }
 
-impl Serialize for PortRange {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        s.collect_str(self)
-    }
-}
-
-impl<'de> Deserialize<'de> for PortRange {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        crate::text::from_str(d, "a port range such as \"20000-20099\"", PortRange::parse)
-    }
-}
+serde_as_text!(
+    PortRange,
+    "a port range such as \"20000-20099\"",
+    PortRange::parse
+);
 
 #[cfg(test)]
 mod tests {

@@ -10,6 +10,30 @@ use serde::de::{self, Deserializer, Visitor};
 
 use crate::error::Result;
 
+/// Writes `$t` in files as its `Display` text and reads it back with
+/// `$parse`, naming what was `$expecting` when the text does not parse.
+macro_rules! serde_as_text {
+    ($t:ty, $expecting:expr, $parse:expr) => {
+        impl serde::Serialize for $t {
+            fn serialize<S: serde::Serializer>(
+                &self,
+                s: S,
+            ) -> std::result::Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+
+        impl<'de> serde::Deserialize<'de> for $t {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                d: D,
+            ) -> std::result::Result<Self, D::Error> {
+                $crate::text::from_str(d, $expecting, $parse)
+            }
+        }
+    };
+}
+pub(crate) use serde_as_text;
+
 /// Deserializes a `T` written as a string, with `parse`.
 pub(crate) fn from_str<'de, D, T>(
     d: D,
