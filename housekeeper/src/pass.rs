@@ -1,13 +1,14 @@
 //! One housekeeper pass: read, decide (kloigos-core's `enforce`), then
 //! print the plan (`--dry-run`) or apply it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kloigos_core::access::{SubUids, SUBUID_FILE};
+use kloigos_core::booking::BookingId;
 use kloigos_core::config::Config;
 use kloigos_core::enforce::{
     self, Controls, Host, NftAction, Observed, Plan, ProcOwner, Rules, SliceAction, Switches,
@@ -91,6 +92,13 @@ struct Inputs {
     deadline: Duration,
 }
 
+impl Inputs {
+    /// The service account's uid, as the local copy records it.
+    fn service_uid_raw(&self) -> Option<u32> {
+        self.service.map(|s| s.0.as_raw())
+    }
+}
+
 fn inputs(opts: &Options) -> Result<Inputs> {
     let cfg = Config::load(&opts.config, &Trust::root_only())?;
     let node = cfg.node_name()?;
@@ -130,92 +138,194 @@ fn inputs(opts: &Options) -> Result<Inputs> {
     })
 }
 
+/// What /proc showed at the start of the pass.
+struct Seen {
+    procs: Vec<procfs::Proc>,
+    by_uid: BTreeMap<Uid, (u32, u64)>,
+    /// The account names of the uids that have one (root left out).
+    names: BTreeMap<Uid, UserName>,
+}
+
+impl Seen {
+    fn scan() -> Seen {
+        let procs = procfs::scan();
+        let by_uid = procfs::by_uid(&procs);
+        let names = by_uid
+            .keys()
+            .filter(|u| !u.is_root())
+            .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
+            .collect();
+        Seen {
+            procs,
+            by_uid,
+            names,
+        }
+    }
+
+    fn owners(&self) -> Vec<ProcOwner> {
+        self.by_uid
+            .iter()
+            .map(|(uid, (n, _))| ProcOwner {
+                uid: *uid,
+                user: self.names.get(uid).cloned(),
+                processes: *n,
+            })
+            .collect()
+    }
+}
+
+/// What the pass decided, with what it needs to carry it out.
+struct Decided {
+    desired: enforce::Desired,
+    observed: Observed,
+    plan: Plan,
+    backend: Option<Backend>,
+    hook_list: Vec<PathBuf>,
+}
+
 /// Runs one pass.
 pub fn run(opts: &Options) -> Result<Report> {
     let started = Instant::now();
     let now = Timestamp::now();
     let inp = inputs(opts)?;
     let pass = deadline::begin(inp.deadline);
-    pass.at("taking the pass lock");
-    // An uninstall on a node whose state directory is already gone must not recreate it.
-    let no_dir = opts.uninstall && !inp.state_dir.exists();
-    if !opts.dry_run && !no_dir {
-        fs::create_dir_all(&inp.state_dir).map_err(|e| Error::io(&inp.state_dir, e))?;
-    }
-    let _lock = if opts.dry_run || no_dir {
-        None
-    } else {
-        Some(PassLock::take(&inp.state_dir.join("housekeeper.lock"))?)
-    };
+    let _lock = lock_pass(&inp, opts, &pass)?;
     let mut record = Record::load(&inp.state_dir);
     if opts.uninstall {
         return uninstall(&inp, &mut record, opts.dry_run);
     }
     pass.at("reading /proc");
-    let procs = procfs::scan();
-    let by_uid = procfs::by_uid(&procs);
-    let names: BTreeMap<Uid, UserName> = by_uid
-        .keys()
-        .filter(|u| !u.is_root())
-        .filter_map(|u| Some((*u, users::by_uid(*u).ok()??.name)))
-        .collect();
-
-    // 1. Policy and this node's state, lock-free. Failing that: nothing
-    // destructive. Only ENOENT for nodes/<node> is "not a node" (see
-    // Store::node_if_any); any other failure is a degraded pass.
-    pass.at(format!(
-        "reading the shared policy and state under {}",
-        inp.store.root().display()
-    ));
-    let read = inp
-        .store
-        .policy()
-        .and_then(|p| inp.store.node_if_any(&inp.node).map(|s| (p, s)));
-    let (policy, state) = match read {
+    let seen = Seen::scan();
+    let (policy, state) = match read_shared(&inp, &pass) {
         Ok(v) => v,
         Err(e) => {
-            return degraded(
-                &inp,
-                &mut record,
-                &by_uid,
-                &names,
-                now,
-                started,
-                opts.dry_run,
-                &e.to_string(),
-            );
+            let e = e.to_string();
+            return degraded(&inp, &mut record, &seen, now, started, opts.dry_run, &e);
         }
     };
     let Some(state) = state else {
-        log::note(&format!(
-            "{} is not a node of the cluster at {} (no nodes/{}/); nothing is enforced here",
-            inp.node,
-            inp.store.root().display(),
-            inp.node
+        return Ok(not_a_node(
+            &inp,
+            &mut record,
+            policy,
+            now,
+            started,
+            opts.dry_run,
         ));
-        if !opts.dry_run {
-            let copy = LocalCopy::new(now, policy, None)
-                .with_service_uid(inp.service.map(|s| s.0.as_raw()));
-            write_copy(&inp, &copy);
-            finish(
-                &inp,
-                &mut record,
-                Metrics {
-                    ok: true,
-                    ..Metrics::default()
-                },
-                now,
-                started,
-            );
-        }
+    };
+    pass.at("observing slices and the nftables generation");
+    let d = decide(&inp, &policy, &state, &seen, &mut record, now, opts.dry_run);
+    if opts.dry_run {
+        let nft = record.nft.as_ref();
+        let backend = d.backend.as_ref();
+        print_plan(
+            &inp.node,
+            now,
+            &d.plan,
+            &d.desired,
+            backend,
+            nft,
+            &d.hook_list,
+            &seen.procs,
+        );
         return Ok(Report {
             elapsed: started.elapsed(),
             ..Report::default()
         });
-    };
+    }
+    let mut report = Report::default();
+    apply(
+        &inp,
+        &d,
+        &state,
+        &seen,
+        &pass,
+        &mut record,
+        &mut report,
+        now,
+    );
+    write_outputs(&inp, &policy, &state, &seen, &pass, &mut record, now);
+    run_release_hooks(&inp, &d, &pass, &mut record);
+    if let Some(dir) = &inp.cfg.housekeeper.dashboard_dir {
+        if pass.may_start("regenerating the dashboard") {
+            crate::dashboard::regenerate(dir, &inp.store, inp.service, now);
+        }
+    }
+    report.unfinished = pass.undone();
+    close_pass(&inp, &state, &pass, &mut record, &report, now, started);
+    report.elapsed = started.elapsed();
+    Ok(report)
+}
 
-    // 2. Desired state, and what is in place.
-    pass.at("observing slices and the nftables generation");
+/// Takes the pass lock in the state directory (created first), unless this
+/// is a dry run, or an uninstall on a node whose state directory is already
+/// gone (which must not recreate it).
+fn lock_pass(inp: &Inputs, opts: &Options, pass: &Pass) -> Result<Option<PassLock>> {
+    pass.at("taking the pass lock");
+    let no_dir = opts.uninstall && !inp.state_dir.exists();
+    if opts.dry_run || no_dir {
+        return Ok(None);
+    }
+    fs::create_dir_all(&inp.state_dir).map_err(|e| Error::io(&inp.state_dir, e))?;
+    PassLock::take(&inp.state_dir.join("housekeeper.lock")).map(Some)
+}
+
+/// Policy and this node's state, lock-free. Only ENOENT for nodes/<node>
+/// is "not a node" (`None`, see Store::node_if_any); any other failure is
+/// an error, and the caller's pass does nothing destructive.
+fn read_shared(inp: &Inputs, pass: &Pass) -> kloigos_core::Result<(Policy, Option<NodeState>)> {
+    pass.at(format!(
+        "reading the shared policy and state under {}",
+        inp.store.root().display()
+    ));
+    let policy = inp.store.policy()?;
+    let state = inp.store.node_if_any(&inp.node)?;
+    Ok((policy, state))
+}
+
+/// The pass on a host the cluster has no node for: says so, and keeps the
+/// local copy (with no state, so PAM lets no one in on a booking) and the
+/// metrics current.
+fn not_a_node(
+    inp: &Inputs,
+    record: &mut Record,
+    policy: Policy,
+    now: Timestamp,
+    started: Instant,
+    dry_run: bool,
+) -> Report {
+    log::note(&format!(
+        "{} is not a node of the cluster at {} (no nodes/{}/); nothing is enforced here",
+        inp.node,
+        inp.store.root().display(),
+        inp.node
+    ));
+    if !dry_run {
+        let copy = LocalCopy::new(now, policy, None).with_service_uid(inp.service_uid_raw());
+        write_copy(inp, &copy);
+        let m = Metrics {
+            ok: true,
+            ..Metrics::default()
+        };
+        finish(inp, record, m, now, started);
+    }
+    Report {
+        elapsed: started.elapsed(),
+        ..Report::default()
+    }
+}
+
+/// The desired state (core's `enforce`, under this node's rules and host),
+/// what is in place, and the plan between them.
+fn decide(
+    inp: &Inputs,
+    policy: &Policy,
+    state: &NodeState,
+    seen: &Seen,
+    record: &mut Record,
+    now: Timestamp,
+    dry_run: bool,
+) -> Decided {
     let hk = &inp.cfg.housekeeper;
     // Chosen before the desired state, which holds only the limits it can
     // set; a failure is logged below, where it always was.
@@ -228,33 +338,9 @@ pub fn run(opts: &Options) -> Result<Report> {
             .as_ref()
             .map_or_else(|_| Controls::default(), Backend::controls),
     };
-    let mut rules = Rules::new(
-        &policy,
-        inp.service.map(|s| s.0),
-        hk.grace_s,
-        hk.warn_before_s.as_deref(),
-    );
-    rules.switches = Switches {
-        slices: selected.is_ok(),
-        nft: hk.nft,
-        kill: hk.kill,
-    };
-    rules.subuids = SubUids::read(Path::new(SUBUID_FILE));
-    if let Some(why) = &rules.subuids.problem {
-        log::error(why);
-    }
-    let desired = enforce::desired(&policy, &state, now, &host, rules);
-    if let (Some(missing), Some(online)) = (&desired.missing_cpus, &host.cpus_online) {
-        // Said when it changes, and in facts.json every pass.
-        if record.missing_cpus.as_ref() != Some(missing) || opts.dry_run {
-            log::error(&format!(
-                "the spec of {node} names CPUs {missing} that this host does not have (online: {online}); \
-                 bookings are confined to the CPUs that exist; fix: {}",
-                enforce::set_node_cpus_fix(inp.node.as_str(), &state.node.cpus, online),
-                node = inp.node
-            ));
-        }
-    }
+    let rules = node_rules(inp, policy, selected.is_ok());
+    let desired = enforce::desired(policy, state, now, &host, rules);
+    say_missing_cpus(inp, state, &desired, &host, record, dry_run);
     record.missing_cpus = desired.missing_cpus.clone();
     let backend = match selected {
         Ok(b) => Some(b),
@@ -263,90 +349,144 @@ pub fn run(opts: &Options) -> Result<Report> {
             None
         }
     };
-    let mut observed = Observed {
+    let observed = Observed {
         slices: backend.as_ref().map(Backend::observe).unwrap_or_default(),
-        processes: by_uid
-            .iter()
-            .map(|(uid, (n, _))| ProcOwner {
-                uid: *uid,
-                user: names.get(uid).cloned(),
-                processes: *n,
-            })
-            .collect(),
+        processes: seen.owners(),
         warned: record.warned.clone(),
         hooks_done: record.hooks_done.clone(),
-        nft: None,
+        nft: Some(nft_seen(hk.nft, record)),
     };
-    let here = if hk.nft {
-        match nft::Here::now() {
-            Ok(h) => Some(h),
-            Err(e) => {
-                log::error(&format!(
-                    "cannot read the nftables generation ({e}); reloading the table"
-                ));
-                None
-            }
-        }
-    } else {
-        None
-    };
-    observed.nft = Some(match &here {
-        Some(h) => h.seen(record.nft.as_ref()),
-        None => enforce::NftSeen::Unknown,
-    });
     let plan = enforce::plan(&desired, &observed);
     let hook_list = hk.hooks_dir.as_deref().map(hooks::list).unwrap_or_default();
-
-    if opts.dry_run {
-        print_plan(
-            &inp.node,
-            now,
-            &plan,
-            &desired,
-            backend.as_ref(),
-            record.nft.as_ref(),
-            &hook_list,
-            &procs,
-        );
-        return Ok(Report {
-            elapsed: started.elapsed(),
-            ..Report::default()
-        });
+    Decided {
+        desired,
+        observed,
+        plan,
+        backend,
+        hook_list,
     }
+}
 
-    // 3-7. Apply, each step only while the deadline has not passed.
-    let mut report = Report::default();
-    if let Some(b) = &backend {
-        apply_slices(b, &plan, &desired, &procs, &pass);
+/// The policy's rules with this node's configuration: its grace, warning
+/// times and switches, and the subordinate uids of this host.
+fn node_rules(inp: &Inputs, policy: &Policy, slices: bool) -> Rules {
+    let hk = &inp.cfg.housekeeper;
+    let mut rules = Rules::new(
+        policy,
+        inp.service.map(|s| s.0),
+        hk.grace_s,
+        hk.warn_before_s.as_deref(),
+    );
+    rules.switches = Switches {
+        slices,
+        nft: hk.nft,
+        kill: hk.kill,
+    };
+    rules.subuids = SubUids::read(Path::new(SUBUID_FILE));
+    if let Some(why) = &rules.subuids.problem {
+        log::error(why);
     }
+    rules
+}
+
+/// Logs CPUs the node's spec names but this host lacks: when that changes
+/// (it is in facts.json every pass), and on every dry run.
+fn say_missing_cpus(
+    inp: &Inputs,
+    state: &NodeState,
+    desired: &enforce::Desired,
+    host: &Host,
+    record: &Record,
+    dry_run: bool,
+) {
+    let (Some(missing), Some(online)) = (&desired.missing_cpus, &host.cpus_online) else {
+        return;
+    };
+    if record.missing_cpus.as_ref() != Some(missing) || dry_run {
+        log::error(&format!(
+            "the spec of {node} names CPUs {missing} that this host does not have (online: {online}); \
+             bookings are confined to the CPUs that exist; fix: {}",
+            enforce::set_node_cpus_fix(inp.node.as_str(), &state.node.cpus, online),
+            node = inp.node
+        ));
+    }
+}
+
+/// Whether the nftables table loaded last is still in place; unknown (so
+/// reloaded) when the generation cannot be read.
+fn nft_seen(nft_on: bool, record: &Record) -> enforce::NftSeen {
+    if !nft_on {
+        return enforce::NftSeen::Unknown;
+    }
+    match nft::Here::now() {
+        Ok(h) => h.seen(record.nft.as_ref()),
+        Err(e) => {
+            log::error(&format!(
+                "cannot read the nftables generation ({e}); reloading the table"
+            ));
+            enforce::NftSeen::Unknown
+        }
+    }
+}
+
+/// Carries out the plan's changes to the host: slices, the GPU fence, the
+/// nftables table, warnings and ends of processes, each step only while
+/// the deadline has not passed.
+#[allow(clippy::too_many_arguments)]
+fn apply(
+    inp: &Inputs,
+    d: &Decided,
+    state: &NodeState,
+    seen: &Seen,
+    pass: &Pass,
+    record: &mut Record,
+    report: &mut Report,
+    now: Timestamp,
+) {
+    let hk = &inp.cfg.housekeeper;
+    if let Some(b) = &d.backend {
+        apply_slices(b, &d.plan, &d.desired, &seen.procs, pass);
+    }
+    let (rules, owners) = (&d.desired.rules, &d.observed.processes);
     crate::fence::apply(
         &hk.gpu,
         hk.grace_s,
-        &desired.rules,
-        &state,
+        rules,
+        state,
         now,
-        &observed.processes,
-        &procs,
-        &mut record,
+        owners,
+        &seen.procs,
+        record,
     );
-    if let Some(action) = &plan.nft {
+    if let Some(action) = &d.plan.nft {
         if pass.may_start("loading the nftables table") {
-            report.nft_changed = apply_nft(action, &mut record);
+            report.nft_changed = apply_nft(action, record);
         }
     }
+    record.warned = give_warnings(&d.plan, &seen.procs, pass);
+    end_processes(&d.plan, pass, record, report);
+}
+
+/// Warns the users whose bookings end soon, on their terminals; returns
+/// the warnings given so far, less those the deadline left for the next pass.
+fn give_warnings(plan: &Plan, procs: &[procfs::Proc], pass: &Pass) -> BTreeSet<(BookingId, u64)> {
     let mut warned_next = plan.warned_next.clone();
     for w in &plan.warn {
         if !pass.may_start(format!("warning {} about {}", w.user, w.booking)) {
-            // Not given: to be given by the next pass.
             warned_next.retain(|(id, _)| *id != w.booking);
             continue;
         }
-        let n = warn::to_terminals(w.uid, &procs, &w.message);
+        let n = warn::to_terminals(w.uid, procs, &w.message);
         log::event(&format!(
             "warned {} that {} ends at {} ({n} terminal(s))",
             w.user, w.booking, w.end
         ));
     }
+    warned_next
+}
+
+/// Ends the processes of the users the plan names.
+fn end_processes(plan: &Plan, pass: &Pass, record: &mut Record, report: &mut Report) {
     for k in &plan.kill {
         let who = k.user.as_ref().map_or_else(
             || format!("uid {}", k.uid),
@@ -380,18 +520,33 @@ pub fn run(opts: &Options) -> Result<Report> {
             Err(e) => log::error(&e.to_string()),
         }
     }
-    record.warned = warned_next;
+}
+
+/// The local state copy for PAM, and facts.json.
+fn write_outputs(
+    inp: &Inputs,
+    policy: &Policy,
+    state: &NodeState,
+    seen: &Seen,
+    pass: &Pass,
+    record: &mut Record,
+    now: Timestamp,
+) {
     if pass.may_start("writing the local state copy") {
         let copy = LocalCopy::new(now, policy.clone(), Some(state.clone()))
-            .with_service_uid(inp.service.map(|s| s.0.as_raw()));
-        write_copy(&inp, &copy);
+            .with_service_uid(inp.service_uid_raw());
+        write_copy(inp, &copy);
     }
     if pass.may_start("writing facts.json") {
-        write_facts(&inp, &by_uid, &names, &policy, &mut record, now, None);
+        write_facts(inp, &seen.by_uid, &seen.names, policy, record, now, None);
     }
-    let mut hooks_done = plan.hooks_done_next.clone();
-    for b in &plan.hooks {
-        for h in &hook_list {
+}
+
+/// Runs the release hooks of the bookings that ended.
+fn run_release_hooks(inp: &Inputs, d: &Decided, pass: &Pass, record: &mut Record) {
+    let mut hooks_done = d.plan.hooks_done_next.clone();
+    for b in &d.plan.hooks {
+        for h in &d.hook_list {
             if !pass.may_start(format!("release hook {} for {}", h.display(), b.id)) {
                 // The booking's hooks run again next pass, the ones that
                 // ran already included (hooks are to be idempotent).
@@ -409,16 +564,22 @@ pub fn run(opts: &Options) -> Result<Report> {
         }
     }
     record.hooks_done = Some(hooks_done);
-    if let Some(dir) = &inp.cfg.housekeeper.dashboard_dir {
-        if pass.may_start("regenerating the dashboard") {
-            crate::dashboard::regenerate(dir, &inp.store, inp.service, now);
-        }
-    }
-    report.unfinished = pass.undone();
-    let mut m = node_metrics(&state, now, &record);
+}
+
+/// Metrics and the record, then what the deadline left undone.
+fn close_pass(
+    inp: &Inputs,
+    state: &NodeState,
+    pass: &Pass,
+    record: &mut Record,
+    report: &Report,
+    now: Timestamp,
+    started: Instant,
+) {
+    let mut m = node_metrics(state, now, record);
     m.ok = report.unfinished.is_empty();
     pass.at("writing metrics and the housekeeper record");
-    finish(&inp, &mut record, m, now, started);
+    finish(inp, record, m, now, started);
     if !report.unfinished.is_empty() {
         log::error(&format!(
             "the pass reached its deadline of {} s; not done this pass (the next one tries again): {}",
@@ -426,8 +587,6 @@ pub fn run(opts: &Options) -> Result<Report> {
             report.unfinished.join("; ")
         ));
     }
-    report.elapsed = started.elapsed();
-    Ok(report)
 }
 
 fn node_metrics(state: &NodeState, now: Timestamp, record: &Record) -> Metrics {
@@ -596,8 +755,7 @@ fn finish(inp: &Inputs, record: &mut Record, mut m: Metrics, now: Timestamp, sta
 fn degraded(
     inp: &Inputs,
     record: &mut Record,
-    by_uid: &BTreeMap<Uid, (u32, u64)>,
-    names: &BTreeMap<Uid, UserName>,
+    seen: &Seen,
     now: Timestamp,
     started: Instant,
     dry_run: bool,
@@ -611,7 +769,15 @@ fn degraded(
             version: FORMAT_VERSION,
             ..Policy::default()
         };
-        write_facts(inp, by_uid, names, &policy, record, now, Some(error));
+        write_facts(
+            inp,
+            &seen.by_uid,
+            &seen.names,
+            &policy,
+            record,
+            now,
+            Some(error),
+        );
         finish(inp, record, Metrics::default(), now, started);
     }
     Ok(Report {
