@@ -2,6 +2,7 @@
 //! free units, holders with CPU and port ranges and time left, next free
 //! time and load.
 
+use jiff::tz::TimeZone;
 use jiff::Timestamp;
 use kloigos_core::booking::Booking;
 use kloigos_core::cpuset::CpuSet;
@@ -97,31 +98,59 @@ fn paint_of(c: Condition) -> Paint {
     }
 }
 
+/// A node as `info` shows it: its state, its facts, its units free now.
+type Row = (NodeState, Option<Facts>, u32);
+
+/// A node that could not be read, and why.
+type Unread = (NodeName, kloigos_core::Error);
+
 /// `info`.
 pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
-    let policy = ctx.policy()?;
-    let tz = policy.tz_or_utc();
+    let tz = ctx.policy()?.tz_or_utc();
     let now = ctx.now();
-    let idle_after = kloigos_core::duration::Dur::parse(&a.idle_after)
-        .map_err(|_| {
-            kloigos_core::Error::invalid(
-                "--idle-after",
-                &a.idle_after,
-                "give a duration such as 30m, 2h or 3600",
-            )
-        })?
-        .secs() as i64;
-    let idle = |s: &NodeState, facts: Option<&Facts>| -> Vec<(usize, Timestamp)> {
-        let Some(f) = facts else { return Vec::new() };
-        s.bookings
-            .iter()
-            .enumerate()
-            .filter(|(_, b)| b.is_active(now))
-            .filter_map(|(i, b)| {
-                Some((i, kloigos_core::facts::booking_idle(b, f, now, idle_after)?))
-            })
-            .collect()
-    };
+    let idle_after = idle_after_secs(&a.idle_after)?;
+    let (rows, bad) = read_rows(ctx, a, now)?;
+    if ctx.json {
+        let partition = ctx.partition.clone().unwrap_or_else(|| "default".into());
+        print_json_info(&rows, &bad, &partition, now, idle_after);
+    } else {
+        print_table(ctx, a, &rows, &bad, &tz, now, idle_after);
+    }
+    Ok(if bad.is_empty() { 0 } else { 3 })
+}
+
+/// `--idle-after`, in seconds.
+fn idle_after_secs(text: &str) -> Result<i64> {
+    let d = kloigos_core::duration::Dur::parse(text).map_err(|_| {
+        kloigos_core::Error::invalid(
+            "--idle-after",
+            text,
+            "give a duration such as 30m, 2h or 3600",
+        )
+    })?;
+    Ok(d.secs() as i64)
+}
+
+/// The active bookings of `s` whose GPUs (and user) have been idle for
+/// `idle_after` seconds: their index in `s.bookings`, and since when.
+fn idle_bookings(
+    s: &NodeState,
+    facts: Option<&Facts>,
+    now: Timestamp,
+    idle_after: i64,
+) -> Vec<(usize, Timestamp)> {
+    let Some(f) = facts else { return Vec::new() };
+    s.bookings
+        .iter()
+        .enumerate()
+        .filter(|(_, b)| b.is_active(now))
+        .filter_map(|(i, b)| Some((i, kloigos_core::facts::booking_idle(b, f, now, idle_after)?)))
+        .collect()
+}
+
+/// The nodes asked for (all without names; a name the cluster lacks is an
+/// error of its own), with their facts, less the full ones under `--free`.
+fn read_rows(ctx: &Ctx, a: &InfoArgs, now: Timestamp) -> Result<(Vec<Row>, Vec<Unread>)> {
     let (mut states, mut bad) = read_all(ctx)?;
     if !a.nodes.is_empty() {
         let wanted = a
@@ -140,7 +169,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         states.retain(|s| wanted.contains(&s.node.name));
         bad.retain(|(n, _)| wanted.contains(n));
     }
-    let rows: Vec<(NodeState, Option<Facts>, u32)> = states
+    let rows = states
         .into_iter()
         .map(|s| {
             let facts = ctx.store.facts(&s.node.name);
@@ -149,169 +178,208 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         })
         .filter(|(_, _, free)| !a.free || *free > 0)
         .collect();
-    let partition = ctx.partition.clone().unwrap_or_else(|| "default".into());
-    if ctx.json {
-        let nodes: Vec<NodeJson> = rows
-            .iter()
-            .map(|(s, facts, free)| NodeJson {
-                name: &s.node.name,
-                labels: &s.node.labels,
-                partitions: [partition.as_str()],
-                cpus: &s.node.cpus,
-                unit_cpus: s.node.cpus_per_unit(),
-                units_total: s.node.units_total(),
-                units_free: *free,
-                ports: s.node.ports,
-                gpus: s.node.gpus.as_ref(),
-                gpus_free: gpus_free(s, *free),
-                gpu_list: facts
-                    .as_ref()
-                    .map(|f| f.gpus.iter().map(GpuJson::from).collect())
-                    .unwrap_or_default(),
-                drained: s.node.drained.as_ref(),
-                windows: &s.node.windows,
-                state: s.condition(facts.as_ref(), now, *free).as_str(),
-                next_free: s.next_free(now, *free),
-                bookings: bookings_json(s.bookings.iter().filter(|b| b.is_current_or_future(now))),
-                idle: idle(s, facts.as_ref())
-                    .into_iter()
-                    .map(|(i, since)| IdleJson {
-                        booking: &s.bookings[i].id,
-                        since,
-                    })
-                    .collect(),
-                facts: facts.as_ref(),
-            })
-            .collect();
-        let errors: Vec<_> = bad
-            .iter()
-            .map(|(n, e)| json!({"name": n, "error": e.to_string()}))
-            .collect();
-        print_json(&InfoJson { nodes, errors });
-    } else {
-        let with_gpus = rows.iter().any(|(s, ..)| s.node.gpus.is_some());
-        let mut header = vec!["NODE", "STATE", "FREE", "CPUS", "UNIT"];
-        if with_gpus {
-            header.push("GPUS FREE");
-        }
-        header.extend(["LOAD", "NEXT FREE", "HOLDERS"]);
-        let mut t = Table::new(&header);
-        for (s, facts, free) in &rows {
-            let cond = s.condition(facts.as_ref(), now, *free);
-            let (cond, paint) = (cond.as_str(), paint_of(cond));
-            let load = facts
+    Ok((rows, bad))
+}
+
+/// `info --json`.
+fn print_json_info(rows: &[Row], bad: &[Unread], partition: &str, now: Timestamp, idle_after: i64) {
+    let nodes: Vec<NodeJson> = rows
+        .iter()
+        .map(|(s, facts, free)| NodeJson {
+            name: &s.node.name,
+            labels: &s.node.labels,
+            partitions: [partition],
+            cpus: &s.node.cpus,
+            unit_cpus: s.node.cpus_per_unit(),
+            units_total: s.node.units_total(),
+            units_free: *free,
+            ports: s.node.ports,
+            gpus: s.node.gpus.as_ref(),
+            gpus_free: gpus_free(s, *free),
+            gpu_list: facts
                 .as_ref()
-                .map(|f| format!("{:.2}", f.load[0]))
-                .unwrap_or_else(|| "-".into());
-            let next = match s.next_free(now, *free) {
-                Some(t) if t <= now => "now".to_string(),
-                Some(t) => format!(
-                    "{} ({})",
-                    local(t, &tz),
-                    human_secs(t.as_second() - now.as_second())
-                ),
-                None => "-".into(),
-            };
-            let current: Vec<&Booking> = s
-                .bookings
+                .map(|f| f.gpus.iter().map(GpuJson::from).collect())
+                .unwrap_or_default(),
+            drained: s.node.drained.as_ref(),
+            windows: &s.node.windows,
+            state: s.condition(facts.as_ref(), now, *free).as_str(),
+            next_free: s.next_free(now, *free),
+            bookings: bookings_json(s.bookings.iter().filter(|b| b.is_current_or_future(now))),
+            idle: idle_bookings(s, facts.as_ref(), now, idle_after)
+                .into_iter()
+                .map(|(i, since)| IdleJson {
+                    booking: &s.bookings[i].id,
+                    since,
+                })
+                .collect(),
+            facts: facts.as_ref(),
+        })
+        .collect();
+    let errors: Vec<_> = bad
+        .iter()
+        .map(|(n, e)| json!({"name": n, "error": e.to_string()}))
+        .collect();
+    print_json(&InfoJson { nodes, errors });
+}
+
+/// `info`'s table: a line per node, under it a line per current or
+/// future booking; then the nodes that could not be read.
+fn print_table(
+    ctx: &Ctx,
+    a: &InfoArgs,
+    rows: &[Row],
+    bad: &[Unread],
+    tz: &TimeZone,
+    now: Timestamp,
+    idle_after: i64,
+) {
+    let with_gpus = rows.iter().any(|(s, ..)| s.node.gpus.is_some());
+    let mut header = vec!["NODE", "STATE", "FREE", "CPUS", "UNIT"];
+    if with_gpus {
+        header.push("GPUS FREE");
+    }
+    header.extend(["LOAD", "NEXT FREE", "HOLDERS"]);
+    let mut t = Table::new(&header);
+    for row in rows {
+        let (s, facts, _) = row;
+        let current: Vec<&Booking> = s
+            .bookings
+            .iter()
+            .filter(|b| b.is_current_or_future(now))
+            .collect();
+        t.painted(node_cells(row, current.len(), with_gpus, tz, now));
+        let idle = idle_bookings(s, facts.as_ref(), now, idle_after);
+        for b in current {
+            let idle_since = idle
                 .iter()
-                .filter(|b| b.is_current_or_future(now))
-                .collect();
-            let holders = if current.is_empty() {
-                "-".to_string()
-            } else {
-                format!("{}", current.len())
-            };
-            let cond = match &s.node.drained {
-                Some(d) => format!("{cond} ({})", d.reason),
-                None => cond.to_string(),
-            };
-            let mut row = vec![
-                (s.node.name.to_string(), Paint::Plain),
-                (cond, paint),
-                (format!("{free}/{}", s.node.units_total()), Paint::Plain),
-                (s.node.cpus.to_string(), Paint::Plain),
-                (s.node.cpus_per_unit().to_string(), Paint::Plain),
-            ];
-            if with_gpus {
-                let total = s.node.gpus.as_ref().map_or(0, GpuSet::len);
-                let cell = if total == 0 {
-                    "-".to_string()
-                } else {
-                    format!("{}/{total}", gpus_free(s, *free))
-                };
-                row.push((cell, Paint::Plain));
-            }
-            row.extend([
-                (load, Paint::Plain),
-                (next, Paint::Plain),
-                (holders, Paint::Plain),
-            ]);
-            t.painted(row);
-            let idle_here: Vec<(&kloigos_core::booking::BookingId, Timestamp)> =
-                idle(s, facts.as_ref())
-                    .into_iter()
-                    .map(|(i, since)| (&s.bookings[i].id, since))
-                    .collect();
-            for b in current {
-                let ports = b.ports.map(|p| format!(" ports {p}")).unwrap_or_default();
-                let gpus = b
-                    .gpus
-                    .as_ref()
-                    .map(|g| format!(" GPUs {g}"))
-                    .unwrap_or_default();
-                let note = if b.note.is_empty() {
-                    String::new()
-                } else {
-                    format!("  \"{}\"", b.note.as_str())
-                };
-                let mut row = vec![
-                    (format!("  {}", b.id), Paint::Dim),
-                    (b.user.to_string(), Paint::Plain),
-                    (format!("u{}-{}", b.units[0], b.units[1]), Paint::Dim),
-                    (b.cpus.to_string(), Paint::Plain),
-                    (String::new(), Paint::Plain),
-                ];
-                if with_gpus {
-                    row.push((String::new(), Paint::Plain));
-                }
-                let (status, paint) = match idle_here.iter().find(|(id, _)| *id == &b.id) {
-                    Some((_, since)) => (
-                        format!(
-                            "{}, IDLE {}",
-                            status_of(b, now),
-                            human_secs(now.as_second() - since.as_second())
-                        ),
-                        Paint::Yellow,
-                    ),
-                    None => (status_of(b, now), Paint::Plain),
-                };
-                row.extend([
-                    (String::new(), Paint::Plain),
-                    (status, paint),
-                    (
-                        format!("until {}{ports}{gpus}{note}", local(b.end, &tz)),
-                        Paint::Dim,
-                    ),
-                ]);
-                t.painted(row);
-            }
-        }
-        if rows.is_empty() && bad.is_empty() {
-            println!(
-                "{}",
-                if a.free {
-                    "no node has a free unit now"
-                } else {
-                    "no nodes yet (admins: kloigos admin add-node)"
-                }
-            );
-        } else {
-            print!("{}", t.render(ctx.color));
-        }
-        for (n, e) in &bad {
-            eprintln!("kloigos: {n}: {}", escape(&e.to_string()));
+                .find(|(i, _)| s.bookings[*i].id == b.id)
+                .map(|(_, since)| *since);
+            t.painted(booking_cells(b, idle_since, with_gpus, tz, now));
         }
     }
-    Ok(if bad.is_empty() { 0 } else { 3 })
+    if rows.is_empty() && bad.is_empty() {
+        println!(
+            "{}",
+            if a.free {
+                "no node has a free unit now"
+            } else {
+                "no nodes yet (admins: kloigos admin add-node)"
+            }
+        );
+    } else {
+        print!("{}", t.render(ctx.color));
+    }
+    for (n, e) in bad {
+        eprintln!("kloigos: {n}: {}", escape(&e.to_string()));
+    }
+}
+
+/// A node's line: name, condition, free units, CPUs, unit size, free
+/// GPUs, load, next free time and how many bookings it holds.
+fn node_cells(
+    row: &Row,
+    holders: usize,
+    with_gpus: bool,
+    tz: &TimeZone,
+    now: Timestamp,
+) -> Vec<(String, Paint)> {
+    let (s, facts, free) = row;
+    let cond = s.condition(facts.as_ref(), now, *free);
+    let paint = paint_of(cond);
+    let cond = match &s.node.drained {
+        Some(d) => format!("{} ({})", cond.as_str(), d.reason),
+        None => cond.as_str().to_string(),
+    };
+    let load = facts
+        .as_ref()
+        .map(|f| format!("{:.2}", f.load[0]))
+        .unwrap_or_else(|| "-".into());
+    let next = match s.next_free(now, *free) {
+        Some(t) if t <= now => "now".to_string(),
+        Some(t) => format!(
+            "{} ({})",
+            local(t, tz),
+            human_secs(t.as_second() - now.as_second())
+        ),
+        None => "-".into(),
+    };
+    let holders = if holders == 0 {
+        "-".to_string()
+    } else {
+        holders.to_string()
+    };
+    let mut cells = vec![
+        (s.node.name.to_string(), Paint::Plain),
+        (cond, paint),
+        (format!("{free}/{}", s.node.units_total()), Paint::Plain),
+        (s.node.cpus.to_string(), Paint::Plain),
+        (s.node.cpus_per_unit().to_string(), Paint::Plain),
+    ];
+    if with_gpus {
+        let total = s.node.gpus.as_ref().map_or(0, GpuSet::len);
+        let cell = if total == 0 {
+            "-".to_string()
+        } else {
+            format!("{}/{total}", gpus_free(s, *free))
+        };
+        cells.push((cell, Paint::Plain));
+    }
+    cells.extend([
+        (load, Paint::Plain),
+        (next, Paint::Plain),
+        (holders, Paint::Plain),
+    ]);
+    cells
+}
+
+/// A booking's line under its node: id, holder, units, CPUs, status (with
+/// how long it has been idle), end, ports, GPUs and note.
+fn booking_cells(
+    b: &Booking,
+    idle_since: Option<Timestamp>,
+    with_gpus: bool,
+    tz: &TimeZone,
+    now: Timestamp,
+) -> Vec<(String, Paint)> {
+    let ports = b.ports.map(|p| format!(" ports {p}")).unwrap_or_default();
+    let gpus = b
+        .gpus
+        .as_ref()
+        .map(|g| format!(" GPUs {g}"))
+        .unwrap_or_default();
+    let note = if b.note.is_empty() {
+        String::new()
+    } else {
+        format!("  \"{}\"", b.note.as_str())
+    };
+    let mut cells = vec![
+        (format!("  {}", b.id), Paint::Dim),
+        (b.user.to_string(), Paint::Plain),
+        (format!("u{}-{}", b.units[0], b.units[1]), Paint::Dim),
+        (b.cpus.to_string(), Paint::Plain),
+        (String::new(), Paint::Plain),
+    ];
+    if with_gpus {
+        cells.push((String::new(), Paint::Plain));
+    }
+    let (status, paint) = match idle_since {
+        Some(since) => (
+            format!(
+                "{}, IDLE {}",
+                status_of(b, now),
+                human_secs(now.as_second() - since.as_second())
+            ),
+            Paint::Yellow,
+        ),
+        None => (status_of(b, now), Paint::Plain),
+    };
+    cells.extend([
+        (String::new(), Paint::Plain),
+        (status, paint),
+        (
+            format!("until {}{ports}{gpus}{note}", local(b.end, tz)),
+            Paint::Dim,
+        ),
+    ]);
+    cells
 }
