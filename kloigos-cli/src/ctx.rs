@@ -116,12 +116,7 @@ impl Ctx {
         } else if !overridden && !execs {
             privs.become_service()?;
         }
-        let caller = users::by_uid(privs.caller_uid)?.ok_or_else(|| {
-            Error::Refused(format!(
-                "uid {} has no account in the user database; kloigos books for named users",
-                privs.caller_uid
-            ))
-        })?;
+        let caller = privs.caller_account()?;
         let color = !cli.json
             && std::io::stdout().is_terminal()
             && privs.caller_var("NO_COLOR").is_none_or(|v| v.is_empty());

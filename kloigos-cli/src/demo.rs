@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use kloigos_core::users;
 
 use crate::error::{CliError, Result};
 use crate::privilege::Privileges;
@@ -110,12 +109,7 @@ fn prepare(dir: &Path) -> Result<()> {
 pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     // A demo never needs the service account: run as the caller throughout.
     privs.drop_to_caller()?;
-    let me = users::by_uid(privs.caller_uid)?.ok_or_else(|| {
-        CliError::Usage(format!(
-            "uid {} has no account; the demo books for named users",
-            privs.caller_uid
-        ))
-    })?;
+    let me = privs.caller_account()?;
     let dir =
         std::path::absolute(dir).map_err(|e| CliError::Usage(format!("{}: {e}", dir.display())))?;
     prepare(&dir)?;
@@ -127,28 +121,52 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     };
     // root is never gated, so as root the demo books for `daemon`, which
     // every Linux has (`nobody` is never gated either).
-    let holder = if me.uid.is_root() {
-        "daemon".to_string()
+    let cast = if me.uid.is_root() {
+        Cast {
+            holder: "daemon".into(),
+            stranger: "bin",
+            as_holder: vec!["-u", "daemon"],
+        }
     } else {
-        me.name.to_string()
+        Cast {
+            holder: me.name.to_string(),
+            stranger: "daemon",
+            as_holder: vec![],
+        }
     };
-    let stranger = if holder == "daemon" { "bin" } else { "daemon" };
-    let as_holder: Vec<&str> = if me.uid.is_root() {
-        vec!["-u", "daemon"]
-    } else {
-        vec![]
-    };
-
     println!("kloigos demo: a throwaway cluster in {} (no root, no NFS; delete the directory when done).", dir.display());
+    create_cluster(&tour, me.name.as_str())?;
+    book_and_log_in(&tour, &cast)?;
+    watch_a_booking_expire(&tour, &cast)?;
+    show_capacity_and_views(&tour, &cast)?;
+    print_what_next(&tour, &dir);
+    Ok(0)
+}
+
+/// Who the tour books for, and who it shows being turned away.
+struct Cast {
+    /// The user who books.
+    holder: String,
+    /// A user without a booking.
+    stranger: &'static str,
+    /// What `alloc` needs to book for the holder (`-u daemon` as root).
+    as_holder: Vec<&'static str>,
+}
+
+impl Cast {
+    /// `args` plus what books for the holder.
+    fn alloc<'a>(&'a self, args: &[&'a str]) -> Vec<&'a str> {
+        let mut all = args.to_vec();
+        all.extend(&self.as_holder);
+        all
+    }
+}
+
+/// The cluster with `admin` as its admin, and three nodes: one with ports,
+/// GPUs and a label, a whole-node one, one open on weekdays only.
+fn create_cluster(tour: &Tour, admin: &str) -> Result<()> {
     tour.say("An admin creates the cluster and its nodes. This demo gates every account but root (min_uid=1), so the tour works with the accounts every Linux has.");
-    tour.must(&[
-        "admin",
-        "init",
-        "--name",
-        "demo",
-        "--admin",
-        me.name.as_str(),
-    ])?;
+    tour.must(&["admin", "init", "--name", "demo", "--admin", admin])?;
     tour.must(&[
         "admin",
         "policy",
@@ -182,10 +200,14 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "8",
         "--window",
         "Mon-Fri 08:00-20:00",
-    ])?;
+    ])
+}
 
+/// Two bookings, `info`, and the login decision for the holder and a stranger.
+fn book_and_log_in(tour: &Tour, cast: &Cast) -> Result<()> {
+    let holder = cast.holder.as_str();
     tour.say(&format!("{holder} books two units of node1 (32 CPUs, their ports and their 2 GPUs) for two hours, then one more GPU wherever it fits best."));
-    let mut args = vec![
+    tour.must(&cast.alloc(&[
         "alloc",
         "-w",
         "node1",
@@ -195,27 +217,26 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         "2h",
         "-m",
         "demo training run",
-    ];
-    args.extend(&as_holder);
-    tour.must(&args)?;
-    let mut args = vec!["alloc", "--gpus", "1", "-t", "90m"];
-    args.extend(&as_holder);
-    tour.must(&args)?;
+    ]))?;
+    tour.must(&cast.alloc(&["alloc", "--gpus", "1", "-t", "90m"]))?;
 
     tour.say("info: who holds what, what is free, and until when.");
     tour.must(&["info"])?;
 
     tour.say("The PAM module takes this decision at every SSH login: the holder gets in, a stranger does not.");
-    tour.kloigos(&["check-login", &holder, "node1"])?;
-    tour.kloigos(&["check-login", stranger, "node1"])?;
+    tour.kloigos(&["check-login", holder, "node1"])?;
+    tour.kloigos(&["check-login", cast.stranger, "node1"])?;
+    Ok(())
+}
 
+/// A 3-second booking: the holder gets in, then, once it expired, not.
+fn watch_a_booking_expire(tour: &Tour, cast: &Cast) -> Result<()> {
+    let holder = cast.holder.as_str();
     tour.say(&format!("A short booking: {holder} holds node2 for 3 seconds, then it expires and the door closes again."));
-    let mut args = vec!["alloc", "-w", "node2", "-t", "3s"];
-    args.extend(&as_holder);
-    tour.must(&args)?;
-    tour.kloigos(&["check-login", &holder, "node2"])?;
+    tour.must(&cast.alloc(&["alloc", "-w", "node2", "-t", "3s"]))?;
+    tour.kloigos(&["check-login", holder, "node2"])?;
     let deadline = Instant::now() + Duration::from_secs(15);
-    while tour.allowed(&holder, "node2")? {
+    while tour.allowed(holder, "node2")? {
         if Instant::now() > deadline {
             return Err(CliError::Usage(
                 "the 3-second booking did not expire within 15 s; is the clock moving?".into(),
@@ -223,19 +244,24 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    tour.kloigos(&["check-login", &holder, "node2"])?;
+    tour.kloigos(&["check-login", holder, "node2"])?;
+    Ok(())
+}
 
+/// A refused whole-node booking, the timeline and the journal's summary.
+fn show_capacity_and_views(tour: &Tour, cast: &Cast) -> Result<()> {
     tour.say("Capacity is enforced: node1 is partly booked, so a whole-node booking is refused with the earliest time it would fit.");
-    let mut args = vec!["alloc", "-w", "node1", "--whole", "-t", "1h"];
-    args.extend(&as_holder);
-    tour.kloigos(&args)?;
+    tour.kloigos(&cast.alloc(&["alloc", "-w", "node1", "--whole", "-t", "1h"]))?;
 
     tour.say("The next 24 hours at a glance: a row per unit, a bar per booking, node3's closed hours shaded.");
     tour.must(&["timeline", "--width", "100"])?;
 
     tour.say("Everything is journaled: booked CPU- and GPU-hours per user.");
-    tour.must(&["history", "--summary"])?;
+    tour.must(&["history", "--summary"])
+}
 
+/// Commands to try next on the demo cluster.
+fn print_what_next(tour: &Tour, dir: &Path) {
     let s = tour.shared.display();
     println!(
         "\n## Explore further (the cluster stays in {}):",
@@ -254,5 +280,4 @@ pub fn run(dir: &Path, privs: Privileges) -> Result<u8> {
     ] {
         println!("  kloigos --shared {s} {cmd}");
     }
-    Ok(0)
 }

@@ -112,6 +112,17 @@ impl Privileges {
         })
     }
 
+    /// The caller's account: kloigos books for named users, so a uid
+    /// without one is refused.
+    pub fn caller_account(&self) -> Result<users::Account> {
+        users::by_uid(self.caller_uid)?.ok_or_else(|| {
+            Error::Refused(format!(
+                "uid {} has no account in the user database; kloigos books for named users",
+                self.caller_uid
+            ))
+        })
+    }
+
     /// A variable from the caller's original environment.
     pub fn caller_var(&self, name: &str) -> Option<&OsString> {
         self.caller_env
