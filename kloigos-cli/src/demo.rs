@@ -7,7 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-
 use crate::error::{CliError, Result};
 use crate::privilege::Privileges;
 

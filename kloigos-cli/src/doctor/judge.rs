@@ -731,47 +731,73 @@ pub fn check_pam(
         }
     };
     let Some(k) = account.iter().position(|l| l.is_module(module)) else {
-        let elsewhere: Vec<String> = other_phases
-            .iter()
-            .filter(|l| l.is_module(module))
-            .map(|l| format!("{} ({})", l.origin, l.kind))
-            .collect();
-        let detail = if elsewhere.is_empty() {
-            format!("{module} is not in the account phase of {file}: logins are not gated")
-        } else {
-            format!(
-                "{module} is only in other phases ({}): only the account phase gates logins",
-                elsewhere.join(", ")
-            )
-        };
-        return Finding::fail("pam", detail, add);
+        return Finding::fail("pam", not_in_account(module, &file, other_phases), add);
     };
     let me = &account[k];
-    let mut p = Vec::new();
+    let mut p: Vec<Problem> = control_problem(me, module).into_iter().collect();
+    p.extend(line_problems(me, service));
+    p.extend(skips_over(account, k, module));
+    combine(
+        "pam",
+        format!(
+            "{module} is in the account phase of {file} ({} {})",
+            me.control, me.origin
+        ),
+        &p,
+    )
+}
+
+/// Why logins are not gated when `module` is not in the account phase of `file`.
+fn not_in_account(module: &str, file: &str, other_phases: &[PamLine]) -> String {
+    let elsewhere: Vec<String> = other_phases
+        .iter()
+        .filter(|l| l.is_module(module))
+        .map(|l| format!("{} ({})", l.origin, l.kind))
+        .collect();
+    if elsewhere.is_empty() {
+        format!("{module} is not in the account phase of {file}: logins are not gated")
+    } else {
+        format!(
+            "{module} is only in other phases ({}): only the account phase gates logins",
+            elsewhere.join(", ")
+        )
+    }
+}
+
+/// What is wrong with the module line's control: one that ignores its
+/// denial fails, one whose denial may not end the login warns.
+fn control_problem(me: &PamLine, module: &str) -> Option<Problem> {
+    let fix = format!("use `account required {module}` at {}", me.origin);
     match me.control.as_str() {
-        "required" | "requisite" => {}
-        "sufficient" | "optional" => p.push(Problem::new(
+        "required" | "requisite" => None,
+        "sufficient" | "optional" => Some(Problem::new(
             Status::Fail,
             format!(
                 "{} uses control `{}`: its denial is ignored",
                 me.origin, me.control
             ),
-            format!("use `account required {module}` at {}", me.origin),
+            fix,
         )),
         _ => {
             let on_deny = me.action("perm_denied");
-            if !matches!(on_deny.as_deref(), Some("bad" | "die")) {
-                p.push(Problem::new(
+            (!matches!(on_deny.as_deref(), Some("bad" | "die"))).then(|| {
+                Problem::new(
                     Status::Warn,
                     format!(
                         "{} uses control {}: a denial (perm_denied) may not end the login",
                         me.origin, me.control
                     ),
-                    format!("use `account required {module}` at {}", me.origin),
-                ));
-            }
+                    fix,
+                )
+            })
         }
     }
+}
+
+/// What else on the module line can switch it off: a leading `-`, and a
+/// `services=` argument that leaves out `service`.
+fn line_problems(me: &PamLine, service: &str) -> Vec<Problem> {
+    let mut p = Vec::new();
     if me.dash {
         p.push(Problem::new(
             Status::Warn,
@@ -794,6 +820,14 @@ pub fn check_pam(
             ));
         }
     }
+    p
+}
+
+/// The lines before the module's (at `k` in `account`) that can skip it
+/// when they succeed: ones that end the stack, and jumps over it.
+fn skips_over(account: &[PamLine], k: usize, module: &str) -> Vec<Problem> {
+    let me = &account[k];
+    let mut p = Vec::new();
     for (i, l) in account[..k].iter().enumerate() {
         // Only a line in a stack that encloses the module can skip it.
         if !me.scope.starts_with(&l.scope) {
@@ -826,14 +860,7 @@ pub fn check_pam(
             ));
         }
     }
-    combine(
-        "pam",
-        format!(
-            "{module} is in the account phase of {file} ({} {})",
-            me.control, me.origin
-        ),
-        &p,
-    )
+    p
 }
 
 /// The housekeeper's heartbeat on this node. `facts` is `Ok(None)` when no
