@@ -36,7 +36,7 @@ use kloigos_core::ids::Uid;
 use kloigos_core::state::NodeState;
 
 use crate::error::{Error, Result};
-use crate::procfs::Proc;
+use crate::procfs::{self, Proc};
 use crate::record::Record;
 
 /// The most open files looked at per process when looking for strays.
@@ -349,11 +349,7 @@ pub fn apply(
         }
     };
     for (uid, r) in &plan {
-        let pids: Vec<i32> = procs
-            .iter()
-            .filter(|p| p.is_live_of(*uid))
-            .map(|p| p.pid)
-            .collect();
+        let pids = procfs::live_pids(procs, *uid);
         match dev.set(*uid, r, &pids) {
             Ok(0) => {}
             Ok(n) => crate::log::note(&format!(

@@ -644,11 +644,7 @@ fn apply_slices(
         if !pass.may_start(format!("moving the processes of uid {uid} into its cgroup")) {
             continue;
         }
-        let pids: Vec<i32> = procs
-            .iter()
-            .filter(|p| p.is_live_of(*uid))
-            .map(|p| p.pid)
-            .collect();
+        let pids = procfs::live_pids(procs, *uid);
         match b.attach(*uid, &pids) {
             Ok(0) => {}
             Ok(n) => log::note(&format!(
@@ -837,11 +833,7 @@ fn print_plan(
         ) else {
             continue;
         };
-        let pids: Vec<i32> = procs
-            .iter()
-            .filter(|p| p.is_live_of(*uid))
-            .map(|p| p.pid)
-            .collect();
+        let pids = procfs::live_pids(procs, *uid);
         for (dir, pids) in b.to_move(*uid, &pids) {
             moves.push(format!(
                 "slices ({bname}): move {} process(es) of uid {uid} into {}: {pids:?}",
@@ -886,11 +878,7 @@ fn print_plan(
         );
     }
     for k in &plan.kill {
-        let pids: Vec<i32> = procs
-            .iter()
-            .filter(|p| p.is_live_of(k.uid))
-            .map(|p| p.pid)
-            .collect();
+        let pids = procfs::live_pids(procs, k.uid);
         let who = k
             .user
             .as_ref()

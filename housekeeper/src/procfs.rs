@@ -36,6 +36,15 @@ impl Proc {
     }
 }
 
+/// The pids of the live processes of `uid` in `procs` (see [`Proc::is_live_of`]).
+pub fn live_pids(procs: &[Proc], uid: Uid) -> Vec<i32> {
+    procs
+        .iter()
+        .filter(|p| p.is_live_of(uid))
+        .map(|p| p.pid)
+        .collect()
+}
+
 /// Parses the `Uid:` line of /proc/PID/status.
 fn parse_status_uids(status: &str) -> Option<[Uid; 3]> {
     let line = status.lines().find(|l| l.starts_with("Uid:"))?;
