@@ -43,12 +43,7 @@ pub(crate) fn from_str<'de, D, T>(
 where
     D: Deserializer<'de>,
 {
-    d.deserialize_str(Parse {
-        expecting,
-        parse,
-        secs: None,
-        _t: PhantomData,
-    })
+    d.deserialize_str(Parse::new(expecting, parse, None))
 }
 
 /// [`from_str`] that also takes a bare whole number, with `secs`.
@@ -61,12 +56,7 @@ pub(crate) fn from_str_or_u64<'de, D, T>(
 where
     D: Deserializer<'de>,
 {
-    d.deserialize_any(Parse {
-        expecting,
-        parse,
-        secs: Some(secs),
-        _t: PhantomData,
-    })
+    d.deserialize_any(Parse::new(expecting, parse, Some(secs)))
 }
 
 struct Parse<T> {
@@ -74,6 +64,21 @@ struct Parse<T> {
     parse: fn(&str) -> Result<T>,
     secs: Option<fn(u64) -> Result<T>>,
     _t: PhantomData<T>,
+}
+
+impl<T> Parse<T> {
+    fn new(
+        expecting: &'static str,
+        parse: fn(&str) -> Result<T>,
+        secs: Option<fn(u64) -> Result<T>>,
+    ) -> Parse<T> {
+        Parse {
+            expecting,
+            parse,
+            secs,
+            _t: PhantomData,
+        }
+    }
 }
 
 impl<T> Visitor<'_> for Parse<T> {

@@ -314,6 +314,11 @@ mod tests {
             .unwrap();
     }
 
+    /// `st`'s rows from `from` to `to` in UTC, unfiltered.
+    fn utc_rows(st: &NodeState, from: Timestamp, to: Timestamp) -> NodeRows {
+        node_rows(st, &TimeZone::UTC, from, to, &Filter::default())
+    }
+
     fn kinds(row: &UnitRow) -> Vec<(Kind, String, String)> {
         row.intervals
             .iter()
@@ -338,13 +343,7 @@ mod tests {
             "2026-11-23T22:00:00Z",
             "2026-11-24T03:00:00Z",
         );
-        let rows = node_rows(
-            &st,
-            &TimeZone::UTC,
-            ts("2026-11-23T08:00:00Z"),
-            ts("2026-11-24T08:00:00Z"),
-            &Filter::default(),
-        );
+        let rows = utc_rows(&st, ts("2026-11-23T08:00:00Z"), ts("2026-11-24T08:00:00Z"));
         assert_eq!(
             kinds(&rows.units[0]),
             [
@@ -443,13 +442,7 @@ mod tests {
             by: UserName::new("root").unwrap(),
             since: ts("2026-11-23T09:00:00Z"),
         });
-        let rows = node_rows(
-            &st,
-            &TimeZone::UTC,
-            ts("2026-11-23T08:00:00Z"),
-            ts("2026-11-23T14:00:00Z"),
-            &Filter::default(),
-        );
+        let rows = utc_rows(&st, ts("2026-11-23T08:00:00Z"), ts("2026-11-23T14:00:00Z"));
         let k: Vec<Kind> = rows.units[0].intervals.iter().map(|i| i.kind).collect();
         assert_eq!(k, [Kind::Free, Kind::Drained, Kind::Booked, Kind::Drained]);
         assert_eq!(rows.drained.as_deref(), Some("disk"));
