@@ -593,12 +593,8 @@ fn demo_runs_start_to_finish() {
 /// agrees with the state.
 #[test]
 fn concurrent_allocs_grant_exactly_the_capacity() {
-    // One user takes every unit: no per-node cap for this test.
-    let c = TempCluster::with_policy(Policy {
-        max_bookings_per_user_node: 0,
-        ..Policy::default()
-    });
-    c.add_node("hot", "0-63", Some(1), None);
+    // One user takes every unit.
+    let c = TempCluster::hot("0-63");
     let procs = 8;
     let attempts = 40;
     let shared = c.shared().to_path_buf();

@@ -12,6 +12,16 @@ use kloigos_tests::views::{
     HOSTILE_NOTE, NOW,
 };
 
+/// Builds `c`'s dashboard at NOW into `site` under its directory, and
+/// returns that directory.
+fn build_site(c: &kloigos_tests::cluster::TempCluster) -> std::path::PathBuf {
+    let out = c.dir.path().join("site");
+    c.run(&["dashboard", "--now", NOW, "--out", out.to_str().unwrap()])
+        .ok()
+        .out_has("index.html");
+    out
+}
+
 fn timeline(c: &kloigos_tests::cluster::TempCluster, extra: &[&str]) -> Run {
     let mut args = vec!["timeline", "--now", NOW];
     args.extend_from_slice(extra);
@@ -168,9 +178,7 @@ fn timeline_what_if_clock_reads_only() {
         .map(|n| c.state_bytes(n))
         .collect();
     timeline(&c, &["--span", "7d", "--fits", "whole"]).ok();
-    let site = c.dir.path().join("site");
-    c.run(&["dashboard", "--now", NOW, "--out", site.to_str().unwrap()])
-        .ok();
+    build_site(&c);
     c.run(&["dashboard", "--now", NOW]).code(2).err_has("--out");
     let after: Vec<Vec<u8>> = ["alpha", "beta", "gamma"]
         .iter()
@@ -257,10 +265,7 @@ fn timeline_on_a_real_terminal_narrow_and_wide() {
 #[test]
 fn dashboard_site_shows_only_what_info_shows() {
     let c = fixture();
-    let out = c.dir.path().join("site");
-    c.run(&["dashboard", "--now", NOW, "--out", out.to_str().unwrap()])
-        .ok()
-        .out_has("index.html");
+    let out = build_site(&c);
     let page = std::fs::read_to_string(out.join("index.html")).unwrap();
     assert!(page.contains("Content-Security-Policy"));
     assert!(page.contains("default-src 'none'"));
@@ -310,9 +315,7 @@ fn dashboard_site_shows_only_what_info_shows() {
 #[test]
 fn dashboard_server_is_read_only_and_refuses_traversal_and_long_heads() {
     let c = fixture();
-    let out = c.dir.path().join("site");
-    c.run(&["dashboard", "--now", NOW, "--out", out.to_str().unwrap()])
-        .ok();
+    let out = build_site(&c);
     std::fs::write(out.join("secret"), "not served").unwrap();
     let mut s = Server::start(&out);
     let page = s.raw(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
@@ -435,9 +438,7 @@ fn dashboard_serve_writes_then_execs_the_server() {
 #[test]
 fn dashboard_in_headless_chromium() {
     let c = fixture();
-    let out = c.dir.path().join("site");
-    c.run(&["dashboard", "--now", NOW, "--out", out.to_str().unwrap()])
-        .ok();
+    let out = build_site(&c);
     let s = Server::start(&out);
     let dom = dump_dom(&s.url());
     assert!(dom.contains("data-count=\"3\""), "node count:\n{dom}");
@@ -496,12 +497,7 @@ fn dashboard_in_headless_chromium() {
 fn dashboard_of_100_nodes_with_a_week_of_bookings_renders_quickly() {
     let big = big_cluster(100);
     let small = big_cluster(1);
-    let site = |c: &kloigos_tests::cluster::TempCluster| {
-        let out = c.dir.path().join("site");
-        c.run(&["dashboard", "--now", NOW, "--out", out.to_str().unwrap()])
-            .ok();
-        out
-    };
+    let site = build_site;
     let t = Instant::now();
     let big_site = site(&big);
     let out_s = t.elapsed().as_secs_f64();

@@ -69,12 +69,8 @@ fn info_over_many_nodes() {
 }
 
 fn allocs_per_second() {
-    // One user makes all 400 bookings: no per-node cap here.
-    let c = TempCluster::with_policy(Policy {
-        max_bookings_per_user_node: 0,
-        ..Policy::default()
-    });
-    c.add_node("hot", "0-1023", Some(1), None);
+    // One user makes all 400 bookings.
+    let c = TempCluster::hot("0-1023");
     let procs = 4;
     let each = 100;
     let t = Instant::now();

@@ -82,6 +82,44 @@ fn pkill_until_gone(u: &TempUser) -> f64 {
     ms
 }
 
+/// Two warm-up passes (the first sets the slices and loads the table),
+/// then 21 idle passes, each of which must do nothing: their median time
+/// from outside, the median of what the metrics in `prom` say each took
+/// inside, both in ms, and how many external programs they ran.
+fn idle_passes(
+    pass: &dyn Fn() -> kloigos_tests::cmd::Run,
+    prom: &std::path::Path,
+    ncalls: &dyn Fn() -> usize,
+) -> (f64, f64, usize) {
+    pass();
+    pass();
+    let before = ncalls();
+    let mut inner = Vec::new();
+    let ms = median_ms(21, || {
+        let r = pass();
+        assert!(
+            r.stderr.is_empty(),
+            "an idle pass did something:\n{}",
+            r.stderr
+        );
+        let secs = std::fs::read_to_string(prom)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("kloigos_housekeeper_last_run_duration_seconds "))
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN);
+        inner.push(secs * 1000.0);
+    });
+    inner.sort_by(f64::total_cmp);
+    (ms, inner[inner.len() / 2], ncalls() - before)
+}
+
+/// The line for how many external programs 21 idle passes ran: the goal is none.
+fn report_external(what: &str, n: usize) {
+    let met = if n == 0 { "met" } else { "NOT met" };
+    println!("bench {what}: external programs run in 21 idle passes: {n} | goal 0: {met}");
+}
+
 fn main() {
     kloigos_tests::require_root!();
     let booked = TempUser::with_uid("khkb-booked", 59981);
@@ -150,32 +188,7 @@ fn main() {
             .count()
     };
     let prom = n.metrics_dir.join("kloigos.prom");
-    let pass_seconds = || -> f64 {
-        std::fs::read_to_string(&prom)
-            .unwrap_or_default()
-            .lines()
-            .find_map(|l| l.strip_prefix("kloigos_housekeeper_last_run_duration_seconds "))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(f64::NAN)
-    };
-
-    // Warm up: the first pass sets the slice and loads the table.
-    pass();
-    pass();
-    let before = ncalls();
-    let mut inner = Vec::new();
-    let idle_ms = median_ms(21, || {
-        let r = pass();
-        assert!(
-            r.stderr.is_empty(),
-            "an idle pass did something:\n{}",
-            r.stderr
-        );
-        inner.push(pass_seconds() * 1000.0);
-    });
-    let external = ncalls() - before;
-    inner.sort_by(f64::total_cmp);
-    let inner_ms = inner[inner.len() / 2];
+    let (idle_ms, inner_ms, external) = idle_passes(&pass, &prom, &ncalls);
     let state = n
         .cluster
         .store
@@ -203,10 +216,7 @@ fn main() {
         "ms",
         Goal::AtMost(8.0),
     );
-    println!(
-        "bench housekeeper idle pass: external programs run in 21 idle passes: {external} | goal 0: {}",
-        if external == 0 { "met" } else { "NOT met" }
-    );
+    report_external("housekeeper idle pass", external);
 
     // The GPU fence's cost: an idle pass on a node with 2 GPUs (a fake
     // driver tree) and the booked user's process fenced, against the same
@@ -263,31 +273,7 @@ fn main() {
                 assert_eq!(r.code, 0, "pass failed: {}", r.stderr);
                 r
             };
-            gpass();
-            gpass();
-            let before = ncalls();
-            let mut inner = Vec::new();
-            let ms = median_ms(21, || {
-                let r = gpass();
-                assert!(
-                    r.stderr.is_empty(),
-                    "an idle pass did something:\n{}",
-                    r.stderr
-                );
-                inner.push(
-                    std::fs::read_to_string(&gprom)
-                        .unwrap_or_default()
-                        .lines()
-                        .find_map(|l| {
-                            l.strip_prefix("kloigos_housekeeper_last_run_duration_seconds ")
-                        })
-                        .and_then(|v| v.parse::<f64>().ok())
-                        .unwrap_or(f64::NAN)
-                        * 1000.0,
-                );
-            });
-            inner.sort_by(f64::total_cmp);
-            (ms, inner[inner.len() / 2], ncalls() - before)
+            idle_passes(&gpass, &gprom, &ncalls)
         };
         let (off_ms, off_inner, _) = measure(false);
         let (on_ms, on_inner, on_external) = measure(true);
@@ -313,10 +299,7 @@ fn main() {
             "ms",
             Goal::AtMost(2.0),
         );
-        println!(
-            "bench housekeeper GPU fence: external programs run in 21 idle passes: {on_external} | goal 0: {}",
-            if on_external == 0 { "met" } else { "NOT met" }
-        );
+        report_external("housekeeper GPU fence", on_external);
         g.release(&gbk.id);
         g.write_config(&g.config, gpu_cfg(true));
         run(

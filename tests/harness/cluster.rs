@@ -24,6 +24,17 @@ pub struct TempCluster {
 }
 
 impl TempCluster {
+    /// A cluster with one node, `hot`, of one-CPU units over `cpus`, where
+    /// one user may take every unit (no per-node cap): for contention.
+    pub fn hot(cpus: &str) -> TempCluster {
+        let c = TempCluster::with_policy(Policy {
+            max_bookings_per_user_node: 0,
+            ..Policy::default()
+        });
+        c.add_node("hot", cpus, Some(1), None);
+        c
+    }
+
     /// An initialised cluster with the default policy and no nodes.
     pub fn new() -> TempCluster {
         TempCluster::with_policy(Policy::default())

@@ -54,22 +54,14 @@ impl Run {
     /// Asserts that stderr contains `text`.
     #[track_caller]
     pub fn err_has(&self, text: &str) -> &Run {
-        assert!(
-            self.stderr.contains(text),
-            "stderr lacks {text:?}:\n{}",
-            self.stderr
-        );
+        has("stderr", &self.stderr, text);
         self
     }
 
     /// Asserts that stdout contains `text`.
     #[track_caller]
     pub fn out_has(&self, text: &str) -> &Run {
-        assert!(
-            self.stdout.contains(text),
-            "stdout lacks {text:?}:\n{}",
-            self.stdout
-        );
+        has("stdout", &self.stdout, text);
         self
     }
 
@@ -96,4 +88,10 @@ pub fn must(program: &str, args: &[&str]) -> Run {
         r.stdout, r.stderr
     );
     r
+}
+
+/// Asserts that `stream` (named `name`) contains `text`, showing it when not.
+#[track_caller]
+fn has(name: &str, stream: &str, text: &str) {
+    assert!(stream.contains(text), "{name} lacks {text:?}:\n{stream}");
 }
