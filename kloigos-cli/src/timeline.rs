@@ -15,7 +15,7 @@ use kloigos_core::names::{Label, UserName};
 use kloigos_core::policy::Policy;
 use kloigos_core::printable::escape;
 use kloigos_core::state::NodeState;
-use kloigos_core::timeline::{self, Filter, FitSpec, Kind, NodeRows, Slot};
+use kloigos_core::timeline::{self, Filter, FitSpec, Kind, NodeRows, Slot, UnitRow};
 use serde::Serialize;
 
 use crate::args::{ColorWhen, TimelineArgs};
@@ -250,29 +250,65 @@ enum Cell {
 const CLOSED: char = '░';
 const DRAINED: char = '▒';
 
+/// The chart's geometry: its width, the label columns, and the columns of
+/// time, each `span / cols` seconds long.
+struct Grid {
+    width: usize,
+    node_w: usize,
+    unit_w: usize,
+    label_w: usize,
+    cols: usize,
+    span: i64,
+}
+
+impl Grid {
+    fn of(v: &View, rows: &[NodeRows]) -> Grid {
+        let width = v.width.clamp(MIN_WIDTH, MAX_WIDTH);
+        let node_w = rows
+            .iter()
+            .map(|r| r.node.as_str().chars().count())
+            .max()
+            .unwrap_or(4)
+            .clamp(4, 16);
+        let unit_w = rows
+            .iter()
+            .map(|r| format!("u{}", r.units.len().saturating_sub(1)).len())
+            .max()
+            .unwrap_or(2);
+        let label_w = node_w + 1 + unit_w + 1;
+        Grid {
+            width,
+            node_w,
+            unit_w,
+            label_w,
+            cols: width - label_w,
+            span: (v.to.as_second() - v.from.as_second()).max(1),
+        }
+    }
+
+    /// The column `t` falls in (negative before the span).
+    fn col_of(&self, v: &View, t: Timestamp) -> i64 {
+        (t.as_second() - v.from.as_second()) * self.cols as i64 / self.span
+    }
+}
+
 /// Draws the chart, its legend and the bookings in view.
 pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
-    let width = v.width.clamp(MIN_WIDTH, MAX_WIDTH);
-    let node_w = rows
-        .iter()
-        .map(|r| r.node.as_str().chars().count())
-        .max()
-        .unwrap_or(4)
-        .clamp(4, 16);
-    let unit_w = rows
-        .iter()
-        .map(|r| format!("u{}", r.units.len().saturating_sub(1)).len())
-        .max()
-        .unwrap_or(2);
-    let label_w = node_w + 1 + unit_w + 1;
-    let cols = width - label_w;
-    let span = (v.to.as_second() - v.from.as_second()).max(1);
-    let col_of =
-        |t: Timestamp| -> i64 { (t.as_second() - v.from.as_second()) * cols as i64 / span };
-    let mut out = String::new();
+    let g = Grid::of(v, rows);
+    let now_col = (v.now >= v.from && v.now < v.to).then(|| g.col_of(v, v.now) as usize);
+    let mut out = title(v, &g);
+    let (ticks, days) = ticks(v, g.cols, g.span);
+    out.push_str(&axis(v, &g, &ticks, &days, now_col));
+    let tick_cols: Vec<usize> = ticks.iter().map(|(c, _)| *c).collect();
+    out.push_str(&unit_rows(v, &g, rows, bookings, &tick_cols, now_col));
+    out.push_str(&legend(v, &g, rows));
+    out.push_str(&booking_list(v, &g, bookings));
+    out
+}
 
-    // Title.
-    let per_col = human_secs(((span / cols as i64 + 30) / 60).max(1) * 60);
+/// The span, its time zone and how long a column is.
+fn title(v: &View, g: &Grid) -> String {
+    let per_col = human_secs(((g.span / g.cols as i64 + 30) / 60).max(1) * 60);
     let title = format!(
         "{} → {} {} · {} per column",
         local(v.from, v.tz, "%a %d %b %H:%M"),
@@ -280,15 +316,22 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
         v.tz_name,
         per_col
     );
-    out.push_str(&fit(&title, width));
-    out.push('\n');
+    format!("{}\n", fit(&title, g.width))
+}
 
-    // Axis: local dates, then hours; ticks DST-correct.
-    let (ticks, days) = ticks(v, cols, span);
+/// The axis: local dates, then hours (ticks DST-correct), and the now
+/// marker where it hides no date (hour labels repeat).
+fn axis(
+    v: &View,
+    g: &Grid,
+    ticks: &[(usize, String)],
+    days: &[(usize, Timestamp)],
+    now_col: Option<usize>,
+) -> String {
+    let cols = g.cols;
     let mut date_line: Vec<char> = vec![' '; cols];
-    let day_cells = cols as i64 * 86_400 / span;
+    let day_cells = cols as i64 * 86_400 / g.span;
     let day_fmt = if day_cells >= 11 { "%a %d %b" } else { "%a %d" };
-    let now_col = (v.now >= v.from && v.now < v.to).then(|| col_of(v.now) as usize);
     // The start's date, unless a midnight label comes first.
     let mut labels: Vec<(usize, String)> = days
         .iter()
@@ -313,13 +356,12 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
     }
     let mut hour_line: Vec<char> = vec![' '; cols];
     let mut last_end = 0;
-    for (c, label) in &ticks {
+    for (c, label) in ticks {
         if *c >= last_end && *c + label.len() <= cols {
             put(&mut hour_line, *c, label);
             last_end = c + label.len() + 1;
         }
     }
-    // The now marker goes where it hides no date (hour labels repeat).
     if let Some(c) = now_col {
         if !taken.iter().any(|r| r.contains(&c)) {
             date_line[c] = '▼';
@@ -327,64 +369,89 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
             hour_line[c] = '▼';
         }
     }
-    let pad = " ".repeat(label_w);
-    out.push_str(&format!("{pad}{}\n", line(&date_line)));
-    out.push_str(&format!("{pad}{}\n", line(&hour_line)));
-    let tick_cols: Vec<usize> = ticks.iter().map(|(c, _)| *c).collect();
+    let pad = " ".repeat(g.label_w);
+    format!("{pad}{}\n{pad}{}\n", line(&date_line), line(&hour_line))
+}
 
-    // Rows.
+/// A line per unit of each node: its label, then its cells.
+fn unit_rows(
+    v: &View,
+    g: &Grid,
+    rows: &[NodeRows],
+    bookings: &[&Booking],
+    tick_cols: &[usize],
+    now_col: Option<usize>,
+) -> String {
     let by_id: std::collections::HashMap<&kloigos_core::booking::BookingId, usize> = bookings
         .iter()
         .enumerate()
         .map(|(i, b)| (&b.id, i))
         .collect();
-    let index = |id: &kloigos_core::booking::BookingId| by_id.get(id).copied();
+    let mut out = String::new();
     for r in rows {
         for (i, unit) in r.units.iter().enumerate() {
-            let mut cells = vec![Cell::Free; cols];
-            // Shading by majority of the cell; bookings drawn over it, each at least one cell.
-            for iv in &unit.intervals {
-                let shade = match iv.kind {
-                    Kind::Closed => Cell::Closed,
-                    Kind::Drained => Cell::Drained,
-                    _ => continue,
-                };
-                let a = round_col(iv.start, v.from, cols, span);
-                let b = round_col(iv.end, v.from, cols, span);
-                for c in cells.iter_mut().take(b.min(cols)).skip(a) {
-                    *c = shade;
-                }
-            }
-            for iv in unit.intervals.iter().filter(|iv| iv.kind == Kind::Booked) {
-                let Some(k) = iv.booking.as_ref().and_then(index) else {
-                    continue;
-                };
-                let a = (col_of(iv.start).max(0) as usize).min(cols - 1);
-                let b = (ceil_col(iv.end, v.from, cols, span)).clamp(a + 1, cols);
-                let own = bookings[k].uid == v.caller_uid;
-                let text = bar_text(bookings[k], b - a, own, iv.start < v.from, iv.end > v.to);
-                for (c, ch) in (a..b).zip(text.chars()) {
-                    cells[c] = Cell::Bar(k, ch);
-                }
-            }
+            let cells = unit_cells(v, g, unit, bookings, &by_id);
             let node_label = if i == 0 {
-                fit(r.node.as_str(), node_w)
+                fit(r.node.as_str(), g.node_w)
             } else {
                 String::new()
             };
             out.push_str(&format!(
                 "{node_label:<node_w$} {:<unit_w$} ",
-                format!("u{}", unit.unit)
+                format!("u{}", unit.unit),
+                node_w = g.node_w,
+                unit_w = g.unit_w
             ));
-            out.push_str(&paint_row(v, &cells, bookings, &tick_cols, now_col));
+            out.push_str(&paint_row(v, &cells, bookings, tick_cols, now_col));
             out.push('\n');
         }
     }
     if rows.is_empty() {
         out.push_str("no nodes to show (see `kloigos info`)\n");
     }
+    out
+}
 
-    // Legend.
+/// One unit's cells: closed and drained shading by majority of the cell,
+/// bookings drawn over it, each at least one cell wide.
+fn unit_cells(
+    v: &View,
+    g: &Grid,
+    unit: &UnitRow,
+    bookings: &[&Booking],
+    by_id: &std::collections::HashMap<&kloigos_core::booking::BookingId, usize>,
+) -> Vec<Cell> {
+    let cols = g.cols;
+    let mut cells = vec![Cell::Free; cols];
+    for iv in &unit.intervals {
+        let shade = match iv.kind {
+            Kind::Closed => Cell::Closed,
+            Kind::Drained => Cell::Drained,
+            _ => continue,
+        };
+        let a = round_col(iv.start, v.from, cols, g.span);
+        let b = round_col(iv.end, v.from, cols, g.span);
+        for c in cells.iter_mut().take(b.min(cols)).skip(a) {
+            *c = shade;
+        }
+    }
+    for iv in unit.intervals.iter().filter(|iv| iv.kind == Kind::Booked) {
+        let Some(k) = iv.booking.as_ref().and_then(|id| by_id.get(id).copied()) else {
+            continue;
+        };
+        let a = (g.col_of(v, iv.start).max(0) as usize).min(cols - 1);
+        let b = (ceil_col(iv.end, v.from, cols, g.span)).clamp(a + 1, cols);
+        let own = bookings[k].uid == v.caller_uid;
+        let text = bar_text(bookings[k], b - a, own, iv.start < v.from, iv.end > v.to);
+        for (c, ch) in (a..b).zip(text.chars()) {
+            cells[c] = Cell::Bar(k, ch);
+        }
+    }
+    cells
+}
+
+/// What the marks mean, then each drained node and each node's windows.
+fn legend(v: &View, g: &Grid, rows: &[NodeRows]) -> String {
     let legend = [
         if v.color {
             "[user id] booked (a colour per user; yours bold)".to_string()
@@ -395,7 +462,7 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
         format!("{DRAINED} drained"),
         "▼ now".to_string(),
     ];
-    out.push_str(&wrap(&legend.join("   "), width));
+    let mut out = wrap(&legend.join("   "), g.width);
     for r in rows {
         if let Some(reason) = &r.drained {
             out.push_str(&fit(
@@ -404,7 +471,7 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
                     r.node,
                     escape(reason)
                 ),
-                width,
+                g.width,
             ));
             out.push('\n');
         }
@@ -416,13 +483,17 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
                     r.windows.join("; "),
                     v.tz_name
                 ),
-                width,
+                g.width,
             ));
             out.push('\n');
         }
     }
+    out
+}
 
-    // The bookings in view, notes escaped; too many to read is a count.
+/// The bookings in view, notes escaped; too many to read is a count.
+fn booking_list(v: &View, g: &Grid, bookings: &[&Booking]) -> String {
+    let mut out = String::new();
     if bookings.len() > MAX_LISTED {
         out.push('\n');
         out.push_str(&wrap(
@@ -430,40 +501,46 @@ pub fn draw(v: &View, rows: &[NodeRows], bookings: &[&Booking]) -> String {
                 "{} bookings in view; name nodes, -l LABEL or --user USER to list them (or --json)",
                 bookings.len()
             ),
-            width,
+            g.width,
         ));
     } else if !bookings.is_empty() {
         out.push('\n');
         for b in bookings {
-            let mark = if b.uid == v.caller_uid { "*" } else { " " };
-            let units = if b.units[0] == b.units[1] {
-                format!("u{}", b.units[0])
-            } else {
-                format!("u{}-{}", b.units[0], b.units[1])
-            };
-            let end_fmt = if b.end.as_second() - b.start.as_second() < 86_400
-                && local(b.start, v.tz, "%F") == local(b.end, v.tz, "%F")
-            {
-                "%H:%M"
-            } else {
-                "%a %d %H:%M"
-            };
-            let mut text = format!(
-                "{mark} {} {} {} {} → {}",
-                b.id,
-                b.user,
-                units,
-                local(b.start, v.tz, "%a %d %H:%M"),
-                local(b.end, v.tz, end_fmt)
-            );
-            if !b.note.is_empty() {
-                text.push_str(&format!("  \"{}\"", escape(b.note.as_str())));
-            }
-            out.push_str(&fit(&text, width));
+            out.push_str(&fit(&booking_line(v, b), g.width));
             out.push('\n');
         }
     }
     out
+}
+
+/// One booking under the chart: `*` when it is the caller's, id, holder,
+/// units, start, end (its time only when on the start's day) and note.
+fn booking_line(v: &View, b: &Booking) -> String {
+    let mark = if b.uid == v.caller_uid { "*" } else { " " };
+    let units = if b.units[0] == b.units[1] {
+        format!("u{}", b.units[0])
+    } else {
+        format!("u{}-{}", b.units[0], b.units[1])
+    };
+    let end_fmt = if b.end.as_second() - b.start.as_second() < 86_400
+        && local(b.start, v.tz, "%F") == local(b.end, v.tz, "%F")
+    {
+        "%H:%M"
+    } else {
+        "%a %d %H:%M"
+    };
+    let mut text = format!(
+        "{mark} {} {} {} {} → {}",
+        b.id,
+        b.user,
+        units,
+        local(b.start, v.tz, "%a %d %H:%M"),
+        local(b.end, v.tz, end_fmt)
+    );
+    if !b.note.is_empty() {
+        text.push_str(&format!("  \"{}\"", escape(b.note.as_str())));
+    }
+    text
 }
 
 /// The text under the chart for `--fits`.
