@@ -8,8 +8,9 @@
 //! the format they serve: [`gate::read_share`] and [`gate::read_copy`]
 //! (through [`store`]), [`access::SubUids::read`] (`/etc/subuid`),
 //! [`dashboard::write_site`] and [`names::NodeName::from_hostname`].
-//! Process-wide state (privileges, signals, the environment) is never
-//! touched here: that is the binaries' job.
+//! Process-wide state (privileges, signals, the environment, the umask) is
+//! the binaries' job; the one exception is the file-size limit, which
+//! [`store`] lifts before it writes (see [`store::lift_fsize_limit`]).
 #![forbid(unsafe_code)]
 
 pub mod booking;
