@@ -569,14 +569,12 @@ fn housekeeper_regenerates_the_dashboard_when_configured() {
     require_root!();
     let site = tempfile::tempdir().unwrap();
     let dir = site.path().join("dash");
-    let n = HkNode::new(
-        "hk1",
-        kloigos_core::policy::Policy::default(),
-        "0-3",
-        None,
-        None,
-        serde_json::json!({ "dashboard_dir": dir }),
-    );
+    // A whole-node node under the default policy, with this housekeeper config.
+    let node = |name: &str, config: serde_json::Value| {
+        let policy = kloigos_core::policy::Policy::default();
+        HkNode::new(name, policy, "0-3", None, None, config)
+    };
+    let n = node("hk1", serde_json::json!({ "dashboard_dir": dir }));
     n.pass(&[]).ok();
     let snap: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join("cluster.json")).unwrap()).unwrap();
@@ -585,14 +583,7 @@ fn housekeeper_regenerates_the_dashboard_when_configured() {
     assert_eq!(snap["nodes"][0]["stale"], false);
     assert!(dir.join("index.html").exists());
     // Without the key, no site.
-    let other = HkNode::new(
-        "hk2",
-        kloigos_core::policy::Policy::default(),
-        "0-3",
-        None,
-        None,
-        serde_json::json!({}),
-    );
+    let other = node("hk2", serde_json::json!({}));
     other.pass(&[]).ok();
     assert!(!other.cluster.dir.path().join("dash").exists());
 }
