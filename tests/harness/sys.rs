@@ -36,9 +36,11 @@ impl TempUser {
         })
     }
 
-    /// User `name` at a fixed `uid`, with a group of its own and `/bin/sh`.
-    /// A leftover of an earlier run goes first, with its processes: the
-    /// account of that name, the one holding that uid, the group `name`.
+    /// User `name` at a fixed `uid` (for the housekeeper's tests, in a band
+    /// of the test's own: see `housekeeper`'s module docs), with a group of
+    /// its own and `/bin/sh`. A leftover of an earlier run goes first, with
+    /// its processes: the account of that name, the one holding that uid,
+    /// the group `name`.
     pub fn with_uid(name: &str, uid: u32) -> TempUser {
         let uid_s = uid.to_string();
         let _ = run("pkill", &["-KILL", "-u", &uid_s]);
