@@ -24,6 +24,7 @@ pub mod window;
 pub use error::{Error, ErrorKind, Result};
 pub mod access;
 pub mod config;
+pub mod devprog;
 pub mod doctor;
 pub mod facts;
 pub mod fence;
