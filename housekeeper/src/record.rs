@@ -53,6 +53,8 @@ pub struct Record {
     /// Processes holding a GPU their user does not hold (`pid:start`), and
     /// when each was first seen.
     pub gpu_strays: BTreeMap<String, Timestamp>,
+    /// The GPU fence's device program attached for each uid (cgroup v2).
+    pub gpu_bpf: BTreeMap<u32, crate::fence::Attached>,
 }
 
 impl Record {
