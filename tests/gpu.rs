@@ -386,7 +386,7 @@ fn set_gpus(n: &kloigos_tests::housekeeper::HkNode, set: &str) {
 }
 
 /// A 4-GPU node (one GPU per unit) with a fake driver tree, the
-/// housekeeper config section `hk` besides it, and [`NODES`] made in a
+/// housekeeper config section `hk` merged over it (its `gpu` key by key), and [`NODES`] made in a
 /// directory the users can reach.
 struct FenceNode {
     n: kloigos_tests::housekeeper::HkNode,
@@ -423,9 +423,10 @@ impl FenceNode {
         }
         let mut section =
             json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}});
-        if let (Some(gpu), Some(over)) = (section["gpu"].as_object_mut(), hk.as_object()) {
-            for (k, v) in over {
-                gpu.insert(k.clone(), v.clone());
+        for (k, v) in hk.as_object().into_iter().flatten() {
+            match (section[k].as_object_mut(), v.as_object()) {
+                (Some(gpu), Some(over)) => gpu.extend(over.clone()),
+                _ => section[k] = v.clone(),
             }
         }
         n.write_config(&n.config, section);
@@ -677,7 +678,7 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     let t = kloigos_tests::require_ok!(fence_test(cgroup2_mount(), frank_gina));
     // The v1 backend off: only the program on cgroup2 can refuse.
     let (f, cg2) = (
-        FenceNode::new("bpfnode", json!({"fence_backend": "bpf"})),
+        FenceNode::new("bpfnode", json!({"gpu": {"fence_backend": "bpf"}})),
         &t.base,
     );
     let (n, frank, gina) = (&f.n, &t.a, &t.b);
@@ -765,6 +766,181 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     kloigos_tests::cmd::Run::of(&mut n.housekeeper(&["--uninstall"])).ok();
     expect(OPEN, &pf.ask());
     assert!(!frank_dir.exists());
+}
+
+/// Opens each of its arguments after the first (a directory) and prints
+/// one line: EPERM, ENXIO or OPEN for each (the container has no python).
+const SH_PROBE: &str = r#"d=$1; shift; out=""
+for n in "$@"; do
+  if e=$( (: <>"$d/$n") 2>&1 ); then r=OPEN
+  else case $e in
+    *"not permitted"*) r=EPERM;; *"No such device or address"*) r=ENXIO;;
+    *) r=OTHER; echo "$n: $e" >&2;; esac
+  fi
+  out="$out $r"
+done
+echo $out"#;
+
+#[test]
+fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemon_reload() {
+    use kloigos_tests::nspawn::Container;
+
+    kloigos_tests::require_root!();
+    let rootfs = kloigos_tests::require_ok!(kloigos_tests::nspawn::rootfs());
+    // The container's users share the host's uids, which the other tests
+    // here end with pkill -u: theirs are kept apart, and one at a time.
+    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    // No v1 devices hierarchy in the container: `auto` picks the program.
+    let f = FenceNode::new("sdnode", json!({"slices": "systemd"}));
+    let n = &f.n;
+    let dir = n.cluster.dir.path().to_path_buf();
+    let dir_s = dir.to_string_lossy().to_string();
+    let bin = kloigos_tests::bin("kloigos-housekeeper");
+    let c = Container::boot_unified_with_bpf(
+        &rootfs,
+        &format!("kgs{}", std::process::id()),
+        &[
+            (&dir, &dir_s, false),
+            (&bin, "/usr/local/bin/kloigos-housekeeper", true),
+        ],
+    )
+    .unwrap_or_else(|why| panic!("the container did not boot: {why}"));
+    let sh = |argv: &[&str]| c.must(argv);
+    // The housekeeper as the container's systemd runs it (a service, under
+    // nspawn's seccomp filter and capabilities), not through nsenter.
+    let cfg = n.config.to_string_lossy().to_string();
+    let hk_argv = ["/usr/local/bin/kloigos-housekeeper", "--config", &cfg];
+    let hk = |args: &[&str]| c.service(&[], &[&hk_argv[..], args].concat());
+    let pass = || hk(&["--once"]);
+    // The device nodes, on the container's root (its /tmp is nodev).
+    sh(&["mkdir", "-p", "/var/lib/kgpu"]);
+    for (name, major, minor) in NODES {
+        let p = format!("/var/lib/kgpu/{name}");
+        sh(&[
+            "mknod",
+            "-m",
+            "666",
+            &p,
+            "c",
+            &major.to_string(),
+            &minor.to_string(),
+        ]);
+    }
+    let names: Vec<&str> = NODES.iter().map(|(n, _, _)| *n).collect();
+    // A new process in `uid`'s slice opens each node.
+    let probe = |uid: u32| -> Vec<String> {
+        let (user, slice) = (format!("--uid={uid}"), format!("--slice=user-{uid}.slice"));
+        let argv = [
+            &["sh", "-c", SH_PROBE, "probe", "/var/lib/kgpu"][..],
+            &names,
+        ]
+        .concat();
+        c.service(&[&user, &slice], &argv)
+            .stdout
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // hal holds GPU 1 (carol GPU 0); ivy holds none. Each has a
+    // process in their slice, which keeps the slice there.
+    for (user, uid) in [("khg-hal", "59900"), ("khg-ivy", "59909")] {
+        sh(&["useradd", "-M", "-u", uid, user]);
+        sh(&[
+            "systemd-run",
+            &format!("--uid={uid}"),
+            &format!("--slice=user-{uid}.slice"),
+            &format!("--unit=keep-{uid}"),
+            "sleep",
+            "3600",
+        ]);
+    }
+    f.book("khg-carol", 59903);
+    let b = f.book("khg-hal", 59900);
+    assert_eq!(b.gpus.as_ref().unwrap().to_string(), "1");
+    // systemd's own device program on hal's slice (all devices allowed:
+    // the oracle stays readable), attached with BPF_F_ALLOW_MULTI.
+    let systemd_devices = |acc: &str| {
+        sh(&[
+            "systemctl",
+            "set-property",
+            "--runtime",
+            "user-59900.slice",
+            "DevicePolicy=auto",
+            &format!("DeviceAllow=char-* {acc}"),
+            &format!("DeviceAllow=block-* {acc}"),
+        ])
+    };
+    systemd_devices("rwm");
+    expect(OPEN, &probe(59900));
+
+    eprintln!("DBG ps {}", c.exec(&["sh", "-c", "for p in /proc/[0-9]*; do echo $p $(grep Uid: $p/status) $(cat $p/comm) $(cat $p/cgroup); done"]).stdout);
+    let r = pass();
+    let slice = "/sys/fs/cgroup/user.slice/user-59900.slice";
+    assert!(
+        r.stderr.contains(&format!("attached to {slice}")),
+        "{}",
+        r.stderr
+    );
+    let hal = ["EPERM", "ENXIO", "EPERM", "EPERM"];
+    expect(hal, &probe(59900));
+    expect(SHUT, &probe(59909));
+    // The slice properties kloigos sets live in the same unit.
+    assert_eq!(
+        c.show("user-59900.slice", &["AllowedCPUs"])["AllowedCPUs"],
+        b.cpus.to_string()
+    );
+    // Idle: nothing attached again.
+    let r = pass();
+    assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+
+    // daemon-reload, and systemd replacing its own program: ours stays
+    // (the next pass finds it attached, and attaches nothing).
+    sh(&["systemctl", "daemon-reload"]);
+    expect(hal, &probe(59900));
+    systemd_devices("rw");
+    expect(hal, &probe(59900));
+    let r = pass();
+    assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+    expect(hal, &probe(59900));
+
+    // The slice removed and created again (the user's last process ended,
+    // then a new login): the new group has no program until the next pass,
+    // which attaches one.
+    sh(&[
+        "systemctl",
+        "stop",
+        "keep-59900.service",
+        "user-59900.slice",
+    ]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.exec(&["test", "-d", slice]).code != 0
+    }));
+    sh(&[
+        "systemd-run",
+        "--uid=59900",
+        "--slice=user-59900.slice",
+        "--unit=keep-59900",
+        "sleep",
+        "3600",
+    ]);
+    expect(OPEN, &probe(59900));
+    let r = pass();
+    assert!(
+        r.stderr.contains(&format!("attached to {slice}")),
+        "{}",
+        r.stderr
+    );
+    expect(hal, &probe(59900));
+
+    // Released: shut out of every GPU.
+    n.release(&b.id);
+    pass();
+    expect(SHUT, &probe(59900));
+
+    // --uninstall detaches ours and leaves systemd's.
+    hk(&["--uninstall"]);
+    expect(OPEN, &probe(59900));
+    expect(OPEN, &probe(59909));
 }
 
 /// A stand-in for ssh that records the booking's variables it was given.
