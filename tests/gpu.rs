@@ -674,6 +674,7 @@ sys.stdin.read()
 #[test]
 fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     kloigos_tests::require_root!();
+    kloigos_tests::require_ok!(kloigos_tests::skip::need("strace", "strace"));
     let frank_gina = [("khg-frank", 59906), ("khg-gina", 59908)];
     let t = kloigos_tests::require_ok!(fence_test(cgroup2_mount(), frank_gina));
     // The v1 backend off: only the program on cgroup2 can refuse.
@@ -708,10 +709,27 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     let frank_prog = attached_id(n, 59906).expect("frank's program in the record");
     let gina_prog = attached_id(n, 59908).expect("gina's program in the record");
 
-    // An idle pass keeps the programs: nothing attached, the same ids.
-    let r = n.pass(&[]);
+    // An idle pass keeps the programs: nothing attached, the same ids;
+    // its only bpf(2) calls are one query per user.
+    let trace = n.cluster.dir.path().join("bpf.trace");
+    let mut traced = std::process::Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-e", "trace=bpf", "-o"])
+        .arg(&trace)
+        .arg(kloigos_tests::bin("kloigos-housekeeper"))
+        .arg("--config")
+        .arg(&n.config)
+        .arg("--once");
+    let r = kloigos_tests::cmd::Run::of(&mut traced);
     r.ok();
     assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = calls.lines().filter(|l| l.contains("bpf(")).collect();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert!(
+        calls.iter().all(|l| l.contains("BPF_PROG_QUERY")),
+        "{calls:#?}"
+    );
     assert_eq!(attached_id(n, 59906), Some(frank_prog));
     assert_eq!(attached_id(n, 59908), Some(gina_prog));
     expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pf.ask());

@@ -542,24 +542,39 @@ impl Fence {
     /// The backend `want` names, as found on this host; an error says what
     /// is missing.
     pub fn select(want: FenceBackend) -> Result<Fence> {
-        let v1 = || Devices::here();
+        let v1 = match want {
+            FenceBackend::Bpf => None,
+            _ => Devices::here()?,
+        };
+        let v2 = match (want, &v1) {
+            (FenceBackend::V1, _) => None,
+            (FenceBackend::Auto, Some(d)) if !d.read_only => None,
+            _ => Bpf::here()?,
+        };
+        Fence::choose(want, v1, v2)
+    }
+
+    /// The backend `want` names among the hierarchies found: `auto` takes
+    /// v1 where it is writable, else v2.
+    fn choose(want: FenceBackend, v1: Option<Devices>, v2: Option<Bpf>) -> Result<Fence> {
         let none = |what: &str| {
             Error::NoFence(format!(
                 "GPU fence not applied: {what} (housekeeper.gpu.fence_backend chooses: auto, v1, bpf)"
             ))
         };
         match want {
-            FenceBackend::V1 => v1()?
+            FenceBackend::V1 => v1
                 .map(Fence::V1)
                 .ok_or_else(|| none("no cgroup v1 devices hierarchy on this host")),
-            FenceBackend::Bpf => Bpf::here()?
+            FenceBackend::Bpf => v2
                 .map(Fence::Bpf)
                 .ok_or_else(|| none("no cgroup2 hierarchy mounted on this host")),
-            FenceBackend::Auto => match v1()? {
-                Some(d) if !d.read_only => Ok(Fence::V1(d)),
-                _ => Bpf::here()?.map(Fence::Bpf).ok_or_else(|| {
-                    none("neither a writable cgroup v1 devices hierarchy nor a cgroup2 mount on this host")
-                }),
+            FenceBackend::Auto => match (v1, v2) {
+                (Some(d), _) if !d.read_only => Ok(Fence::V1(d)),
+                (_, Some(b)) => Ok(Fence::Bpf(b)),
+                _ => Err(none(
+                    "neither a writable cgroup v1 devices hierarchy nor a cgroup2 mount on this host",
+                )),
             },
         }
     }
@@ -884,5 +899,54 @@ mod tests {
         let ro = "36 31 0:33 / /sys/fs/cgroup/devices ro,nosuid - cgroup cgroup rw,devices";
         assert!(Devices::locate(ro, "5:devices:/\n").unwrap().read_only);
         assert!(!Devices::locate(MOUNTS, "5:devices:/\n").unwrap().read_only);
+    }
+
+    #[test]
+    fn auto_takes_a_writable_v1_hierarchy_else_cgroup2_and_says_when_neither_is_there() {
+        let v1 = Devices::locate(MOUNTS, "5:devices:/\n");
+        let v2 = Bpf::locate(MOUNTS, "0::/\n", false, "");
+        let ro = "36 31 0:33 / /sys/fs/cgroup/devices ro - cgroup cgroup rw,devices";
+        let v1_ro = Devices::locate(ro, "5:devices:/\n");
+        let pick = |want, v1: &Option<Devices>, v2: &Option<Bpf>| {
+            Fence::choose(want, v1.clone(), v2.clone())
+        };
+        let kind = |f: Result<Fence>| match f {
+            Ok(Fence::V1(_)) => "v1",
+            Ok(Fence::Bpf(_)) => "bpf",
+            Err(_) => "none",
+        };
+        // Asked for by name, a read-only v1 is still used (its writes then
+        // fail loudly).
+        for (want, v1, v2, got) in [
+            (FenceBackend::Auto, &v1, &v2, "v1"),
+            (FenceBackend::Auto, &v1_ro, &v2, "bpf"),
+            (FenceBackend::Auto, &None, &v2, "bpf"),
+            (FenceBackend::Bpf, &None, &v2, "bpf"),
+            (FenceBackend::V1, &v1_ro, &v2, "v1"),
+        ] {
+            assert_eq!(kind(pick(want, v1, v2)), got, "{want:?}");
+        }
+        for (want, v1, v2, says) in [
+            (
+                FenceBackend::Auto,
+                &v1_ro,
+                &None,
+                "neither a writable cgroup v1",
+            ),
+            (
+                FenceBackend::V1,
+                &None,
+                &v2,
+                "no cgroup v1 devices hierarchy",
+            ),
+            (FenceBackend::Bpf, &v1, &None, "no cgroup2 hierarchy"),
+        ] {
+            match pick(want, v1, v2) {
+                Err(Error::NoFence(m)) => {
+                    assert!(m.contains(says) && m.contains("fence_backend"), "{m}")
+                }
+                other => panic!("{want:?}: {other:?}"),
+            }
+        }
     }
 }
