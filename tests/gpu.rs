@@ -421,15 +421,6 @@ impl FenceNode {
             )
             .unwrap();
         }
-        let mut section =
-            json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}});
-        for (k, v) in hk.as_object().into_iter().flatten() {
-            match (section[k].as_object_mut(), v.as_object()) {
-                (Some(gpu), Some(over)) => gpu.extend(over.clone()),
-                _ => section[k] = v.clone(),
-            }
-        }
-        n.write_config(&n.config, section);
         set_gpus(&n, "0-3");
         let dev = tempfile::Builder::new()
             .prefix("kloigos-gpu-dev-")
@@ -450,7 +441,24 @@ impl FenceNode {
                 ],
             );
         }
-        FenceNode { n, dev }
+        let f = FenceNode { n, dev };
+        f.configure(hk);
+        f
+    }
+
+    /// Writes the housekeeper config: the fake driver tree, `hk` merged
+    /// over it (its `gpu` key by key).
+    fn configure(&self, hk: Value) {
+        let root = self.n.cluster.dir.path();
+        let mut section =
+            json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}});
+        for (k, v) in hk.as_object().into_iter().flatten() {
+            match (section[k].as_object_mut(), v.as_object()) {
+                (Some(gpu), Some(over)) => gpu.extend(over.clone()),
+                _ => section[k] = v.clone(),
+            }
+        }
+        self.n.write_config(&self.n.config, section);
     }
 
     /// Books one GPU for `user` (no account needed) for an hour.
@@ -784,6 +792,49 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     kloigos_tests::cmd::Run::of(&mut n.housekeeper(&["--uninstall"])).ok();
     expect(OPEN, &pf.ask());
     assert!(!frank_dir.exists());
+}
+
+#[test]
+fn switching_the_fence_backend_lifts_the_other_ones_fence() {
+    kloigos_tests::require_root!();
+    let cg2 = kloigos_tests::require_ok!(cgroup2_mount());
+    let users = [("khg-alice", 59901), ("khg-bob", 59902)];
+    let t = kloigos_tests::require_ok!(fence_test(devices_hierarchy(), users));
+    let _v2_groups = Groups::of(&cg2, &[59901]);
+    let (v1_dir, v2_dir) = (
+        t.base.join("kloigos/user-59901"),
+        cg2.join("kloigos/user-59901"),
+    );
+    let f = FenceNode::new("switchnode", json!({"gpu": {"fence_backend": "v1"}}));
+    f.book("khg-carol", 59903);
+    let a = f.book("khg-alice", 59901);
+    let mut pa = f.probe(&t.a);
+    f.n.pass(&[]).ok();
+    expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pa.ask());
+    assert!(v1_dir.exists() && !v2_dir.exists());
+
+    // alice books GPU 2 as the node moves to the device program: the old
+    // v1 rules, which shut GPU 2, must not outlive the switch.
+    let more = f.book("khg-alice", 59901);
+    assert_eq!(more.gpus.unwrap().to_string(), "2");
+    f.configure(json!({"gpu": {"fence_backend": "bpf"}}));
+    f.n.pass(&[])
+        .ok()
+        .err_has("the other backend's fence lifted for uid(s) [59901]");
+    expect(["EPERM", "ENXIO", "ENXIO", "EPERM"], &pa.ask());
+    assert!(!v1_dir.exists() && v2_dir.exists());
+    assert_in_group(&v2_dir, &pa);
+
+    // And back: the program goes with its group.
+    f.n.release(&a.id);
+    f.configure(json!({"gpu": {"fence_backend": "v1"}}));
+    f.n.pass(&[])
+        .ok()
+        .err_has("the other backend's fence lifted for uid(s) [59901]");
+    expect(["EPERM", "EPERM", "ENXIO", "EPERM"], &pa.ask());
+    assert!(v1_dir.exists() && !v2_dir.exists());
+    kloigos_tests::cmd::Run::of(&mut f.n.housekeeper(&["--uninstall"])).ok();
+    expect(OPEN, &pa.ask());
 }
 
 /// Opens each of its arguments after the first (a directory) and prints

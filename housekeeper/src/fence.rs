@@ -37,6 +37,10 @@
 //!   processes are then moved as in v1 (the program first, so no process
 //!   sits there unfenced).
 //!
+//! When `fence_backend` changes, a pass lifts what the other backend left
+//! (its groups, or its programs), so stale rules never shut a GPU booked
+//! since.
+//!
 //! The record keeps the id and deny list of the program attached for each
 //! user: an idle pass asks the kernel only which programs a group has (one
 //! `BPF_PROG_QUERY` per user) and changes nothing when its own is there
@@ -588,6 +592,30 @@ impl Fence {
     }
 }
 
+/// Lifts what the other backend left (after `fence_backend` changed), so
+/// that its stale rules never shut a GPU a user has booked since: its
+/// groups are removed with their processes moved out, or its programs
+/// detached. Where nothing is left, a directory read.
+fn lift_other(fence: &Fence, record: &mut Record) {
+    let lifted = match fence {
+        Fence::V1(_) => Bpf::here().and_then(|b| match b {
+            Some(b) => b.prune(&[], &mut record.gpu_bpf),
+            None => Ok(Vec::new()),
+        }),
+        Fence::Bpf(_) => Devices::here().and_then(|d| match d {
+            Some(d) if !d.read_only => d.prune(&[]),
+            _ => Ok(Vec::new()),
+        }),
+    };
+    match lifted {
+        Ok(uids) if uids.is_empty() => {}
+        Ok(uids) => crate::log::event(&format!(
+            "GPU fence: the other backend's fence lifted for uid(s) {uids:?} (housekeeper.gpu.fence_backend changed)"
+        )),
+        Err(e) => crate::log::error(&format!("GPU fence: lifting the other backend's: {e}")),
+    }
+}
+
 /// `--uninstall`: lifts the fence of every user, on both backends where
 /// they exist (logged).
 pub fn uninstall() {
@@ -808,6 +836,7 @@ pub fn apply(
             }
         }
     }
+    lift_other(&fence, record);
     let numbers: BTreeSet<DevNum> = gpus.iter().map(DevNum::of).collect();
     let found = holders(&plan, &numbers, procs);
     let s = fence::strays(&plan, &found, &record.gpu_strays, grace_s, now);
