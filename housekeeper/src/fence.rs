@@ -429,6 +429,8 @@ impl Bpf {
                 prog.attach(&group)
                     .map_err(|e| bpf_err("attaching the device program", e))?;
                 done.attached = true;
+                // On failure the new one stays unrecorded: the next pass
+                // attaches another and detaches every other of ours.
                 detach_ours(&group, &ids, Some(id))
                     .map_err(|e| bpf_err("detaching the old device program", e))?;
                 Attached { id, deny: want }

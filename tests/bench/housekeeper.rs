@@ -210,8 +210,9 @@ fn main() {
     );
 
     // The GPU fence's cost: an idle pass on a node with 2 GPUs (a fake
-    // driver tree) and the booked user's process fenced, against the same
-    // node with the fence off (housekeeper.gpu.fence=false). The booked
+    // driver tree) and the booked user's process fenced, by the v1 devices
+    // hierarchy and by the cgroup v2 device program, against the same node
+    // with the fence off (housekeeper.gpu.fence=false). The booked
     // user gets the same slice here as on the first node (one CPU, the
     // same task limit); nft and kill stay off, so the first node's table is
     // left alone and nobody is ended. KLOIGOS_BENCH_SKIP_GPU skips it (a housekeeper built
