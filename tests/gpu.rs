@@ -515,11 +515,13 @@ const OPEN: [&str; 4] = ["ENXIO"; 4];
 /// What every fence system test holds: the one-at-a-time lock, its two
 /// users, and their groups under the hierarchy `base`, removed at the end.
 struct FenceTest {
-    _one: std::sync::MutexGuard<'static, ()>,
+    // Dropped in this order: the users (their processes ended), their
+    // groups (empty by then), and only then the lock.
     a: kloigos_tests::sys::TempUser,
     b: kloigos_tests::sys::TempUser,
-    base: std::path::PathBuf,
     _groups: Groups,
+    base: std::path::PathBuf,
+    _one: std::sync::MutexGuard<'static, ()>,
 }
 
 /// A [`FenceTest`] for users `a` and `b` on the hierarchy `base`, or what
