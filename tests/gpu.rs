@@ -399,10 +399,13 @@ impl FenceNode {
         use kloigos_tests::cmd::must;
         use std::os::unix::fs::PermissionsExt;
 
+        // Only the band of these tests is managed: other tests' users
+        // (other bands) are left alone.
         let n = kloigos_tests::housekeeper::HkNode::new(
             name,
             Policy {
                 min_uid: 59900,
+                max_uid: Some(59909),
                 ..Policy::default()
             },
             "0-3",
@@ -685,7 +688,7 @@ sys.stdin.read()
 fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     kloigos_tests::require_root!();
     kloigos_tests::require_ok!(kloigos_tests::skip::need("strace", "strace"));
-    let frank_gina = [("khg-frank", 59906), ("khg-gina", 59908)];
+    let frank_gina = [("khg-frank", 59908), ("khg-gina", 59909)];
     let t = kloigos_tests::require_ok!(fence_test(cgroup2_mount(), frank_gina));
     // The v1 backend off: only the program on cgroup2 can refuse.
     let (f, cg2) = (
@@ -694,7 +697,7 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     );
     let (n, frank, gina) = (&f.n, &t.a, &t.b);
     let carol = f.book("khg-carol", 59903);
-    let b = f.book("khg-frank", 59906);
+    let b = f.book("khg-frank", 59908);
     assert_eq!(
         (carol.gpus.unwrap().to_string(), b.gpus.unwrap().to_string()),
         ("0".into(), "1".into())
@@ -705,8 +708,8 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     expect(OPEN, &pg.ask());
 
     let r = n.pass(&[]);
-    let frank_dir = cg2.join("kloigos/user-59906");
-    let gina_dir = cg2.join("kloigos/user-59908");
+    let frank_dir = cg2.join("kloigos/user-59908");
+    let gina_dir = cg2.join("kloigos/user-59909");
     r.ok()
         .err_has(&format!("attached to {}", frank_dir.display()))
         .err_has(&format!("attached to {}", gina_dir.display()));
@@ -715,9 +718,9 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     expect(SHUT, &pg.ask());
     assert_in_group(&frank_dir, &pf);
     // No v1 group took part.
-    assert!(!std::path::Path::new("/sys/fs/cgroup/devices/kloigos/user-59906").exists());
-    let frank_prog = attached_id(n, 59906).expect("frank's program in the record");
-    let gina_prog = attached_id(n, 59908).expect("gina's program in the record");
+    assert!(!std::path::Path::new("/sys/fs/cgroup/devices/kloigos/user-59908").exists());
+    let frank_prog = attached_id(n, 59908).expect("frank's program in the record");
+    let gina_prog = attached_id(n, 59909).expect("gina's program in the record");
 
     // An idle pass keeps the programs: nothing attached, the same ids;
     // its only bpf(2) calls are one query per user.
@@ -740,16 +743,16 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
         calls.iter().all(|l| l.contains("BPF_PROG_QUERY")),
         "{calls:#?}"
     );
-    assert_eq!(attached_id(n, 59906), Some(frank_prog));
-    assert_eq!(attached_id(n, 59908), Some(gina_prog));
+    assert_eq!(attached_id(n, 59908), Some(frank_prog));
+    assert_eq!(attached_id(n, 59909), Some(gina_prog));
     expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pf.ask());
 
     // gina books GPU 2: her program is replaced. A process of hers opens
     // carol's GPU in a loop all through the pass: never let through (the
     // new program is attached before the old one goes).
     let mut h = hammer(gina, &f.dev.path().join("nvidia4"));
-    n.pass(&[]).ok().err_has("moved 1 process(es) of uid 59908");
-    let g = f.book("khg-gina", 59908);
+    n.pass(&[]).ok().err_has("moved 1 process(es) of uid 59909");
+    let g = f.book("khg-gina", 59909);
     assert_eq!(g.gpus.unwrap().to_string(), "2");
     let said = h.ask();
     assert_eq!(said, ["going"]);
@@ -767,9 +770,9 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
         seen.iter().all(|s| s.starts_with("EPERM:")) && !seen.is_empty(),
         "carol's GPU was not shut all through the change: {seen:?}"
     );
-    let gina_new = attached_id(n, 59908).unwrap();
+    let gina_new = attached_id(n, 59909).unwrap();
     assert_ne!(gina_new, gina_prog);
-    assert_eq!(attached_id(n, 59906), Some(frank_prog));
+    assert_eq!(attached_id(n, 59908), Some(frank_prog));
     // Her GPU opens: the old program, which shut it, is gone.
     expect(["EPERM", "EPERM", "ENXIO", "EPERM"], &pg.ask());
 
@@ -787,7 +790,7 @@ fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
     ) == 0));
     n.pass(&[]).ok();
     assert!(!gina_dir.exists());
-    assert_eq!(attached_id(n, 59908), None);
+    assert_eq!(attached_id(n, 59909), None);
     assert!(frank_dir.exists());
 
     // --uninstall lifts the fence from the processes still running.
@@ -914,7 +917,7 @@ fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemo
     };
     // hal holds GPU 1 (carol GPU 0); ivy holds none. Each has a
     // process in their slice, which keeps the slice there.
-    for (user, uid) in [("khg-hal", "59900"), ("khg-ivy", "59909")] {
+    for (user, uid) in [("khg-hal", "59900"), ("khg-ivy", "59906")] {
         sh(&["useradd", "-M", "-u", uid, user]);
         sh(&[
             "systemd-run",
@@ -944,7 +947,6 @@ fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemo
     systemd_devices("rwm");
     expect(OPEN, &probe(59900));
 
-    eprintln!("DBG ps {}", c.exec(&["sh", "-c", "for p in /proc/[0-9]*; do echo $p $(grep Uid: $p/status) $(cat $p/comm) $(cat $p/cgroup); done"]).stdout);
     let r = pass();
     let slice = "/sys/fs/cgroup/user.slice/user-59900.slice";
     assert!(
@@ -954,7 +956,7 @@ fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemo
     );
     let hal = ["EPERM", "ENXIO", "EPERM", "EPERM"];
     expect(hal, &probe(59900));
-    expect(SHUT, &probe(59909));
+    expect(SHUT, &probe(59906));
     // The slice properties kloigos sets live in the same unit.
     assert_eq!(
         c.show("user-59900.slice", &["AllowedCPUs"])["AllowedCPUs"],
@@ -1011,7 +1013,7 @@ fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemo
     // --uninstall detaches ours and leaves systemd's.
     hk(&["--uninstall"]);
     expect(OPEN, &probe(59900));
-    expect(OPEN, &probe(59909));
+    expect(OPEN, &probe(59906));
 }
 
 /// A stand-in for ssh that records the booking's variables it was given.
