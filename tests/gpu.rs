@@ -5,8 +5,11 @@ use jiff::Timestamp;
 use kloigos_core::facts::Facts;
 use kloigos_core::names::NodeName;
 use kloigos_tests::cluster::TempCluster;
+use kloigos_tests::housekeeper::live_processes;
+use kloigos_tests::poll::wait_until;
 use kloigos_tests::uid;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 /// A cluster with `plain` (8 CPUs, one unit, no GPUs) and `gpu4`
 /// (64 CPUs in 4 units, one GPU each).
@@ -261,14 +264,25 @@ for _ in sys.stdin:
 
 impl Probe {
     fn start(user: &kloigos_tests::sys::TempUser, dir: &std::path::Path, names: &[&str]) -> Probe {
+        let mut args = vec![dir.as_os_str()];
+        args.extend(names.iter().map(std::ffi::OsStr::new));
+        Probe::python(user, PROBE, &args)
+    }
+
+    /// `script` run by python3 as `user` with `args`, answering a line for
+    /// each line it is given.
+    fn python(
+        user: &kloigos_tests::sys::TempUser,
+        script: &str,
+        args: &[&std::ffi::OsStr],
+    ) -> Probe {
         use std::process::{Command, Stdio};
         let mut child = Command::new("setpriv")
             .arg(format!("--reuid={}", user.uid))
             .arg(format!("--regid={}", user.gid))
             .arg("--init-groups")
-            .args(["/usr/bin/python3", "-u", "-c", PROBE])
-            .arg(dir)
-            .args(names)
+            .args(["/usr/bin/python3", "-u", "-c", script])
+            .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -296,15 +310,26 @@ impl Probe {
     }
 }
 
+/// Asserts that the probe's process is in the group `dir`.
+fn assert_in_group(dir: &std::path::Path, p: &Probe) {
+    let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap();
+    let pid = p.child.0.id().to_string();
+    assert!(
+        procs.lines().any(|l| l.trim() == pid),
+        "process {pid} is not in {}: {procs}",
+        dir.display()
+    );
+}
+
 /// The system tests here share the devices hierarchy's `kloigos/` group and
 /// the managed uid band: one at a time.
 static SYSTEM: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// The cgroup v1 devices hierarchy the fence writes to, or what is missing.
-fn devices_hierarchy() -> Result<&'static std::path::Path, String> {
+fn devices_hierarchy() -> Result<std::path::PathBuf, String> {
     let devices = std::path::Path::new("/sys/fs/cgroup/devices");
     if devices.join("devices.deny").exists() {
-        Ok(devices)
+        Ok(devices.to_path_buf())
     } else {
         Err(
             "no cgroup v1 devices hierarchy at /sys/fs/cgroup/devices: the fence needs the \
@@ -336,84 +361,116 @@ impl Drop for Groups {
     }
 }
 
-#[test]
-fn the_kernel_fences_each_users_gpus_by_booking() {
-    use kloigos_core::booking::BookingId;
-    use kloigos_core::gpuset::GpuSet;
-    use kloigos_core::names::UserName;
-    use kloigos_core::policy::Policy;
-    use kloigos_core::state::{Request, Size};
-    use kloigos_tests::cmd::must;
-    use kloigos_tests::housekeeper::{live_processes, HkNode};
-    use kloigos_tests::poll::wait_until;
-    use kloigos_tests::sys::TempUser;
-    use std::os::unix::fs::PermissionsExt;
-    use std::time::Duration;
+/// The device nodes the fence tests open: the four GPUs (minors 4-7, not
+/// their indices), the control node, and the numbers of /dev/null,
+/// /dev/fuse and /dev/kvm (which no fence may shut).
+const NODES: [(&str, u32, u32); 8] = [
+    ("nvidia4", 195, 4),
+    ("nvidia5", 195, 5),
+    ("nvidia6", 195, 6),
+    ("nvidia7", 195, 7),
+    ("nvidiactl", 195, 255),
+    ("null", 1, 3),
+    ("fuse", 10, 229),
+    ("kvm", 10, 232),
+];
 
-    kloigos_tests::require_root!();
-    let devices = kloigos_tests::require_ok!(devices_hierarchy());
-    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    let alice = TempUser::with_uid("khg-alice", 59901);
-    let bob = TempUser::with_uid("khg-bob", 59902);
-    let _groups = Groups::of(devices, &[59901, 59902]);
-    let n = HkNode::new(
-        "gpunode",
-        Policy {
-            min_uid: uid(59900),
-            ..Policy::default()
-        },
-        "0-3",
-        Some(1),
-        None,
-        json!({}),
-    );
-    // A driver tree with 4 GPUs whose minors (4-7) are not their indices.
-    let root = n.cluster.dir.path();
-    for i in 0..4u32 {
-        let bus = format!("0000:{:02x}:00.0", 0x10 + i);
-        let g = root.join("proc/driver/nvidia/gpus").join(&bus);
-        std::fs::create_dir_all(&g).unwrap();
-        std::fs::write(
-            g.join("information"),
-            format!("Model: \t\t Fake GPU\nGPU UUID: \t GPU-fake-{i}\nBus Location: \t {bus}\nDevice Minor: \t {}\n", i + 4),
-        )
-        .unwrap();
-    }
-    n.write_config(
-        &n.config,
-        json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}}),
-    );
+/// Gives `n`'s node the GPUs `set`.
+fn set_gpus(n: &kloigos_tests::housekeeper::HkNode, set: &str) {
     n.cluster
         .store
         .update_node(&n.node, Timestamp::now(), |st| {
-            st.node.gpus = Some(GpuSet::parse("0-3")?);
+            st.node.gpus = Some(kloigos_core::gpuset::GpuSet::parse(set)?);
             Ok(((), vec![]))
         })
         .unwrap();
-    // The device nodes, where the users can reach them.
-    let dev = tempfile::Builder::new()
-        .prefix("kloigos-gpu-dev-")
-        .tempdir()
-        .unwrap();
-    std::fs::set_permissions(dev.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let names = ["nvidia4", "nvidia5", "nvidia6", "nvidia7", "nvidiactl"];
-    for (name, minor) in names.iter().zip([4, 5, 6, 7, 255]) {
-        let p = dev.path().join(name);
-        must(
-            "mknod",
-            &[
-                "-m",
-                "666",
-                &p.to_string_lossy(),
-                "c",
-                "195",
-                &minor.to_string(),
-            ],
+}
+
+/// A 4-GPU node (one GPU per unit) with a fake driver tree, the
+/// housekeeper config section `hk` merged over it (its `gpu` key by key), and [`NODES`] made in a
+/// directory the users can reach.
+struct FenceNode {
+    n: kloigos_tests::housekeeper::HkNode,
+    dev: tempfile::TempDir,
+}
+
+impl FenceNode {
+    fn new(name: &str, hk: Value) -> FenceNode {
+        use kloigos_core::policy::Policy;
+        use kloigos_tests::cmd::must;
+        use std::os::unix::fs::PermissionsExt;
+
+        // Only the band of these tests is managed: other tests' users
+        // (other bands) are left alone.
+        let n = kloigos_tests::housekeeper::HkNode::new(
+            name,
+            Policy {
+                min_uid: uid(59900),
+                max_uid: Some(uid(59909)),
+                ..Policy::default()
+            },
+            "0-3",
+            Some(1),
+            None,
+            json!({}),
         );
+        let root = n.cluster.dir.path();
+        for i in 0..4u32 {
+            let bus = format!("0000:{:02x}:00.0", 0x10 + i);
+            let g = root.join("proc/driver/nvidia/gpus").join(&bus);
+            std::fs::create_dir_all(&g).unwrap();
+            std::fs::write(
+                g.join("information"),
+                format!("Model: \t\t Fake GPU\nGPU UUID: \t GPU-fake-{i}\nBus Location: \t {bus}\nDevice Minor: \t {}\n", i + 4),
+            )
+            .unwrap();
+        }
+        set_gpus(&n, "0-3");
+        let dev = tempfile::Builder::new()
+            .prefix("kloigos-gpu-dev-")
+            .tempdir()
+            .unwrap();
+        std::fs::set_permissions(dev.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        for (name, major, minor) in NODES {
+            let p = dev.path().join(name);
+            must(
+                "mknod",
+                &[
+                    "-m",
+                    "666",
+                    &p.to_string_lossy(),
+                    "c",
+                    &major.to_string(),
+                    &minor.to_string(),
+                ],
+            );
+        }
+        let f = FenceNode { n, dev };
+        f.configure(hk);
+        f
     }
-    // carol (no account, no processes) holds GPU 0; alice then gets GPU 1.
-    let now = Timestamp::now();
-    let book = |user: &str, raw: u32| {
+
+    /// Writes the housekeeper config: the fake driver tree, `hk` merged
+    /// over it (its `gpu` key by key).
+    fn configure(&self, hk: Value) {
+        let root = self.n.cluster.dir.path();
+        let mut section =
+            json!({"gpu": {"proc_dir": root.join("proc"), "sys_dir": root.join("sys")}});
+        for (k, v) in hk.as_object().into_iter().flatten() {
+            match (section[k].as_object_mut(), v.as_object()) {
+                (Some(gpu), Some(over)) => gpu.extend(over.clone()),
+                _ => section[k] = v.clone(),
+            }
+        }
+        self.n.write_config(&self.n.config, section);
+    }
+
+    /// Books one GPU for `user` (no account needed) for an hour.
+    fn book(&self, user: &str, raw: u32) -> kloigos_core::booking::Booking {
+        use kloigos_core::names::UserName;
+        use kloigos_core::policy::Policy;
+        use kloigos_core::state::{Request, Size};
+        let now = Timestamp::now();
         let name = UserName::new(user).unwrap();
         let req = Request {
             user: name.clone(),
@@ -425,15 +482,84 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
             note: Default::default(),
             held_elsewhere: 0,
         };
-        n.cluster
+        self.n
+            .cluster
             .store
-            .update_node(&n.node, now, |st| {
+            .update_node(&self.n.node, now, |st| {
                 Ok((st.book(&req, &Policy::default(), now, &[])?, vec![]))
             })
             .unwrap()
-    };
-    let carol = book("khg-carol", 59903);
-    let a = book("khg-alice", 59901);
+    }
+
+    /// A probe of `user` opening every one of [`NODES`].
+    fn probe(&self, user: &kloigos_tests::sys::TempUser) -> Probe {
+        let names: Vec<&str> = NODES.iter().map(|(n, _, _)| *n).collect();
+        Probe::start(user, self.dev.path(), &names)
+    }
+}
+
+/// What a probe answers: the four GPUs as given, then the control node,
+/// /dev/null and /dev/fuse open to everyone (ENXIO: allowed, no driver;
+/// OPEN for /dev/null), and /dev/kvm not shut (ENXIO or OPEN, as the
+/// host's kvm module is there or not).
+fn expect(gpus: [&str; 4], got: &[String]) {
+    assert_eq!(got.len(), NODES.len(), "{got:?}");
+    assert_eq!(&got[..4], gpus, "the GPUs: {got:?}");
+    assert_eq!(
+        &got[4..7],
+        ["ENXIO", "OPEN", "OPEN"],
+        "control node, null, fuse: {got:?}"
+    );
+    assert_ne!(got[7], "EPERM", "kvm shut: {got:?}");
+}
+
+const SHUT: [&str; 4] = ["EPERM"; 4];
+const OPEN: [&str; 4] = ["ENXIO"; 4];
+
+/// What every fence system test holds: the one-at-a-time lock, its two
+/// users, and their groups under the hierarchy `base`, removed at the end.
+struct FenceTest {
+    // Dropped in this order: the users (their processes ended), their
+    // groups (empty by then), and only then the lock.
+    a: kloigos_tests::sys::TempUser,
+    b: kloigos_tests::sys::TempUser,
+    _groups: Groups,
+    base: std::path::PathBuf,
+    _one: std::sync::MutexGuard<'static, ()>,
+}
+
+/// A [`FenceTest`] for users `a` and `b` on the hierarchy `base`, or what
+/// is missing.
+fn fence_test(
+    base: Result<std::path::PathBuf, String>,
+    [a, b]: [(&str, u32); 2],
+) -> Result<FenceTest, String> {
+    use kloigos_tests::sys::TempUser;
+    let base = base?;
+    let one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    Ok(FenceTest {
+        _one: one,
+        a: TempUser::with_uid(a.0, a.1),
+        b: TempUser::with_uid(b.0, b.1),
+        _groups: Groups::of(&base, &[a.1, b.1]),
+        base,
+    })
+}
+
+#[test]
+fn the_kernel_fences_each_users_gpus_by_booking() {
+    use kloigos_core::booking::BookingId;
+    use kloigos_core::names::UserName;
+
+    kloigos_tests::require_root!();
+    let users = [("khg-alice", 59901), ("khg-bob", 59902)];
+    let t = kloigos_tests::require_ok!(fence_test(devices_hierarchy(), users));
+    let (alice, bob, devices) = (&t.a, &t.b, &t.base);
+    let f = FenceNode::new("gpunode", json!({}));
+    let n = &f.n;
+    // carol (no account, no processes) holds GPU 0; alice then gets GPU 1.
+    let carol = f.book("khg-carol", 59903);
+    let a = f.book("khg-alice", 59901);
     assert_eq!(
         (
             carol.gpus.unwrap().to_string(),
@@ -442,18 +568,17 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
         ("0".into(), "1".into())
     );
 
-    let mut pa = Probe::start(&alice, dev.path(), &names);
-    let mut pb = Probe::start(&bob, dev.path(), &names);
-    let all_open = ["ENXIO"; 5];
+    let mut pa = f.probe(alice);
+    let mut pb = f.probe(bob);
     // Without the fence every device number is allowed: the oracle's other side.
-    assert_eq!(pa.ask(), all_open);
-    assert_eq!(pb.ask(), all_open);
+    expect(OPEN, &pa.ask());
+    expect(OPEN, &pb.ask());
 
     n.pass(&[]).ok();
-    // alice: her GPU (minor 5) and the control node; carol's GPU is shut to her.
-    assert_eq!(pa.ask(), ["EPERM", "ENXIO", "EPERM", "EPERM", "ENXIO"]);
-    // bob, booked nowhere: every GPU shut, the control node open.
-    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+    // alice: her GPU (minor 5); carol's GPU is shut to her.
+    expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pa.ask());
+    // bob, booked nowhere: every GPU shut.
+    expect(SHUT, &pb.ask());
     // A process alice starts from inside is born in the group.
     let child = std::process::Command::new("setpriv")
         .arg(format!("--reuid={}", alice.uid))
@@ -466,19 +591,13 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
         !String::from_utf8_lossy(&child.stdout).contains("devices:/kloigos/"),
         "a process started from outside is not in the group until a pass"
     );
-    let procs = std::fs::read_to_string(devices.join("kloigos/user-59901/cgroup.procs")).unwrap();
-    assert!(
-        procs
-            .lines()
-            .any(|l| l.trim() == pa.child.0.id().to_string()),
-        "{procs}"
-    );
+    assert_in_group(&devices.join("kloigos/user-59901"), &pa);
 
     // Released: alice is shut out of every GPU at the next pass.
     n.release(&BookingId::parse(&a.id.to_string()).unwrap());
     n.pass(&[]).ok();
-    assert_eq!(pa.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
-    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+    expect(SHUT, &pa.ask());
+    expect(SHUT, &pb.ask());
 
     // An account the housekeeper no longer manages (now a bypass user) is
     // let out of its group, its processes running on.
@@ -490,7 +609,7 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
         })
         .unwrap();
     n.pass(&[]).ok();
-    assert_eq!(pb.ask(), all_open);
+    expect(OPEN, &pb.ask());
     assert!(!devices.join("kloigos/user-59902").exists());
     n.cluster
         .store
@@ -500,7 +619,7 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
         })
         .unwrap();
     n.pass(&[]).ok();
-    assert_eq!(pb.ask(), ["EPERM", "EPERM", "EPERM", "EPERM", "ENXIO"]);
+    expect(SHUT, &pb.ask());
 
     // Once a user's processes are gone, a pass removes their group.
     drop(pb);
@@ -513,8 +632,389 @@ fn the_kernel_fences_each_users_gpus_by_booking() {
 
     // --uninstall lifts the fence from the processes still running.
     kloigos_tests::cmd::Run::of(&mut n.housekeeper(&["--uninstall"])).ok();
-    assert_eq!(pa.ask(), all_open);
+    expect(OPEN, &pa.ask());
     assert!(!devices.join("kloigos/user-59901").exists());
+}
+
+/// Where cgroup2 is mounted (on this hybrid host `/sys/fs/cgroup/unified`),
+/// or what is missing.
+fn cgroup2_mount() -> Result<std::path::PathBuf, String> {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").map_err(|e| e.to_string())?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            (right.split_whitespace().next()? == "cgroup2")
+                .then(|| left.split_whitespace().nth(4).map(std::path::PathBuf::from))?
+        })
+        .ok_or_else(|| {
+            "no cgroup2 hierarchy mounted: the v2 fence needs one \
+             (mount -t cgroup2 none /sys/fs/cgroup/unified)"
+                .into()
+        })
+}
+
+/// The id of the device program the housekeeper's record says it attached
+/// for `uid`, if any.
+fn attached_id(n: &kloigos_tests::housekeeper::HkNode, uid: u32) -> Option<u64> {
+    let text = std::fs::read_to_string(n.state_dir.join("housekeeper.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    v["gpu_bpf"][uid.to_string()]["id"].as_u64()
+}
+
+/// A process of `user` that, between a line "go" and the next line on its
+/// stdin, opens `path` as fast as it can, then answers how often each
+/// errno came back (`EPERM:N ENXIO:M`).
+fn hammer(user: &kloigos_tests::sys::TempUser, path: &std::path::Path) -> Probe {
+    let script = r#"
+import errno, os, select, sys
+sys.stdin.readline()
+print("going", flush=True)
+seen = {}
+while not select.select([sys.stdin], [], [], 0)[0]:
+    for _ in range(200):
+        try:
+            os.close(os.open(sys.argv[1], os.O_RDWR))
+            k = "OPEN"
+        except OSError as e:
+            k = errno.errorcode.get(e.errno, str(e.errno))
+        seen[k] = seen.get(k, 0) + 1
+print(" ".join(f"{k}:{v}" for k, v in sorted(seen.items())), flush=True)
+sys.stdin.read()
+"#;
+    Probe::python(user, script, &[path.as_os_str()])
+}
+
+#[test]
+fn the_cgroup2_device_program_fences_each_users_gpus_by_booking() {
+    kloigos_tests::require_root!();
+    kloigos_tests::require_ok!(kloigos_tests::skip::need("strace", "strace"));
+    let frank_gina = [("khg-frank", 59908), ("khg-gina", 59909)];
+    let t = kloigos_tests::require_ok!(fence_test(cgroup2_mount(), frank_gina));
+    // The v1 backend off: only the program on cgroup2 can refuse.
+    let (f, cg2) = (
+        FenceNode::new("bpfnode", json!({"gpu": {"fence_backend": "bpf"}})),
+        &t.base,
+    );
+    let (n, frank, gina) = (&f.n, &t.a, &t.b);
+    let carol = f.book("khg-carol", 59903);
+    let b = f.book("khg-frank", 59908);
+    assert_eq!(
+        (carol.gpus.unwrap().to_string(), b.gpus.unwrap().to_string()),
+        ("0".into(), "1".into())
+    );
+    let mut pf = f.probe(frank);
+    let mut pg = f.probe(gina);
+    expect(OPEN, &pf.ask());
+    expect(OPEN, &pg.ask());
+
+    let r = n.pass(&[]);
+    let frank_dir = cg2.join("kloigos/user-59908");
+    let gina_dir = cg2.join("kloigos/user-59909");
+    r.ok()
+        .err_has(&format!("attached to {}", frank_dir.display()))
+        .err_has(&format!("attached to {}", gina_dir.display()));
+    // frank: his GPU (minor 5); carol's and the others shut. gina: all shut.
+    expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pf.ask());
+    expect(SHUT, &pg.ask());
+    assert_in_group(&frank_dir, &pf);
+    // No v1 group took part.
+    assert!(!std::path::Path::new("/sys/fs/cgroup/devices/kloigos/user-59908").exists());
+    let frank_prog = attached_id(n, 59908).expect("frank's program in the record");
+    let gina_prog = attached_id(n, 59909).expect("gina's program in the record");
+
+    // An idle pass keeps the programs: nothing attached, the same ids;
+    // its only bpf(2) calls are one query per user.
+    let trace = n.cluster.dir.path().join("bpf.trace");
+    let mut traced = std::process::Command::new("strace");
+    traced
+        .args(["-f", "-qq", "-e", "trace=bpf", "-o"])
+        .arg(&trace)
+        .arg(kloigos_tests::bin("kloigos-housekeeper"))
+        .arg("--config")
+        .arg(&n.config)
+        .arg("--once");
+    let r = kloigos_tests::cmd::Run::of(&mut traced);
+    r.ok();
+    assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+    let calls = std::fs::read_to_string(&trace).unwrap();
+    let calls: Vec<&str> = calls.lines().filter(|l| l.contains("bpf(")).collect();
+    assert_eq!(calls.len(), 2, "{calls:#?}");
+    assert!(
+        calls.iter().all(|l| l.contains("BPF_PROG_QUERY")),
+        "{calls:#?}"
+    );
+    assert_eq!(attached_id(n, 59908), Some(frank_prog));
+    assert_eq!(attached_id(n, 59909), Some(gina_prog));
+    expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pf.ask());
+
+    // gina books GPU 2: her program is replaced. A process of hers opens
+    // carol's GPU in a loop all through the pass: never let through (the
+    // new program is attached before the old one goes).
+    let mut h = hammer(gina, &f.dev.path().join("nvidia4"));
+    n.pass(&[]).ok().err_has("moved 1 process(es) of uid 59909");
+    let g = f.book("khg-gina", 59909);
+    assert_eq!(g.gpus.unwrap().to_string(), "2");
+    let said = h.ask();
+    assert_eq!(said, ["going"]);
+    let r = n.pass(&[]);
+    let seen = h.ask();
+    r.ok()
+        .err_has(&format!("attached to {}", gina_dir.display()));
+    assert!(
+        !r.stderr
+            .contains(&format!("attached to {}", frank_dir.display())),
+        "frank's list did not change: {}",
+        r.stderr
+    );
+    assert!(
+        seen.iter().all(|s| s.starts_with("EPERM:")) && !seen.is_empty(),
+        "carol's GPU was not shut all through the change: {seen:?}"
+    );
+    let gina_new = attached_id(n, 59909).unwrap();
+    assert_ne!(gina_new, gina_prog);
+    assert_eq!(attached_id(n, 59908), Some(frank_prog));
+    // Her GPU opens: the old program, which shut it, is gone.
+    expect(["EPERM", "EPERM", "ENXIO", "EPERM"], &pg.ask());
+
+    // Released: frank is shut out of every GPU at the next pass.
+    n.release(&b.id);
+    n.pass(&[]).ok();
+    expect(SHUT, &pf.ask());
+    expect(["EPERM", "EPERM", "ENXIO", "EPERM"], &pg.ask());
+
+    // Once a user's processes are gone, a pass removes their group.
+    drop(pg);
+    drop(h);
+    assert!(wait_until(Duration::from_secs(20), || live_processes(
+        gina.uid
+    ) == 0));
+    n.pass(&[]).ok();
+    assert!(!gina_dir.exists());
+    assert_eq!(attached_id(n, 59909), None);
+    assert!(frank_dir.exists());
+
+    // --uninstall lifts the fence from the processes still running.
+    kloigos_tests::cmd::Run::of(&mut n.housekeeper(&["--uninstall"])).ok();
+    expect(OPEN, &pf.ask());
+    assert!(!frank_dir.exists());
+}
+
+#[test]
+fn switching_the_fence_backend_lifts_the_other_ones_fence() {
+    kloigos_tests::require_root!();
+    let cg2 = kloigos_tests::require_ok!(cgroup2_mount());
+    let users = [("khg-alice", 59901), ("khg-bob", 59902)];
+    let t = kloigos_tests::require_ok!(fence_test(devices_hierarchy(), users));
+    let _v2_groups = Groups::of(&cg2, &[59901]);
+    let (v1_dir, v2_dir) = (
+        t.base.join("kloigos/user-59901"),
+        cg2.join("kloigos/user-59901"),
+    );
+    let f = FenceNode::new("switchnode", json!({"gpu": {"fence_backend": "v1"}}));
+    f.book("khg-carol", 59903);
+    let a = f.book("khg-alice", 59901);
+    let mut pa = f.probe(&t.a);
+    f.n.pass(&[]).ok();
+    expect(["EPERM", "ENXIO", "EPERM", "EPERM"], &pa.ask());
+    assert!(v1_dir.exists() && !v2_dir.exists());
+
+    // alice books GPU 2 as the node moves to the device program: the old
+    // v1 rules, which shut GPU 2, must not outlive the switch.
+    let more = f.book("khg-alice", 59901);
+    assert_eq!(more.gpus.unwrap().to_string(), "2");
+    f.configure(json!({"gpu": {"fence_backend": "bpf"}}));
+    f.n.pass(&[])
+        .ok()
+        .err_has("the other backend's fence lifted for uid(s) [59901]");
+    expect(["EPERM", "ENXIO", "ENXIO", "EPERM"], &pa.ask());
+    assert!(!v1_dir.exists() && v2_dir.exists());
+    assert_in_group(&v2_dir, &pa);
+
+    // And back: the program goes with its group.
+    f.n.release(&a.id);
+    f.configure(json!({"gpu": {"fence_backend": "v1"}}));
+    f.n.pass(&[])
+        .ok()
+        .err_has("the other backend's fence lifted for uid(s) [59901]");
+    expect(["EPERM", "EPERM", "ENXIO", "EPERM"], &pa.ask());
+    assert!(v1_dir.exists() && !v2_dir.exists());
+    kloigos_tests::cmd::Run::of(&mut f.n.housekeeper(&["--uninstall"])).ok();
+    expect(OPEN, &pa.ask());
+}
+
+/// Opens each of its arguments after the first (a directory) and prints
+/// one line: EPERM, ENXIO or OPEN for each (the container has no python).
+const SH_PROBE: &str = r#"d=$1; shift; out=""
+for n in "$@"; do
+  if e=$( (: <>"$d/$n") 2>&1 ); then r=OPEN
+  else case $e in
+    *"not permitted"*) r=EPERM;; *"No such device or address"*) r=ENXIO;;
+    *) r=OTHER; echo "$n: $e" >&2;; esac
+  fi
+  out="$out $r"
+done
+echo $out"#;
+
+#[test]
+fn the_device_program_lives_beside_systemds_in_the_user_slice_and_survives_daemon_reload() {
+    use kloigos_tests::nspawn::Container;
+
+    kloigos_tests::require_root!();
+    let rootfs = kloigos_tests::require_ok!(kloigos_tests::nspawn::rootfs());
+    // The container's users share the host's uids, which the other tests
+    // here end with pkill -u: theirs are kept apart, and one at a time.
+    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
+    // No v1 devices hierarchy in the container: `auto` picks the program.
+    let f = FenceNode::new("sdnode", json!({"slices": "systemd"}));
+    let n = &f.n;
+    let dir = n.cluster.dir.path().to_path_buf();
+    let dir_s = dir.to_string_lossy().to_string();
+    let bin = kloigos_tests::bin("kloigos-housekeeper");
+    let c = Container::boot_unified_with_bpf(
+        &rootfs,
+        &format!("kgs{}", std::process::id()),
+        &[
+            (&dir, &dir_s, false),
+            (&bin, "/usr/local/bin/kloigos-housekeeper", true),
+        ],
+    )
+    .unwrap_or_else(|why| panic!("the container did not boot: {why}"));
+    let sh = |argv: &[&str]| c.must(argv);
+    // The housekeeper as the container's systemd runs it (a service, under
+    // nspawn's seccomp filter and capabilities), not through nsenter.
+    let cfg = n.config.to_string_lossy().to_string();
+    let hk_argv = ["/usr/local/bin/kloigos-housekeeper", "--config", &cfg];
+    let hk = |args: &[&str]| c.service(&[], &[&hk_argv[..], args].concat());
+    let pass = || hk(&["--once"]);
+    // The device nodes, on the container's root (its /tmp is nodev).
+    sh(&["mkdir", "-p", "/var/lib/kgpu"]);
+    for (name, major, minor) in NODES {
+        let p = format!("/var/lib/kgpu/{name}");
+        sh(&[
+            "mknod",
+            "-m",
+            "666",
+            &p,
+            "c",
+            &major.to_string(),
+            &minor.to_string(),
+        ]);
+    }
+    let names: Vec<&str> = NODES.iter().map(|(n, _, _)| *n).collect();
+    // A new process in `uid`'s slice opens each node.
+    let probe = |uid: u32| -> Vec<String> {
+        let (user, slice) = (format!("--uid={uid}"), format!("--slice=user-{uid}.slice"));
+        let argv = [
+            &["sh", "-c", SH_PROBE, "probe", "/var/lib/kgpu"][..],
+            &names,
+        ]
+        .concat();
+        c.service(&[&user, &slice], &argv)
+            .stdout
+            .split_whitespace()
+            .map(String::from)
+            .collect()
+    };
+    // hal holds GPU 1 (carol GPU 0); ivy holds none. Each has a
+    // process in their slice, which keeps the slice there.
+    for (user, uid) in [("khg-hal", "59900"), ("khg-ivy", "59906")] {
+        sh(&["useradd", "-M", "-u", uid, user]);
+        sh(&[
+            "systemd-run",
+            &format!("--uid={uid}"),
+            &format!("--slice=user-{uid}.slice"),
+            &format!("--unit=keep-{uid}"),
+            "sleep",
+            "3600",
+        ]);
+    }
+    f.book("khg-carol", 59903);
+    let b = f.book("khg-hal", 59900);
+    assert_eq!(b.gpus.as_ref().unwrap().to_string(), "1");
+    // systemd's own device program on hal's slice (all devices allowed:
+    // the oracle stays readable), attached with BPF_F_ALLOW_MULTI.
+    let systemd_devices = |acc: &str| {
+        sh(&[
+            "systemctl",
+            "set-property",
+            "--runtime",
+            "user-59900.slice",
+            "DevicePolicy=auto",
+            &format!("DeviceAllow=char-* {acc}"),
+            &format!("DeviceAllow=block-* {acc}"),
+        ])
+    };
+    systemd_devices("rwm");
+    expect(OPEN, &probe(59900));
+
+    let r = pass();
+    let slice = "/sys/fs/cgroup/user.slice/user-59900.slice";
+    assert!(
+        r.stderr.contains(&format!("attached to {slice}")),
+        "{}",
+        r.stderr
+    );
+    let hal = ["EPERM", "ENXIO", "EPERM", "EPERM"];
+    expect(hal, &probe(59900));
+    expect(SHUT, &probe(59906));
+    // The slice properties kloigos sets live in the same unit.
+    assert_eq!(
+        c.show("user-59900.slice", &["AllowedCPUs"])["AllowedCPUs"],
+        b.cpus.to_string()
+    );
+    // Idle: nothing attached again.
+    let r = pass();
+    assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+
+    // daemon-reload, and systemd replacing its own program: ours stays
+    // (the next pass finds it attached, and attaches nothing).
+    sh(&["systemctl", "daemon-reload"]);
+    expect(hal, &probe(59900));
+    systemd_devices("rw");
+    expect(hal, &probe(59900));
+    let r = pass();
+    assert!(!r.stderr.contains("device program"), "{}", r.stderr);
+    expect(hal, &probe(59900));
+
+    // The slice removed and created again (the user's last process ended,
+    // then a new login): the new group has no program until the next pass,
+    // which attaches one.
+    sh(&[
+        "systemctl",
+        "stop",
+        "keep-59900.service",
+        "user-59900.slice",
+    ]);
+    assert!(wait_until(Duration::from_secs(30), || {
+        c.exec(&["test", "-d", slice]).code != 0
+    }));
+    sh(&[
+        "systemd-run",
+        "--uid=59900",
+        "--slice=user-59900.slice",
+        "--unit=keep-59900",
+        "sleep",
+        "3600",
+    ]);
+    expect(OPEN, &probe(59900));
+    let r = pass();
+    assert!(
+        r.stderr.contains(&format!("attached to {slice}")),
+        "{}",
+        r.stderr
+    );
+    expect(hal, &probe(59900));
+
+    // Released: shut out of every GPU.
+    n.release(&b.id);
+    pass();
+    expect(SHUT, &probe(59900));
+
+    // --uninstall detaches ours and leaves systemd's.
+    hk(&["--uninstall"]);
+    expect(OPEN, &probe(59900));
+    expect(OPEN, &probe(59906));
 }
 
 /// A stand-in for ssh that records the booking's variables it was given.
@@ -615,21 +1115,15 @@ fn hold_open(
 
 #[test]
 fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
-    use kloigos_core::gpuset::GpuSet;
     use kloigos_core::policy::Policy;
     use kloigos_tests::cmd::must;
     use kloigos_tests::housekeeper::HkNode;
-    use kloigos_tests::poll::wait_until;
-    use kloigos_tests::sys::TempUser;
     use std::os::unix::fs::PermissionsExt;
-    use std::time::Duration;
 
     kloigos_tests::require_root!();
-    let devices = kloigos_tests::require_ok!(devices_hierarchy());
-    let _one = SYSTEM.lock().unwrap_or_else(|e| e.into_inner());
-    let dave = TempUser::with_uid("khg-dave", 59904);
-    let erin = TempUser::with_uid("khg-erin", 59905);
-    let _groups = Groups::of(devices, &[59904, 59905]);
+    let users = [("khg-dave", 59904), ("khg-erin", 59905)];
+    let t = kloigos_tests::require_ok!(fence_test(devices_hierarchy(), users));
+    let (dave, erin) = (&t.a, &t.b);
     // Two GPUs declared by device path. Nodes without a driver cannot be
     // held open, so they carry the numbers of /dev/full and /dev/net/tun
     // (denied only in the groups of managed users, uids 59900 and up).
@@ -661,21 +1155,15 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
     );
     let config = |grace: u64| json!({"grace_s": grace, "gpu": {"devices": [&gpu0, &gpu1]}});
     n.write_config(&n.config, config(3600));
-    n.cluster
-        .store
-        .update_node(&n.node, Timestamp::now(), |st| {
-            st.node.gpus = Some(GpuSet::parse("0-1")?);
-            Ok(((), vec![]))
-        })
-        .unwrap();
-    let bd = n.book(&dave, 1, Timestamp::now(), 3600);
-    let be = n.book(&erin, 1, Timestamp::now(), 3600);
+    set_gpus(&n, "0-1");
+    let bd = n.book(dave, 1, Timestamp::now(), 3600);
+    let be = n.book(erin, 1, Timestamp::now(), 3600);
     assert_eq!(bd.gpus.unwrap().to_string(), "0");
     assert_eq!(be.gpus.unwrap().to_string(), "1");
     // Opened before the fence: dave's own GPU, erin's GPU by dave, erin's own.
-    let mut dave_own = hold_open(&dave, &[&gpu0]);
-    let mut stray = hold_open(&dave, &[&gpu1]);
-    let mut erin_own = hold_open(&erin, &[&gpu1]);
+    let mut dave_own = hold_open(dave, &[&gpu0]);
+    let mut stray = hold_open(dave, &[&gpu1]);
+    let mut erin_own = hold_open(erin, &[&gpu1]);
     let stray_pid = stray.0.id();
 
     let r = n.pass(&[]);
@@ -837,7 +1325,6 @@ fn info_marks_a_gpu_booking_idle_after_the_time_given() {
 
 #[test]
 fn the_pam_session_hook_sets_the_bookings_variables_over_ssh_and_never_denies() {
-    use kloigos_core::gpuset::GpuSet;
     use kloigos_core::names::UserName;
     use kloigos_core::policy::Policy;
     use kloigos_core::state::{Request, Size, Topology};
@@ -861,7 +1348,7 @@ fn the_pam_session_hook_sets_the_bookings_variables_over_ssh_and_never_denies() 
     let booking = c
         .store
         .update_node(&name, now, |st| {
-            st.node.gpus = Some(GpuSet::parse("0-3")?);
+            st.node.gpus = Some(kloigos_core::gpuset::GpuSet::parse("0-3")?);
             for (who, raw) in [("kgs-other", 59_907), (u.name.as_str(), u.uid)] {
                 let n = UserName::new(who)?;
                 let req = Request {

@@ -1163,15 +1163,7 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
         Ok(c) => c,
         Err(why) => panic!("the container did not boot: {why}"),
     };
-    let sh = |argv: &[&str]| {
-        let r = c.exec(argv);
-        assert_eq!(
-            r.code, 0,
-            "{argv:?} in the container: {}{}",
-            r.stdout, r.stderr
-        );
-        r
-    };
+    let sh = |argv: &[&str]| c.must(argv);
     let cfg = n.config.to_string_lossy().to_string();
     let hk = |args: &[&str]| {
         let mut argv = vec![

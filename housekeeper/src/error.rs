@@ -82,6 +82,25 @@ pub enum Error {
     /// A path declared as a GPU's device node is not a character device.
     #[error("{0}: not a character device; housekeeper.gpu.devices lists GPU device nodes such as /dev/dri/renderD128")]
     NotDevice(PathBuf),
+    /// A bpf(2) command of the cgroup v2 GPU fence failed.
+    #[error("{what}: {source}")]
+    Bpf {
+        /// The command and the group it was for.
+        what: String,
+        /// What the kernel said.
+        source: io::Error,
+    },
+    /// The kernel refused to load the GPU fence's device program.
+    #[error("the kernel refused the GPU fence's device program: {source}{}", if log.is_empty() { String::new() } else { format!("; verifier: {log}") })]
+    BpfRejected {
+        /// What the kernel said.
+        source: io::Error,
+        /// The verifier's log.
+        log: String,
+    },
+    /// No device controller the GPU fence can use.
+    #[error("{0}")]
+    NoFence(String),
     /// Ending a user's processes failed.
     #[error("ending the processes of uid {uid}: {msg}")]
     Kill {

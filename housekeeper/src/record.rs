@@ -54,6 +54,8 @@ pub struct Record {
     /// Processes holding a GPU their user does not hold (`pid:start`), and
     /// when each was first seen.
     pub gpu_strays: BTreeMap<String, Timestamp>,
+    /// The GPU fence's device program attached for each uid (cgroup v2).
+    pub gpu_bpf: BTreeMap<kloigos_core::ids::Uid, crate::fence::Attached>,
 }
 
 impl Record {

@@ -1,7 +1,8 @@
 //! The system edge: pidfds (signals that reach exactly the process meant),
-//! bounded waits on processes, the switch to the service account, and
-//! running external programs without a shell and with a timeout. The rest
-//! of the housekeeper never says `unsafe`.
+//! bounded waits on processes, the switch to the service account, running
+//! external programs without a shell and with a timeout, and the few
+//! `bpf()` commands of the cgroup v2 device fence ([`DeviceProg`]). The
+//! rest of the housekeeper never says `unsafe`.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -286,6 +287,264 @@ pub fn run_for<S: AsRef<OsStr>>(
         });
     }
     Ok(read(&mut out))
+}
+
+// bpf(2) commands, program and attach types, flags (linux/bpf.h).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_ATTACH: libc::c_long = 8;
+const BPF_PROG_DETACH: libc::c_long = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+const BPF_PROG_QUERY: libc::c_long = 16;
+const BPF_PROG_TYPE_CGROUP_DEVICE: u32 = 15;
+const BPF_CGROUP_DEVICE: u32 = 6;
+const BPF_F_ALLOW_MULTI: u32 = 2;
+/// The most programs the kernel attaches to one group per attach type
+/// (`BPF_CGROUP_MAX_PROGS`): a query never needs more room.
+const MAX_ATTACHED: usize = 64;
+/// Most of the verifier's log kept when it refuses a program.
+const VERIFIER_LOG: usize = 16 * 1024;
+
+/// `union bpf_attr` for `BPF_PROG_LOAD` (the fields up to
+/// `expected_attach_type`; the kernel zero-fills the rest).
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_ATTACH` and `BPF_PROG_DETACH`.
+#[repr(C)]
+#[derive(Default)]
+struct AttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_QUERY`.
+#[repr(C)]
+#[derive(Default)]
+struct QueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+/// `union bpf_attr` for `BPF_PROG_GET_FD_BY_ID`.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// `union bpf_attr` for `BPF_OBJ_GET_INFO_BY_FD`.
+#[repr(C)]
+#[derive(Default)]
+struct InfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_prog_info`, up to the name (the kernel fills what fits).
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; 16],
+}
+
+/// Calls bpf(2) with `attr`; the result (a descriptor for some commands)
+/// or the error.
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<libc::c_long> {
+    // SAFETY: `attr` is a live, exclusively borrowed `#[repr(C)]` struct
+    // laid out as the kernel's `union bpf_attr` for `cmd`, and its size is
+    // passed with it; any buffer it points to is kept alive by the caller
+    // for the duration of the call, with the length given beside it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T as *mut libc::c_void,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+/// A descriptor bpf(2) returned, owned.
+fn bpf_fd<T>(cmd: libc::c_long, attr: &mut T) -> std::io::Result<OwnedFd> {
+    let fd = bpf(cmd, attr)?;
+    // SAFETY: for this command a non-negative result is a new descriptor
+    // that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// A cgroup device program held by a descriptor (the kernel keeps it while
+/// it is attached somewhere or held open).
+#[derive(Debug)]
+pub struct DeviceProg {
+    fd: OwnedFd,
+}
+
+/// Why the kernel refused to load a program.
+#[derive(Debug)]
+pub struct LoadError {
+    /// What bpf(2) said.
+    pub source: std::io::Error,
+    /// The verifier's log (empty when it gave none).
+    pub log: String,
+}
+
+impl DeviceProg {
+    /// Loads `insns` (encoded `struct bpf_insn`s) as a
+    /// `BPF_PROG_TYPE_CGROUP_DEVICE` program named `name` (at most 15
+    /// bytes kept). When the kernel refuses it, loads it once more to get
+    /// the verifier's log into the error.
+    pub fn load(insns: &[u8], name: &str) -> std::result::Result<DeviceProg, LoadError> {
+        let license = c"Dual MIT/GPL";
+        let mut prog_name = [0u8; 16];
+        for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
+            *d = s;
+        }
+        let attr = |log: &mut Vec<u8>, level: u32| ProgLoadAttr {
+            prog_type: BPF_PROG_TYPE_CGROUP_DEVICE,
+            insn_cnt: (insns.len() / 8) as u32,
+            insns: insns.as_ptr() as u64,
+            license: license.as_ptr() as u64,
+            log_level: level,
+            log_size: log.len() as u32,
+            log_buf: if log.is_empty() {
+                0
+            } else {
+                log.as_mut_ptr() as u64
+            },
+            prog_name,
+            expected_attach_type: BPF_CGROUP_DEVICE,
+            ..ProgLoadAttr::default()
+        };
+        let source = match bpf_fd(BPF_PROG_LOAD, &mut attr(&mut Vec::new(), 0)) {
+            Ok(fd) => return Ok(DeviceProg { fd }),
+            Err(e) => e,
+        };
+        let mut buf = vec![0u8; VERIFIER_LOG];
+        let _ = bpf_fd(BPF_PROG_LOAD, &mut attr(&mut buf, 1));
+        let end = buf.iter().position(|b| *b == 0).unwrap_or(buf.len());
+        Err(LoadError {
+            source,
+            log: String::from_utf8_lossy(&buf[..end]).trim().to_string(),
+        })
+    }
+
+    /// The program with kernel id `id`. `ErrorKind::NotFound` (ENOENT): no
+    /// such program any more.
+    pub fn by_id(id: u32) -> std::io::Result<DeviceProg> {
+        let mut attr = GetFdAttr {
+            prog_id: id,
+            ..GetFdAttr::default()
+        };
+        bpf_fd(BPF_PROG_GET_FD_BY_ID, &mut attr).map(|fd| DeviceProg { fd })
+    }
+
+    /// Its kernel id and name.
+    pub fn info(&self) -> std::io::Result<(u32, String)> {
+        let mut info = ProgInfo::default();
+        let mut attr = InfoAttr {
+            bpf_fd: self.fd.as_raw_fd() as u32,
+            info_len: std::mem::size_of::<ProgInfo>() as u32,
+            info: &mut info as *mut ProgInfo as u64,
+        };
+        bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        let end = info.name.iter().position(|b| *b == 0).unwrap_or(16);
+        Ok((
+            info.id,
+            String::from_utf8_lossy(&info.name[..end]).into_owned(),
+        ))
+    }
+
+    /// Attaches it to the group open as `cgroup`, beside the programs there
+    /// (`BPF_F_ALLOW_MULTI`: systemd's and others' stay, and the kernel runs
+    /// them all; any one refusing refuses).
+    pub fn attach(&self, cgroup: &File) -> std::io::Result<()> {
+        let mut attr = AttachAttr {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_bpf_fd: self.fd.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            attach_flags: BPF_F_ALLOW_MULTI,
+            ..AttachAttr::default()
+        };
+        bpf(BPF_PROG_ATTACH, &mut attr).map(drop)
+    }
+
+    /// Detaches it from the group open as `cgroup`, leaving the others.
+    pub fn detach(&self, cgroup: &File) -> std::io::Result<()> {
+        let mut attr = AttachAttr {
+            target_fd: cgroup.as_raw_fd() as u32,
+            attach_bpf_fd: self.fd.as_raw_fd() as u32,
+            attach_type: BPF_CGROUP_DEVICE,
+            ..AttachAttr::default()
+        };
+        bpf(BPF_PROG_DETACH, &mut attr).map(drop)
+    }
+}
+
+/// The ids of the device programs attached to the group open as `cgroup`
+/// itself (not those inherited from its parents).
+pub fn attached_device_progs(cgroup: &File) -> std::io::Result<Vec<u32>> {
+    let mut ids = [0u32; MAX_ATTACHED];
+    let mut attr = QueryAttr {
+        target_fd: cgroup.as_raw_fd() as u32,
+        attach_type: BPF_CGROUP_DEVICE,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: MAX_ATTACHED as u32,
+        ..QueryAttr::default()
+    };
+    bpf(BPF_PROG_QUERY, &mut attr)?;
+    let n = (attr.prog_cnt as usize).min(MAX_ATTACHED);
+    Ok(ids[..n].to_vec())
+}
+
+/// Opens the cgroup directory `dir` for the bpf(2) commands above.
+pub fn open_cgroup(dir: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
 }
 
 #[cfg(test)]

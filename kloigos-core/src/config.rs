@@ -58,6 +58,20 @@ pub enum SliceBackend {
     None,
 }
 
+/// Which device controller the GPU fence uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum FenceBackend {
+    /// The cgroup v1 devices hierarchy where one is mounted read-write,
+    /// else a device program on cgroup v2.
+    #[default]
+    Auto,
+    /// Only the cgroup v1 devices hierarchy.
+    V1,
+    /// Only a cgroup v2 device program (BPF), even where v1 is mounted.
+    Bpf,
+}
+
 /// The `housekeeper.gpu` section: where the GPU inventory is read, so that
 /// tests (and odd installs) can point it at another tree.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,8 +82,10 @@ pub struct GpuConfig {
     /// The sysfs root holding `bus/pci/devices/<bus>/numa_node`.
     pub sys_dir: PathBuf,
     /// Whether to fence the GPUs: a user's processes may open only the
-    /// device nodes of the GPUs they hold (cgroup v1 device controller).
+    /// device nodes of the GPUs they hold (the kernel's device controller).
     pub fence: bool,
+    /// Which device controller fences: `auto`, `v1` or `bpf`.
+    pub fence_backend: FenceBackend,
     /// Whether to end a process that holds open a GPU its user does not
     /// hold (warned first, ended `grace_s` later).
     pub end_strays: bool,
@@ -84,6 +100,7 @@ impl Default for GpuConfig {
             proc_dir: PathBuf::from("/proc"),
             sys_dir: PathBuf::from("/sys"),
             fence: true,
+            fence_backend: FenceBackend::Auto,
             end_strays: true,
             devices: Vec::new(),
         }

@@ -33,6 +33,7 @@ pub mod window;
 pub use error::{Error, ErrorKind, Result};
 pub mod access;
 pub mod config;
+pub mod devprog;
 pub mod facts;
 pub mod fence;
 pub mod gate;

@@ -119,7 +119,29 @@ impl Container {
         name: &str,
         binds: &[(&Path, &str, bool)],
     ) -> Result<Container, String> {
-        Container::boot_with(rootfs, name, binds, None)
+        Container::boot_with(rootfs, name, binds, None, &[], &[])
+    }
+
+    /// [`Container::boot`] for programs that use cgroup v2 device programs:
+    /// systemd inside runs on the unified hierarchy alone (so it attaches
+    /// device programs of its own, as on a current systemd node), and
+    /// bpf(2) is allowed to the container's services (systemd-nspawn's
+    /// seccomp filter refuses it with EPERM otherwise; CAP_SYS_ADMIN and
+    /// CAP_NET_ADMIN, which loading and attaching need, are in its default
+    /// set).
+    pub fn boot_unified_with_bpf(
+        rootfs: &Path,
+        name: &str,
+        binds: &[(&Path, &str, bool)],
+    ) -> Result<Container, String> {
+        Container::boot_with(
+            rootfs,
+            name,
+            binds,
+            None,
+            &["--system-call-filter=bpf"],
+            &[("SYSTEMD_NSPAWN_UNIFIED_HIERARCHY", "1")],
+        )
     }
 
     /// [`Container::boot`], but where the host has a cgroup v1 cpuset
@@ -145,18 +167,21 @@ impl Container {
             std::fs::write(group.join(f), all.trim())
                 .map_err(|e| format!("{}: {e}", group.join(f).display()))?;
         }
-        let booted = Container::boot_with(rootfs, name, binds, Some(group.clone()));
+        let booted = Container::boot_with(rootfs, name, binds, Some(group.clone()), &[], &[]);
         if booted.is_err() {
             remove_cpuset_tree(&group);
         }
         booted
     }
 
+    /// `extra`: more nspawn arguments; `env`: variables for its environment.
     fn boot_with(
         rootfs: &Path,
         name: &str,
         binds: &[(&Path, &str, bool)],
         cpuset_group: Option<PathBuf>,
+        extra: &[&str],
+        env: &[(&str, &str)],
     ) -> Result<Container, String> {
         let mut args: Vec<String> = vec!["-D".into(), rootfs.to_string_lossy().into()];
         args.extend(
@@ -175,6 +200,7 @@ impl Container {
             let flag = if *ro { "--bind-ro" } else { "--bind" };
             args.push(format!("{flag}={}:{inside}", host.display()));
         }
+        args.extend(extra.iter().map(|a| a.to_string()));
         let mut c = match &cpuset_group {
             // The shell joins the group, then becomes nspawn (same pid), so
             // the container is created inside the group.
@@ -192,6 +218,7 @@ impl Container {
                 c
             }
         };
+        c.envs(env.iter().copied());
         let nspawn = c
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -241,6 +268,27 @@ impl Container {
         let mut args = vec!["-t", t.as_str(), "-a", "--"];
         args.extend_from_slice(argv);
         run("nsenter", &args)
+    }
+
+    /// [`Container::exec`], which must succeed (else the test fails, with
+    /// the program's output).
+    pub fn must(&self, argv: &[&str]) -> Run {
+        let r = self.exec(argv);
+        assert_eq!(
+            r.code, 0,
+            "{argv:?} in the container: {}{}",
+            r.stdout, r.stderr
+        );
+        r
+    }
+
+    /// Runs `argv` as a transient service of the container's systemd (so
+    /// under nspawn's seccomp filter and capabilities, as the container's
+    /// own programs run), with `systemd-run` options `opts` (such as
+    /// `--uid=`, `--slice=`), waiting for it; it must succeed.
+    pub fn service(&self, opts: &[&str], argv: &[&str]) -> Run {
+        let run = ["systemd-run", "--wait", "--pipe", "--quiet", "--collect"];
+        self.must(&[&run[..], opts, argv].concat())
     }
 
     /// Remounts the container's cgroup v1 cpuset hierarchy read-write.
