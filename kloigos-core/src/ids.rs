@@ -26,7 +26,7 @@ fn check_id(what: &'static str, raw: u32) -> Result<u32> {
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $what:literal) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
         pub struct $name(u32);
 
         impl $name {
@@ -46,6 +46,14 @@ macro_rules! id_type {
             /// Whether this is root's id.
             pub fn is_root(self) -> bool {
                 self == $name::ROOT
+            }
+        }
+
+        // An id reads as its number in every message, `{:?}` of a list
+        // of them included, as the raw u32s it replaced did.
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                self.0.fmt(f)
             }
         }
 
