@@ -36,4 +36,5 @@ pub mod privilege;
 pub mod store;
 mod text;
 pub mod timeline;
+pub mod trusted;
 pub mod users;
