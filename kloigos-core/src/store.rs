@@ -12,7 +12,9 @@
 //! was. Readers take no lock: a rename shows them the old or the new file,
 //! never half.
 //!
-//! Every file is read whole, and none larger than [`MAX_FILE`].
+//! Every file is read whole, and none larger than [`MAX_FILE`]; every file
+//! is opened, written, renamed and locked through a [`TrustedDir`] on its
+//! directory (see [`crate::trusted`]), below a root that may be a link.
 
 use std::ffi::OsStr;
 use std::fs::{self, File};
@@ -1414,6 +1416,49 @@ mod tests {
         }
         assert!(s.facts(&n).is_none());
         assert_eq!(contents(&dir), before);
+    }
+
+    /// The local copy's directory (and any file's read by path: the
+    /// config, the housekeeper's record) as a link, or another user's:
+    /// refused, naming the directory; before, its metadata was read
+    /// through the link and the file opened by path.
+    #[test]
+    fn a_local_file_in_a_linked_or_foreign_directory_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let trust = Trust::service(me());
+        let real = t.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let copy = LocalCopy::new(Timestamp::now(), Policy::default(), None);
+        fs::write(real.join("state.json"), to_json(&copy)).unwrap();
+        let linked = t.path().join("linked");
+        std::os::unix::fs::symlink(&real, &linked).unwrap();
+        let path = linked.join("state.json");
+        let is_link = |e: Error| matches!(&e, Error::Untrusted { why: Untrust::Symlink, path } if *path == linked);
+        assert!(is_link(read_trusted(&path, &trust).unwrap_err()));
+        assert!(is_link(read_trusted_if_any(&path, &trust).unwrap_err()));
+        assert!(is_link(crate::gate::read_copy(&path, &trust).unwrap_err()));
+        assert!(is_link(TrustedDir::open(&linked, &trust).unwrap_err()));
+        // The same file through its real directory is read.
+        let direct = real.join("state.json");
+        assert_eq!(crate::gate::read_copy(&direct, &trust).unwrap(), Some(copy));
+        // Another user's directory: root gives it away, anyone else trusts a stranger.
+        let trust = if me() == 0 {
+            nix::unistd::chown(&real, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
+            trust
+        } else {
+            Trust::service(4243)
+        };
+        let e = crate::gate::read_copy(&direct, &trust).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::Owner { .. }, path } if *path == real),
+            "{e:?}"
+        );
+        let before = fs::read(&direct).unwrap();
+        let e = TrustedDir::open(&real, &trust)
+            .and_then(|d| d.write_atomic("state.json", b"{}"))
+            .unwrap_err();
+        assert!(matches!(e, Error::Untrusted { .. }), "{e:?}");
+        assert_eq!(fs::read(&direct).unwrap(), before);
     }
 
     #[test]

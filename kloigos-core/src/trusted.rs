@@ -182,7 +182,6 @@ impl TrustedDir {
     /// file created here, fsync, `renameat` over `name`, fsync of this
     /// directory. The file ends up mode 0644.
     pub fn write_atomic(&self, name: &str, bytes: &[u8]) -> Result<()> {
-        self.entry(name)?;
         write_atomic_in(self.fd.as_fd(), &self.path, name, bytes)
     }
 
@@ -358,20 +357,10 @@ impl TrustedDir {
         })
     }
 
-    /// Checks that `name` is one entry of this directory (no `/`, not `.`
-    /// or `..`, not empty) and returns its path for messages.
+    /// Checks that `name` is one entry of this directory and returns its
+    /// path for messages (see [`entry_path`]).
     fn entry(&self, name: &str) -> Result<PathBuf> {
-        if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
-            return Err(Error::invalid(
-                "file name",
-                name,
-                format!(
-                    "a single name inside {} (no '/', not '.' or '..')",
-                    self.path.display()
-                ),
-            ));
-        }
-        Ok(self.path.join(name))
+        entry_path(&self.path, name)
     }
 
     /// What the entry `name` is, if `fstatat` can tell.
@@ -404,6 +393,22 @@ impl TrustedDir {
         }
         self.trust.check(path, &meta)
     }
+}
+
+/// The path of `name` in `dir`, once `name` is checked to be one entry
+/// of it: no `/`, not `.` or `..`, not empty, no NUL.
+fn entry_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+        return Err(Error::invalid(
+            "file name",
+            name,
+            format!(
+                "a single name inside {} (no '/', not '.' or '..')",
+                dir.display()
+            ),
+        ));
+    }
+    Ok(dir.join(name))
 }
 
 /// Flags to open a directory handle: read-only, close-on-exec, and
@@ -496,8 +501,8 @@ pub(crate) fn write_atomic_in(
     name: &str,
     bytes: &[u8],
 ) -> Result<()> {
+    let dest = entry_path(dir_path, name)?;
     let tmp = tmp_name(name);
-    let dest = dir_path.join(name);
     let mut f = nix::fcntl::openat(
         dir,
         tmp.as_str(),
