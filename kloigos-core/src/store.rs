@@ -1462,6 +1462,51 @@ mod tests {
     }
 
     #[test]
+    fn a_deleted_node_keeps_its_journal_for_history() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let refused = s.delete_node(&n, |_| Err(Error::Refused("in use".into())));
+        assert!(matches!(refused, Err(Error::Refused(_))));
+        assert!(s.has_node(&n) && s.deleted_journals().is_empty());
+        let dest = s.delete_node(&n, |_| Ok(())).unwrap();
+        assert!(!s.has_node(&n));
+        assert_eq!(dest.parent(), Some(s.root().join("deleted").as_path()));
+        assert!(dest
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("n1."));
+        let graveyard = fs::metadata(s.root().join("deleted")).unwrap();
+        assert_eq!(graveyard.mode() & 0o7777, 0o755);
+        assert_eq!(s.deleted_journals(), vec![dest.join(JOURNAL_FILE)]);
+        let (ev, bad) = s.journal_at(&dest.join(JOURNAL_FILE)).unwrap();
+        assert_eq!((ev.len(), bad.len()), (1, 0));
+        assert_eq!(ev[0].action, journal::Action::AddNode);
+        // A deleted node whose journal became a link is listed, so that
+        // reading it names it; one without a journal is left out.
+        let n2 = add(&s, "n2");
+        let dest2 = s.delete_node(&n2, |_| Ok(())).unwrap();
+        fs::remove_file(dest2.join(JOURNAL_FILE)).unwrap();
+        std::os::unix::fs::symlink(dest.join(JOURNAL_FILE), dest2.join(JOURNAL_FILE)).unwrap();
+        let n3 = add(&s, "n3");
+        let dest3 = s.delete_node(&n3, |_| Ok(())).unwrap();
+        fs::remove_file(dest3.join(JOURNAL_FILE)).unwrap();
+        let mut listed = s.deleted_journals();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![dest.join(JOURNAL_FILE), dest2.join(JOURNAL_FILE)]
+        );
+        let e = s.journal_at(&dest2.join(JOURNAL_FILE)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::Symlink, path } if *path == dest2.join(JOURNAL_FILE)),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn missing_cluster_file_says_not_mounted() {
         let t = tempfile::tempdir().unwrap();
         let s = Store::new(t.path(), Trust::service(1).also(me()));
