@@ -1053,3 +1053,99 @@ fn a_short_booking_that_waits_for_the_lock_starts_when_it_gets_it() {
     let start: jiff::Timestamp = b["start"].as_str().unwrap().parse().unwrap();
     assert_eq!(end.as_second() - start.as_second(), 1);
 }
+
+/// The mode bits of `path` itself (a link not followed).
+fn mode_of(path: &std::path::Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(path)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+fn set_mode(path: &std::path::Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A node directory swapped for a link to a copy of it, and a state.json
+/// swapped for a link: reads and writes refuse them naming the file, and
+/// `fsck --repair` names them and changes nothing through them (no mode
+/// narrowed, no tmp file swept in the link's target).
+#[test]
+fn reads_writes_and_fsck_repair_never_go_through_a_linked_node_directory_or_state_file() {
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1"]).ok();
+    let dir = node_dir(&c, "node1");
+    let elsewhere = c.dir.path().join("elsewhere");
+    std::fs::rename(&dir, &elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+    // What `--repair` would narrow and sweep, were the link followed.
+    set_mode(&elsewhere.join("journal.jsonl"), 0o664);
+    let stray = elsewhere.join("state.json.tmp.deadhost.4242");
+    std::fs::write(&stray, b"partial").unwrap();
+    let state = std::fs::read(elsewhere.join("state.json")).unwrap();
+    let linked_dir = format!("{}: is a symbolic link", dir.display());
+    c.run(&["admin", "fsck", "--repair"])
+        .code(3)
+        .out_has(&linked_dir);
+    assert_eq!(mode_of(&elsewhere.join("journal.jsonl")), 0o664);
+    assert!(stray.exists());
+    c.run(&["info", "node1"]).code(3).err_has(&linked_dir);
+    c.run(&["alloc", "-w", "node1"])
+        .code(3)
+        .err_has(&linked_dir);
+    c.run(&["admin", "drain", "node1"])
+        .code(3)
+        .err_has(&linked_dir);
+    assert_eq!(std::fs::read(elsewhere.join("state.json")).unwrap(), state);
+
+    let path = c.store.state_path(&NodeName::new("node2").unwrap());
+    let target = c.dir.path().join("state-copy.json");
+    std::fs::rename(&path, &target).unwrap();
+    set_mode(&target, 0o666);
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let state = std::fs::read(&target).unwrap();
+    let linked_state = format!("{}: is a symbolic link", path.display());
+    c.run(&["admin", "fsck", "--repair"])
+        .code(3)
+        .out_has(&linked_state);
+    assert_eq!(mode_of(&target), 0o666);
+    c.run(&["info", "node2"]).code(3).err_has(&linked_state);
+    c.run(&["alloc", "-w", "node2"])
+        .code(3)
+        .err_has(&linked_state);
+    assert_eq!(std::fs::read(&target).unwrap(), state);
+    assert!(std::fs::symlink_metadata(&path)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+}
+
+/// A node directory owned by another user: reads and writes refuse it
+/// naming it, and `fsck --repair` names it and repairs nothing in it.
+#[test]
+fn reads_writes_and_fsck_repair_refuse_a_node_directory_of_another_user() {
+    kloigos_tests::require_root!();
+    let c = cluster_with_nodes();
+    c.run(&["alloc", "-w", "node1"]).ok();
+    let dir = node_dir(&c, "node1");
+    // What `--repair` would narrow, were the directory walked.
+    let journal = dir.join("journal.jsonl");
+    set_mode(&journal, 0o664);
+    nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
+    let state = std::fs::read(dir.join("state.json")).unwrap();
+    let foreign = format!("{}: owned by uid 4243", dir.display());
+    c.run(&["admin", "fsck", "--repair"])
+        .code(3)
+        .out_has(&foreign);
+    assert_eq!(mode_of(&journal), 0o664);
+    c.run(&["info", "node1"]).code(3).err_has(&foreign);
+    c.run(&["alloc", "-w", "node1"]).code(3).err_has(&foreign);
+    c.run(&["admin", "drain", "node1"])
+        .code(3)
+        .err_has(&foreign);
+    assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
+    assert_eq!(mode_of(&journal), 0o664);
+}

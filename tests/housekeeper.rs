@@ -1769,3 +1769,34 @@ fn users_far_above_60000_are_confined_while_booked_and_ended_after() {
         ldap.uid, sssd.uid
     );
 }
+
+/// The local state directory (lock, record, the login gate's copy) as a
+/// link, then owned by another user: the pass refuses it, naming it, and
+/// writes nothing through it; root's own directory gets the copy.
+#[test]
+fn a_linked_or_foreign_state_directory_is_refused_and_nothing_is_written_through_it() {
+    kloigos_tests::require_root!();
+    let n = HkNode::new("hk-linked", policy(59970), "0-1", Some(1), None, json!({}));
+    let elsewhere = n.cluster.dir.path().join("elsewhere");
+    std::fs::create_dir(&elsewhere).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &n.state_dir).unwrap();
+    n.pass(&[])
+        .code(3)
+        .err_has(&format!("{}: is a symbolic link", n.state_dir.display()));
+    let written = || std::fs::read_dir(&elsewhere).unwrap().count();
+    assert_eq!(written(), 0, "written through the link");
+    std::fs::remove_file(&n.state_dir).unwrap();
+    std::fs::create_dir(&n.state_dir).unwrap();
+    let stranger = nix::unistd::Uid::from_raw(4243);
+    nix::unistd::chown(&n.state_dir, Some(stranger), None).unwrap();
+    n.pass(&[])
+        .code(3)
+        .err_has(&format!("{}: owned by uid 4243", n.state_dir.display()));
+    assert_eq!(std::fs::read_dir(&n.state_dir).unwrap().count(), 0);
+    // Root's own directory: the same pass writes the copy (the test can fail).
+    nix::unistd::chown(&n.state_dir, Some(nix::unistd::Uid::from_raw(0)), None).unwrap();
+    n.pass(&[]).ok();
+    let copy: LocalCopy =
+        serde_json::from_slice(&std::fs::read(n.state_dir.join("state.json")).unwrap()).unwrap();
+    assert_eq!(copy.state.map(|s| s.node.name), Some(n.node.clone()));
+}

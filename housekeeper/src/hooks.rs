@@ -4,7 +4,7 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Seek};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use kloigos_core::booking::Booking;
 use kloigos_core::store::Trust;
+use kloigos_core::trusted::{Kind, TrustedDir};
 
 use crate::error::{Error, Result};
 
@@ -23,29 +24,42 @@ const MAX_OUTPUT: usize = 4096;
 
 /// The hooks to run, in name order: regular executable files owned by root,
 /// not writable by others, with plain names (no dot files or editor backups,
-/// as run-parts). Others are skipped with a log line.
+/// as run-parts), in a `release.d` that is itself root's, not a link and
+/// not writable by others (so no one else can swap a hook once it is
+/// checked). Others are skipped with a log line.
 pub fn list(hooks_dir: &Path) -> Vec<PathBuf> {
-    let dir = hooks_dir.join("release.d");
-    let Ok(rd) = fs::read_dir(&dir) else {
+    list_trusting(hooks_dir, &Trust::root_only())
+}
+
+/// [`list`], believing `trust` instead of root alone.
+fn list_trusting(hooks_dir: &Path, trust: &Trust) -> Vec<PathBuf> {
+    let dir = match TrustedDir::open_if_any(&hooks_dir.join("release.d"), trust) {
+        Ok(Some(dir)) => dir,
+        Ok(None) => return Vec::new(),
+        Err(err) => {
+            crate::log::error(&format!("release hooks skipped: {err}"));
+            return Vec::new();
+        }
+    };
+    let Ok(entries) = dir.entries() else {
         return Vec::new();
     };
     let mut out: Vec<PathBuf> = Vec::new();
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name();
+    for (name, kind) in entries {
         let Some(name) = name.to_str() else { continue };
         let plain = !name.starts_with('.')
             && name
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
             && !name.ends_with('~');
-        let path = e.path();
-        let Ok(meta) = fs::symlink_metadata(&path) else {
+        let Ok(Some(st)) = dir.stat(name) else {
             continue;
         };
-        if !plain || !meta.is_file() || meta.mode() & 0o111 == 0 {
+        if !plain || kind != Kind::File || st.kind != Kind::File || st.mode & 0o111 == 0 {
             continue;
         }
-        if let Err(err) = Trust::root_only().check(&path, &meta) {
+        let path = dir.join(name);
+        if let Err(err) = trust.check_ids(&path, st.uid, st.mode) {
             crate::log::error(&format!("release hook skipped: {err}"));
             continue;
         }
@@ -147,5 +161,47 @@ pub fn run(hook: &Path, b: &Booking, scratch_dir: &Path) -> Result<bool> {
             crate::log::error(&format!("release hook {name} for {} {why}{stuck}", b.id));
             Ok(false)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn write(path: &Path, mode: u32) {
+        fs::write(path, b"#!/bin/sh\n").unwrap();
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+    }
+
+    #[test]
+    fn only_plain_trusted_executables_in_a_trusted_directory_are_hooks() {
+        let t = tempfile::tempdir().unwrap();
+        let trust = Trust::service(nix::unistd::geteuid().as_raw());
+        let hooks = t.path().join("hooks");
+        let dir = hooks.join("release.d");
+        assert!(list_trusting(&hooks, &trust).is_empty());
+        fs::create_dir_all(&dir).unwrap();
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        write(&dir.join("20-b"), 0o755);
+        write(&dir.join("10-a"), 0o700);
+        write(&dir.join(".hidden"), 0o755);
+        write(&dir.join("backup~"), 0o755);
+        write(&dir.join("30-not-executable"), 0o644);
+        write(&dir.join("40-others-may-write"), 0o775);
+        std::os::unix::fs::symlink(dir.join("10-a"), dir.join("50-link")).unwrap();
+        fs::create_dir(dir.join("60-dir")).unwrap();
+        assert_eq!(
+            list_trusting(&hooks, &trust),
+            vec![dir.join("10-a"), dir.join("20-b")]
+        );
+        // A release.d others may write, or one that is a link: no hooks.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        assert!(list_trusting(&hooks, &trust).is_empty());
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755)).unwrap();
+        let moved = t.path().join("real-release.d");
+        fs::rename(&dir, &moved).unwrap();
+        std::os::unix::fs::symlink(&moved, &dir).unwrap();
+        assert!(list_trusting(&hooks, &trust).is_empty());
     }
 }

@@ -19,6 +19,7 @@ use kloigos_core::names::{NodeName, UserName};
 use kloigos_core::policy::{Policy, FORMAT_VERSION};
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, LocalCopy, Store, Trust};
+use kloigos_core::trusted::TrustedDir;
 use kloigos_core::users;
 
 use crate::deadline::{self, Pass};
@@ -67,11 +68,22 @@ pub struct PassLock {
 
 impl PassLock {
     /// Takes the lock at `path` or says another pass holds it: the store's
-    /// lock (0600, no symlinks) without waiting.
+    /// lock (0600, no symlinks) without waiting, in a directory only root
+    /// may own and write (one others could write would let them replace
+    /// the lock, and passes overlap).
     pub fn take(path: &Path) -> Result<PassLock> {
         // A valid literal: the label only names the lock in core's busy error.
         let label = NodeName::new("housekeeper").expect("valid literal");
-        match store::NodeLock::acquire(path, &label, Duration::ZERO) {
+        let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
+        else {
+            return Err(Error::Usage(format!(
+                "{}: not a path to a lock file",
+                path.display()
+            )));
+        };
+        let taken = TrustedDir::open(dir, &Trust::service(0))
+            .and_then(|dir| store::NodeLock::acquire(dir, name, &label, Duration::ZERO));
+        match taken {
             Ok(lock) => Ok(PassLock { _lock: lock }),
             Err(kloigos_core::Error::Busy { .. }) => Err(Error::Busy(path.into())),
             // A local file that cannot be opened: an I/O error of this host, as before.
@@ -688,7 +700,11 @@ fn apply_nft(action: &NftAction, record: &mut Record) -> bool {
 }
 
 fn write_copy(inp: &Inputs, copy: &LocalCopy) {
-    if let Err(e) = store::write_atomic(&inp.state_dir, &inp.copy_name, &store::to_json(copy)) {
+    // Through a handle on the directory the login gate reads it from,
+    // checked as the gate checks it.
+    let written = TrustedDir::open(&inp.state_dir, inp.store.trust())
+        .and_then(|dir| dir.write_atomic(&inp.copy_name, &store::to_json(copy)));
+    if let Err(e) = written {
         log::error(&format!("local state copy for PAM: {e}"));
     }
 }

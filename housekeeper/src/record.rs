@@ -10,6 +10,7 @@ use kloigos_core::booking::BookingId;
 use kloigos_core::cpuset::CpuSet;
 use kloigos_core::ids::Uid;
 use kloigos_core::store::{self, Trust};
+use kloigos_core::trusted::TrustedDir;
 use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
@@ -82,7 +83,9 @@ impl Record {
     /// Writes the record atomically.
     pub fn save(&mut self, dir: &Path) -> Result<()> {
         self.version = 1;
-        store::write_atomic(dir, RECORD_FILE, &store::to_json(self))?;
+        // Read back as root's only: written through a handle checked so.
+        TrustedDir::open(dir, &Trust::service(0))?
+            .write_atomic(RECORD_FILE, &store::to_json(self))?;
         Ok(())
     }
 }

@@ -15,6 +15,7 @@ use kloigos_core::ports::PortRange;
 use kloigos_core::size::parse_size;
 use kloigos_core::state::NodeState;
 use kloigos_core::store::{self, Store};
+use kloigos_core::trusted::{Kind, TrustedDir};
 use kloigos_core::window::Window;
 use kloigos_core::Error;
 
@@ -361,7 +362,8 @@ impl Fsck<'_> {
     }
 
     /// Owner and mode as readers check them; with --repair, drops group/other
-    /// write bits on files this process owns.
+    /// write bits on files this process owns. For the root as configured
+    /// (a link there is noted, never followed to be changed).
     fn check_mode(&mut self, path: &Path) {
         let Ok(meta) = fs::symlink_metadata(path) else {
             return;
@@ -377,15 +379,36 @@ impl Fsck<'_> {
             let fixed = self.repair
                 && meta.mode() & 0o022 != 0
                 && mine
-                && fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7755))
-                    .is_ok();
+                && narrow_no_follow(path, &meta).is_ok();
             self.note(path, e.to_string(), fixed);
+        }
+    }
+
+    /// [`Fsck::check_mode`] for the entry `name` of `dir`, looked at and
+    /// repaired through that handle.
+    fn check_entry(&mut self, dir: &TrustedDir, name: &str) {
+        let path = dir.join(name);
+        let Ok(Some(st)) = dir.stat(name) else {
+            return;
+        };
+        if st.kind == Kind::Symlink {
+            self.note(
+                &path,
+                "is a symbolic link; kloigos never follows them".into(),
+                false,
+            );
+        } else if let Err(e) = self.store.trust().check_ids(&path, st.uid, st.mode) {
+            let mine = st.uid == nix::unistd::geteuid().as_raw();
+            let fixed = self.repair
+                && st.mode & 0o022 != 0
+                && mine
+                && dir.set_mode(name, st.mode & 0o7755).is_ok();
+            self.note(&path, e.to_string(), fixed);
         }
     }
 
     fn node(&mut self, node: &NodeName) {
         let store = self.store;
-        let dir = store.node_dir(node);
         let state_path = store.state_path(node);
         match store.node(node) {
             Ok(st) => {
@@ -395,8 +418,14 @@ impl Fsck<'_> {
             }
             Err(e) => self.note(&state_path, e.to_string(), false),
         }
+        // The rest goes through the node directory's handle. One that does
+        // not open (a link, untrusted) made the read above fail, which is
+        // noted, and is neither walked nor repaired.
+        let Ok(Some(dir)) = store.open_node_if_any(node) else {
+            return;
+        };
         let journal_path = dir.join(store::JOURNAL_FILE);
-        if let Ok((_, bad)) = store.journal_at(&journal_path) {
+        if let Ok((_, bad)) = store.journal(node) {
             if !bad.is_empty() {
                 let fixed = self.repair && set_aside_journal_lines(store, node, &bad).is_ok();
                 self.note(
@@ -407,21 +436,19 @@ impl Fsck<'_> {
             }
         }
         let facts_path = dir.join(store::FACTS_FILE);
-        if facts_path.exists() {
+        if matches!(dir.stat(store::FACTS_FILE), Ok(Some(_))) {
             if let Err(e) =
-                store::read_json::<kloigos_core::facts::Facts>(&facts_path, store.trust())
+                store::read_json_at::<kloigos_core::facts::Facts>(&dir, store::FACTS_FILE)
             {
                 self.note(&facts_path, e.to_string(), false);
             }
         }
-        let Ok(rd) = fs::read_dir(&dir) else { return };
-        for e in rd.filter_map(|e| e.ok()) {
-            let name = e.file_name();
-            let path = e.path();
+        let Ok(entries) = dir.entries() else { return };
+        for (name, _) in entries {
+            let path = dir.path().join(&name);
             if store::is_tmp(&name) {
                 // Sweeping takes the lock, so no live writer's tmp file is touched.
-                let fixed =
-                    self.repair && store.lock(node).map(|_l| store::sweep_tmp(&dir)).is_ok();
+                let fixed = self.repair && store.lock(node).map(|l| l.dir().sweep_tmp()).is_ok();
                 self.note(
                     &path,
                     "stray tmp file from an interrupted writer".into(),
@@ -435,15 +462,29 @@ impl Fsck<'_> {
                 store::JOURNAL_FILE,
                 store::FACTS_FILE,
             ];
-            if known.iter().any(|k| name == *k)
-                || name.to_string_lossy().starts_with("journal.jsonl.bad")
-            {
-                self.check_mode(&path);
-            } else {
-                self.note(&path, "orphan: not a kloigos file".into(), false);
+            match name.to_str() {
+                Some(n) if known.contains(&n) || n.starts_with("journal.jsonl.bad") => {
+                    self.check_entry(&dir, n)
+                }
+                _ => self.note(&path, "orphan: not a kloigos file".into(), false),
             }
         }
     }
+}
+
+/// Drops group/other write bits of `path` (lstat'ed as `seen`) through a
+/// descriptor opened without following a link, if it is still that file.
+fn narrow_no_follow(path: &Path, seen: &fs::Metadata) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK | nix::libc::O_CLOEXEC)
+        .open(path)?;
+    let now = f.metadata()?;
+    if (now.dev(), now.ino()) != (seen.dev(), seen.ino()) {
+        return Err(std::io::ErrorKind::NotFound.into());
+    }
+    f.set_permissions(fs::Permissions::from_mode(seen.mode() & 0o7755))
 }
 
 fn fsck(ctx: &Ctx, repair: bool) -> Result<u8> {
@@ -461,16 +502,30 @@ fn fsck(ctx: &Ctx, repair: bool) -> Result<u8> {
     }
     let nodes_dir = store.nodes_dir();
     f.check_mode(&nodes_dir);
-    let entries = fs::read_dir(&nodes_dir).map_err(|e| Error::io(&nodes_dir, &e))?;
-    for entry in entries.filter_map(|e| e.ok()) {
-        let path = entry.path();
-        let name = entry.file_name();
-        match name.to_str().and_then(|n| NodeName::new(n).ok()).filter(|_| path.is_dir()) {
-            Some(node) => {
-                f.check_mode(&path);
+    // The nodes are walked through a handle on `nodes/`; one that cannot
+    // be trusted (noted above) is not walked.
+    let nodes = match store.open_nodes() {
+        Ok(nodes) => Some(nodes),
+        Err(Error::Untrusted { .. }) => None,
+        Err(e) => return Err(e.into()),
+    };
+    let entries = match &nodes {
+        Some(dir) => dir.entries()?,
+        None => Vec::new(),
+    };
+    for (name, kind) in entries {
+        let path = nodes_dir.join(&name);
+        // A link with a node's name is looked at (and named) as the node it claims to be.
+        let node = name
+            .to_str()
+            .and_then(|n| NodeName::new(n).ok())
+            .filter(|_| matches!(kind, Kind::Dir | Kind::Symlink));
+        match (node, &nodes) {
+            (Some(node), Some(dir)) => {
+                f.check_entry(dir, node.as_str());
                 f.node(&node);
             }
-            None => f.note(&path, "orphan: not a node directory (invalid name or not a directory); move it out of nodes/".into(), false),
+            _ => f.note(&path, "orphan: not a node directory (invalid name or not a directory); move it out of nodes/".into(), false),
         }
     }
     let problems = f.found.iter().filter(|x| !x.repaired).count();
@@ -508,11 +563,10 @@ fn set_aside_journal_lines(
     node: &NodeName,
     bad: &[usize],
 ) -> kloigos_core::Result<()> {
-    let _lock = store.lock(node)?;
-    let dir = store.node_dir(node);
-    let path = dir.join(store::JOURNAL_FILE);
-    // Through the trusted, size-bounded reader, as every shared file.
-    let bytes = store::read_trusted(&path, store.trust())?;
+    let lock = store.lock(node)?;
+    let dir = lock.dir();
+    // Through the node directory's handle, as every shared file.
+    let bytes = dir.read(store::JOURNAL_FILE)?;
     let text = String::from_utf8_lossy(&bytes);
     let (mut keep, mut drop) = (String::new(), String::new());
     for (i, line) in text.lines().enumerate() {
@@ -524,12 +578,12 @@ fn set_aside_journal_lines(
         target.push_str(line);
         target.push('\n');
     }
-    let bad_path = dir.join("journal.jsonl.bad");
-    let mut old = store::read_trusted_if_any(&bad_path, store.trust())?
+    let mut old = dir
+        .read_if_any("journal.jsonl.bad")?
         .map(|b| String::from_utf8_lossy(&b).into_owned())
         .unwrap_or_default();
     old.push_str(&drop);
-    store::write_atomic(&dir, "journal.jsonl.bad", old.as_bytes())?;
-    store::write_atomic(&dir, store::JOURNAL_FILE, keep.as_bytes())?;
+    dir.write_atomic("journal.jsonl.bad", old.as_bytes())?;
+    dir.write_atomic(store::JOURNAL_FILE, keep.as_bytes())?;
     Ok(())
 }

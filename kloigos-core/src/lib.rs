@@ -46,4 +46,5 @@ pub mod store;
 pub(crate) mod testing;
 mod text;
 pub mod timeline;
+pub mod trusted;
 pub mod users;

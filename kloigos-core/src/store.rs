@@ -12,17 +12,19 @@
 //! was. Readers take no lock: a rename shows them the old or the new file,
 //! never half.
 //!
-//! Every file is read whole, and none larger than [`MAX_FILE`].
+//! Every file is read whole, and none larger than [`MAX_FILE`]; every file
+//! is opened, written, renamed and locked through a [`TrustedDir`] on its
+//! directory (see [`crate::trusted`]), below a root that may be a link.
 
 use std::ffi::OsStr;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
-use nix::fcntl::OFlag;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
@@ -32,6 +34,7 @@ use crate::journal::{self, Event};
 use crate::names::NodeName;
 use crate::policy::{check_version, Policy, FORMAT_VERSION};
 use crate::state::NodeState;
+use crate::trusted::{self, Kind, TrustedDir};
 
 /// File name of the cluster policy.
 pub const CLUSTER_FILE: &str = "cluster.json";
@@ -75,14 +78,19 @@ impl Trust {
 
     /// Checks owner and mode of an opened file or directory.
     pub fn check(&self, path: &Path, meta: &fs::Metadata) -> Result<()> {
-        let why = if !self.owners.contains(&meta.uid()) {
+        self.check_ids(path, meta.uid(), meta.mode())
+    }
+
+    /// [`Trust::check`] with the owner and mode in hand (an `fstatat`'s).
+    pub fn check_ids(&self, path: &Path, uid: u32, mode: u32) -> Result<()> {
+        let why = if !self.owners.contains(&uid) {
             Untrust::Owner {
-                uid: meta.uid(),
+                uid,
                 trusted: self.owners.clone(),
             }
-        } else if meta.mode() & 0o022 != 0 {
+        } else if mode & 0o022 != 0 {
             Untrust::Mode {
-                mode: meta.mode() & 0o7777,
+                mode: mode & 0o7777,
             }
         } else {
             return Ok(());
@@ -95,137 +103,37 @@ impl Trust {
 }
 
 /// Reads a whole file that must be a regular file with a trusted owner and
-/// mode, whose directory is trusted too. Never follows a symlink and never
-/// blocks on a FIFO.
+/// mode, whose directory is trusted too: through a [`TrustedDir`] of its
+/// directory. Never follows a symlink and never blocks on a FIFO.
 pub fn read_trusted(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
-    check_parent(path, trust, false)?;
-    read_trusted_file(path, trust)
+    let (dir, name) = split(path)?;
+    TrustedDir::open(dir, trust)?.read(name)
 }
 
 /// [`read_trusted`], but `Ok(None)` when the file or its directory does
 /// not exist (an optional file: no error is built for its absence).
 pub fn read_trusted_if_any(path: &Path, trust: &Trust) -> Result<Option<Vec<u8>>> {
-    if !check_parent(path, trust, true)? {
-        return Ok(None);
-    }
-    match open_no_follow(path) {
-        Ok(f) => read_opened(f, path, trust).map(Some),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(open_error(path, &e)),
+    let (dir, name) = split(path)?;
+    match TrustedDir::open_if_any(dir, trust)? {
+        Some(dir) => dir.read_if_any(name),
+        None => Ok(None),
     }
 }
 
-/// Checks the directory `path` is in; `Ok(false)` when it does not exist
-/// and `missing_ok`.
-fn check_parent(path: &Path, trust: &Trust, missing_ok: bool) -> Result<bool> {
-    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
-        return Ok(true);
-    };
-    match fs::metadata(dir) {
-        Ok(meta) => trust.check(dir, &meta).map(|()| true),
-        Err(e) if missing_ok && e.kind() == io::ErrorKind::NotFound => Ok(false),
-        Err(e) => Err(Error::io(dir, &e)),
-    }
-}
-
-/// [`read_trusted`] once the caller has checked the directory: opens the
-/// file (no symlink, no blocking, close-on-exec), checks the opened file
-/// with one `fstat`, and reads it in as few `read`s as its size allows.
-fn read_trusted_file(path: &Path, trust: &Trust) -> Result<Vec<u8>> {
-    let f = open_no_follow(path).map_err(|e| open_error(path, &e))?;
-    read_opened(f, path, trust)
-}
-
-/// Opens `path` to read: no symlink, no blocking, close-on-exec.
-fn open_no_follow(path: &Path) -> io::Result<File> {
-    OpenOptions::new()
-        .read(true)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC).bits())
-        .open(path)
-}
-
-/// The error for a failed [`open_no_follow`] of `path`.
-fn open_error(path: &Path, e: &io::Error) -> Error {
-    if e.raw_os_error() == Some(nix::libc::ELOOP) {
-        Error::Untrusted {
-            path: path.into(),
-            why: Untrust::Symlink,
-        }
-    } else {
-        Error::io(path, e)
-    }
-}
-
-/// Checks the opened file `f` (at `path`) with one `fstat` and reads it.
-fn read_opened(mut f: File, path: &Path, trust: &Trust) -> Result<Vec<u8>> {
-    let meta = f.metadata().map_err(|e| Error::io(path, &e))?;
-    if !meta.file_type().is_file() {
-        return Err(Error::Untrusted {
-            path: path.into(),
-            why: Untrust::NotRegular,
-        });
-    }
-    trust.check(path, &meta)?;
-    if meta.len() > MAX_FILE {
-        return Err(too_large(path, meta.len()));
-    }
-    read_sized(&mut f, meta.len()).map_err(|e| match e.kind() {
-        io::ErrorKind::FileTooLarge => too_large(path, MAX_FILE + 1),
-        _ => Error::io(path, &e),
-    })
-}
-
-/// The error for a file at `path` of `len` bytes, beyond [`MAX_FILE`].
-fn too_large(path: &Path, len: u64) -> Error {
-    Error::Storage {
-        path: path.into(),
-        msg: format!(
-            "is {len} bytes, more than the {} MiB kloigos reads; refusing to read it — a state file this large was flooded or damaged (`kloigos admin fsck`); an old journal can be moved aside",
-            MAX_FILE >> 20
-        ),
-    }
-}
-
-/// Largest buffer sized up front from `fstat` (a file larger than this is
-/// still read whole, the buffer growing as it goes).
-const PRESIZE_MAX: usize = 16 << 20;
-
-/// Reads `f` (a regular file `fstat` said is `len` bytes long) to its end.
-///
-/// `read_to_end` would `fstat` and `lseek` again to size its buffer and
-/// always make a last `read` that returns 0. Here the buffer has room for
-/// one byte more than `len`, so a file still `len` bytes long comes in one
-/// `read` that returns short of the request: a regular file's `read`
-/// returns short only at its end, so no second `read` is needed. A file
-/// that grew or shrank since the `fstat` is read until `read` returns 0,
-/// and never past [`MAX_FILE`] (`FileTooLarge`).
-fn read_sized(f: &mut File, len: u64) -> io::Result<Vec<u8>> {
-    let expected = usize::try_from(len).unwrap_or(usize::MAX);
-    let mut buf = vec![0u8; expected.min(PRESIZE_MAX).saturating_add(1)];
-    let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            let grown = buf.len().saturating_mul(2);
-            buf.resize(grown, 0);
-        }
-        let asked = buf.len() - filled;
-        match f.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                filled += n;
-                if filled as u64 > MAX_FILE {
-                    return Err(io::ErrorKind::FileTooLarge.into());
-                }
-                if filled == expected && n < asked {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(filled);
-    Ok(buf)
+/// A file's path as its directory (`.` for a bare name) and its name.
+fn split(path: &Path) -> Result<(&Path, &str)> {
+    let name = path.file_name().and_then(|n| n.to_str()).ok_or_else(|| {
+        Error::invalid(
+            "file path",
+            &path.display().to_string(),
+            "a path to a file whose name is UTF-8",
+        )
+    })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    Ok((dir, name))
 }
 
 /// The version of a kloigos JSON file when it opens, as `to_json` writes
@@ -343,73 +251,39 @@ fn transient(e: &Error) -> bool {
 
 /// Reads and parses a trusted JSON file, retrying transient failures a few times.
 pub fn read_json<T: DeserializeOwned>(path: &Path, trust: &Trust) -> Result<T> {
-    read_json_in(path, trust, false)
+    retrying(|| read_trusted(path, trust).and_then(|b| parse_json(path, &b)))
 }
 
-/// [`read_json`]; with `dir_checked`, the caller has just checked the
-/// file's directory (owner and mode), so the first attempt does not check
-/// it again. Retries always check it.
-fn read_json_in<T: DeserializeOwned>(path: &Path, trust: &Trust, dir_checked: bool) -> Result<T> {
-    let mut attempt = 0;
+/// [`read_json`] of the file `name` in `dir`, through that handle.
+pub fn read_json_at<T: DeserializeOwned>(dir: &TrustedDir, name: &str) -> Result<T> {
+    let path = dir.join(name);
+    retrying(|| dir.read(name).and_then(|b| parse_json(&path, &b)))
+}
+
+/// Runs `attempt`, and again (three times at most) while it fails in a way
+/// a lock-free reader should retry (see [`transient`]).
+fn retrying<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    let mut tries = 0;
     loop {
-        let bytes = if dir_checked && attempt == 0 {
-            read_trusted_file(path, trust)
-        } else {
-            read_trusted(path, trust)
-        };
-        let r = bytes.and_then(|b| parse_json(path, &b));
-        match r {
-            Err(e) if attempt < 3 && transient(&e) => {
-                attempt += 1;
+        match attempt() {
+            Err(e) if tries < 3 && transient(&e) => {
+                tries += 1;
                 // Back off briefly: the writer's rename or NFS's attribute cache settles.
-                std::thread::sleep(Duration::from_millis(15 * attempt));
+                std::thread::sleep(Duration::from_millis(15 * tries));
             }
             other => return other,
         }
     }
 }
 
-fn tmp_name(name: &str) -> String {
-    let host = nix::unistd::gethostname()
-        .map(|h| h.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let host: String = host
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    format!("{name}.tmp.{host}.{}", std::process::id())
-}
-
 /// Replaces `dir/name` with `bytes` atomically: exclusive tmp file, fsync,
-/// rename, fsync of the directory. The file ends up mode 0644.
+/// rename, fsync of the directory; the file ends up mode 0644. `dir` is
+/// taken as named (a link is followed) and not checked: this is for files
+/// kloigos writes but never trusts (the dashboard's, metrics, drop-ins).
+/// Files it trusts are written with [`TrustedDir::write_atomic`].
 pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
-    let tmp = dir.join(tmp_name(name));
-    let dest = dir.join(name);
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-        .open(&tmp)
-        .map_err(|e| Error::io(&tmp, &e))?;
-    let done = (|| -> io::Result<()> {
-        f.set_permissions(fs::Permissions::from_mode(0o644))?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, &dest)?;
-        File::open(dir)?.sync_all()
-    })();
-    if let Err(e) = done {
-        let _ = fs::remove_file(&tmp);
-        return Err(Error::io(&dest, &e));
-    }
-    Ok(())
+    let fd = trusted::open_untrusted_dir(dir)?;
+    trusted::write_atomic_in(fd.as_fd(), dir, name, bytes)
 }
 
 /// Serializes a value as pretty JSON with a final newline.
@@ -421,41 +295,31 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 /// An exclusive lock on a node; released when dropped (closing the file
-/// releases the flock).
+/// releases the flock). It keeps the handle of the directory it locks, so
+/// the holder writes through the directory it checked.
 #[derive(Debug)]
 pub struct NodeLock {
     _file: File,
+    dir: TrustedDir,
 }
 
 impl NodeLock {
-    /// Takes the lock file at `path`, polling until `wait` has passed.
+    /// Takes the lock file `name` in `dir`, polling until `wait` has passed.
     ///
-    /// The lock file is mode 0600: flock needs only a descriptor opened for
-    /// reading, so a file others can read is a file any user could lock to
-    /// stall every writer of the node. An older, readable one we own is
-    /// narrowed to 0600 here.
-    pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
+    /// The lock file is mode 0600 (see [`TrustedDir::open_lock`]).
+    pub fn acquire(
+        dir: TrustedDir,
+        name: &str,
+        node: &NodeName,
+        wait: Duration,
+    ) -> Result<NodeLock> {
         // Before the lock: a writer that cannot finish its writes must not start them.
         lift_fsize_limit()?;
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(path)
-            .map_err(|e| Error::io(path, &e))?;
-        if let Ok(meta) = file.metadata() {
-            if meta.mode() & 0o077 != 0 && meta.uid() == nix::unistd::geteuid().as_raw() {
-                file.set_permissions(fs::Permissions::from_mode(0o600))
-                    .map_err(|e| Error::io(path, &e))?;
-            }
-        }
+        let file = dir.open_lock(name)?;
         let deadline = Instant::now() + wait;
         loop {
             match file.try_lock() {
-                Ok(()) => return Ok(NodeLock { _file: file }),
+                Ok(()) => return Ok(NodeLock { _file: file, dir }),
                 Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
                     // Locks are held for milliseconds; poll, since flock has no timed wait.
                     std::thread::sleep(Duration::from_millis(2));
@@ -465,9 +329,14 @@ impl NodeLock {
                         node: node.to_string(),
                     })
                 }
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, &e)),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io(dir.join(name), &e)),
             }
         }
+    }
+
+    /// The directory this lock is in (a node's, or the tree's root).
+    pub fn dir(&self) -> &TrustedDir {
+        &self.dir
     }
 }
 
@@ -520,24 +389,40 @@ impl Store {
         self.node_dir(node).join(STATE_FILE)
     }
 
+    /// The shared directory, opened and checked: a link there is followed
+    /// (a site's mount point may be one), nothing below it is.
+    pub fn open_root(&self) -> Result<TrustedDir> {
+        TrustedDir::open_root(&self.root, &self.trust)
+    }
+
+    /// `nodes/`, opened and checked.
+    pub fn open_nodes(&self) -> Result<TrustedDir> {
+        self.open_root()?.dir(NODES_DIR)
+    }
+
+    /// A node's directory, opened and checked; `Ok(None)` only for ENOENT
+    /// of `nodes/<node>` (see [`Store::node_if_any`]).
+    pub fn open_node_if_any(&self, node: &NodeName) -> Result<Option<TrustedDir>> {
+        self.open_nodes()?.dir_if_any(node.as_str())
+    }
+
     /// Creates a new cluster: the root (if missing), `nodes/`, `cluster.json`.
     pub fn init(&self, policy: &Policy) -> Result<()> {
-        if self.cluster_path().exists() {
-            return Err(Error::Refused(format!(
-                "{} already exists; this directory already holds a cluster (see `kloigos admin policy`)",
-                self.cluster_path().display()
-            )));
-        }
-        for dir in [self.root.clone(), self.nodes_dir()] {
-            match fs::create_dir(&dir) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-                Err(e) => return Err(Error::io(&dir, &e)),
+        // Any entry there, even a link, is a cluster not to overwrite.
+        let cluster = self.cluster_path();
+        match fs::symlink_metadata(&cluster) {
+            Ok(_) => {
+                return Err(Error::Refused(format!(
+                    "{} already exists; this directory already holds a cluster (see `kloigos admin policy`)",
+                    cluster.display()
+                )))
             }
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-                .map_err(|e| Error::io(&dir, &e))?;
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::io(&cluster, &e)),
         }
-        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))
+        let root = TrustedDir::make_root(&self.root, 0o755, &self.trust)?;
+        root.make_dir(NODES_DIR, 0o755)?;
+        root.write_atomic(CLUSTER_FILE, &to_json(policy))
     }
 
     /// Reads and validates the cluster policy. A missing file means the
@@ -559,7 +444,11 @@ impl Store {
     /// new sshd process.
     pub fn login_policy(&self) -> Result<Policy> {
         let path = self.cluster_path();
-        read_json(&path, &self.trust).map_err(|e| match e {
+        retrying(|| {
+            let bytes = self.open_root()?.read(CLUSTER_FILE)?;
+            parse_json(&path, &bytes)
+        })
+        .map_err(|e| match e {
             // The share's root or its cluster.json is not there.
             Error::Io { source, .. } if source.kind() == io::ErrorKind::NotFound => {
                 Error::NotMounted { path }
@@ -571,31 +460,42 @@ impl Store {
     /// Rewrites the cluster policy under the cluster lock.
     pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
         let lock_node = NodeName::new("cluster").expect("valid literal");
-        let _lock = NodeLock::acquire(&self.root.join("cluster.lock"), &lock_node, self.lock_wait)?;
+        let lock = NodeLock::acquire(
+            self.open_root()?,
+            "cluster.lock",
+            &lock_node,
+            self.lock_wait,
+        )?;
         let mut p = self.policy()?;
         f(&mut p)?;
         p.validate().map_err(Error::Refused)?;
-        write_atomic(&self.root, CLUSTER_FILE, &to_json(&p))?;
+        lock.dir().write_atomic(CLUSTER_FILE, &to_json(&p))?;
         Ok(p)
     }
 
-    /// Names of all nodes, sorted. Entries that are not valid node names are
-    /// skipped (`fsck` reports them).
+    /// Names of all nodes, sorted. Entries that are not valid node names,
+    /// or neither a directory nor a link, are skipped (`fsck` reports
+    /// them). A link with a node's name is listed: reading it then fails,
+    /// naming it, rather than the node silently missing.
     pub fn node_names(&self) -> Result<Vec<NodeName>> {
-        let dir = self.nodes_dir();
-        let rd = fs::read_dir(&dir).map_err(|e| Error::io(&dir, &e))?;
-        let mut names: Vec<NodeName> = rd
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-            .filter_map(|e| e.file_name().to_str().and_then(|s| NodeName::new(s).ok()))
+        let mut names: Vec<NodeName> = self
+            .open_nodes()?
+            .entries()?
+            .into_iter()
+            .filter(|(_, kind)| matches!(kind, Kind::Dir | Kind::Symlink))
+            .filter_map(|(name, _)| name.to_str().and_then(|s| NodeName::new(s).ok()))
             .collect();
         names.sort();
         Ok(names)
     }
 
-    /// Whether `node` exists in this cluster.
+    /// Whether `node` exists in this cluster: a directory in a trusted
+    /// `nodes/`, or a link there (which every read and write then refuses,
+    /// naming it).
     pub fn has_node(&self, node: &NodeName) -> bool {
-        self.node_dir(node).is_dir()
+        self.open_nodes()
+            .and_then(|nodes| nodes.stat(node.as_str()))
+            .is_ok_and(|st| st.is_some_and(|st| matches!(st.kind, Kind::Dir | Kind::Symlink)))
     }
 
     /// Reads a node's state lock-free.
@@ -611,50 +511,23 @@ impl Store {
     /// EACCES, EIO, ELOOP, ENOTDIR) is an error, so that a login gate or
     /// a housekeeper never takes a broken tree for "not a node".
     pub fn node_if_any(&self, node: &NodeName) -> Result<Option<NodeState>> {
-        // The root as configured may be a link (a site's mount point);
-        // below it, nothing is followed.
-        let meta = fs::metadata(&self.root).map_err(|e| Error::io(&self.root, &e))?;
-        self.check_dir(&self.root, &meta)?;
-        self.trusted_dir(&self.nodes_dir())?;
-        let dir = self.node_dir(node);
-        match fs::symlink_metadata(&dir) {
-            Ok(meta) => self.check_dir(&dir, &meta)?,
-            Err(e) if e.raw_os_error() == Some(nix::libc::ENOENT) => return Ok(None),
-            Err(e) => return Err(Error::io(&dir, &e)),
-        }
-        let path = dir.join(STATE_FILE);
-        let st: NodeState = read_json_in(&path, &self.trust, true)?;
-        if st.node.name != *node {
-            return Err(Error::Corrupt {
-                path,
-                msg: format!(
-                    "describes node '{}' but sits in the directory of '{node}'",
-                    st.node.name
-                ),
-            });
-        }
-        Ok(Some(st))
+        let nodes = self.open_nodes()?;
+        let path = self.state_path(node);
+        retrying(|| match nodes.dir_if_any(node.as_str())? {
+            Some(dir) => {
+                let bytes = dir.read(STATE_FILE)?;
+                parse_json(&path, &bytes).map(Some)
+            }
+            None => Ok(None),
+        })?
+        .map(|st| named(st, node, path))
+        .transpose()
     }
 
-    /// Checks that `dir` is a trusted directory (a symbolic link is not one).
-    fn trusted_dir(&self, dir: &Path) -> Result<()> {
-        let meta = fs::symlink_metadata(dir).map_err(|e| Error::io(dir, &e))?;
-        self.check_dir(dir, &meta)
-    }
-
-    /// [`Store::trusted_dir`] with `dir`'s metadata (not followed) in hand.
-    fn check_dir(&self, dir: &Path, meta: &fs::Metadata) -> Result<()> {
-        let why = if meta.file_type().is_symlink() {
-            Untrust::Symlink
-        } else if !meta.is_dir() {
-            Untrust::NotDirectory
-        } else {
-            return self.trust.check(dir, meta);
-        };
-        Err(Error::Untrusted {
-            path: dir.into(),
-            why,
-        })
+    /// A node's state read through `dir`, its directory (a writer's, under
+    /// the lock it holds there).
+    fn state_in(&self, dir: &TrustedDir, node: &NodeName) -> Result<NodeState> {
+        named(read_json_at(dir, STATE_FILE)?, node, dir.join(STATE_FILE))
     }
 
     fn no_such_node(&self, node: &NodeName) -> Error {
@@ -672,17 +545,18 @@ impl Store {
 
     /// Reads a node's facts, if its housekeeper has written any.
     pub fn facts(&self, node: &NodeName) -> Option<Facts> {
-        let path = self.node_dir(node).join(FACTS_FILE);
+        let dir = self.open_node_if_any(node).ok()??;
         // Facts are optional: a node without a housekeeper has none, which is no reason to retry.
-        if !path.exists() {
-            return None;
-        }
-        read_json(&path, &self.trust).ok()
+        dir.stat(FACTS_FILE).ok()??;
+        read_json_at(&dir, FACTS_FILE).ok()
     }
 
     /// Writes a node's facts (done by that node's housekeeper only).
     pub fn write_facts(&self, facts: &Facts) -> Result<()> {
-        write_atomic(&self.node_dir(&facts.node), FACTS_FILE, &to_json(facts))
+        let dir = self
+            .open_node_if_any(&facts.node)?
+            .ok_or_else(|| self.no_such_node(&facts.node))?;
+        dir.write_atomic(FACTS_FILE, &to_json(facts))
     }
 
     /// Creates a node with an empty booking list.
@@ -694,19 +568,12 @@ impl Store {
     ) -> Result<()> {
         state.node.validate()?;
         let name = &state.node.name;
-        let dir = self.node_dir(name);
-        match fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                return Err(Error::Refused(format!(
-                    "node '{name}' already exists; change it with `kloigos admin set-node {name}`"
-                )))
-            }
-            Err(e) => return Err(Error::io(&dir, &e)),
-        }
-        fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
-            .map_err(|e| Error::io(&dir, &e))?;
-        let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
+        let Some(dir) = self.open_nodes()?.create_dir(name.as_str(), 0o755)? else {
+            return Err(Error::Refused(format!(
+                "node '{name}' already exists; change it with `kloigos admin set-node {name}`"
+            )));
+        };
+        let lock = NodeLock::acquire(dir, LOCK_FILE, name, self.lock_wait)?;
         let ev = Event::node(
             now,
             by,
@@ -714,12 +581,14 @@ impl Store {
             name,
             format!("cpus {}", state.node.cpus),
         );
-        let appended = self.append_journal(name, &[ev])?;
-        write_atomic(&dir, STATE_FILE, &to_json(state)).inspect_err(|_| {
-            if let Some(a) = appended {
-                a.undo();
-            }
-        })
+        let appended = append_journal(lock.dir(), &[ev])?;
+        lock.dir()
+            .write_atomic(STATE_FILE, &to_json(state))
+            .inspect_err(|_| {
+                if let Some(a) = appended {
+                    a.undo();
+                }
+            })
     }
 
     /// Moves a node's directory out of `nodes/` into `deleted/`, keeping
@@ -729,45 +598,43 @@ impl Store {
         node: &NodeName,
         check: impl FnOnce(&NodeState) -> Result<()>,
     ) -> Result<PathBuf> {
-        let dir = self.node_dir(node);
-        let _lock = self.lock(node)?;
-        let st = self.node(node)?;
+        let lock = self.lock(node)?;
+        let st = self.state_in(lock.dir(), node)?;
         check(&st)?;
-        let graveyard = self.root.join("deleted");
-        match fs::create_dir(&graveyard) {
-            Ok(()) => {
-                let _ = fs::set_permissions(&graveyard, fs::Permissions::from_mode(0o755));
-            }
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-            Err(e) => return Err(Error::io(&graveyard, &e)),
-        }
-        let dest = graveyard.join(format!("{node}.{}", Timestamp::now().as_second()));
-        fs::rename(&dir, &dest).map_err(|e| Error::io(&dir, &e))?;
-        Ok(dest)
+        let root = self.open_root()?;
+        let graveyard = match root.create_dir(DELETED_DIR, 0o755)? {
+            Some(dir) => dir,
+            None => root.dir(DELETED_DIR)?,
+        };
+        let dest = format!("{node}.{}", Timestamp::now().as_second());
+        root.dir(NODES_DIR)?
+            .rename(node.as_str(), &graveyard, &dest)?;
+        Ok(graveyard.join(&dest))
     }
 
-    /// Takes a node's lock.
+    /// Takes a node's lock; the lock holds the node's directory handle.
     pub fn lock(&self, node: &NodeName) -> Result<NodeLock> {
-        if !self.has_node(node) {
-            return Err(self.no_such_node(node));
-        }
-        NodeLock::acquire(&self.node_dir(node).join(LOCK_FILE), node, self.lock_wait)
+        let dir = self
+            .open_node_if_any(node)?
+            .ok_or_else(|| self.no_such_node(node))?;
+        NodeLock::acquire(dir, LOCK_FILE, node, self.lock_wait)
     }
 
     /// The writer's protocol: lock, sweep stray tmp files, read, let `f`
     /// change the state, prune, refuse a state that breaks an invariant,
     /// journal `f`'s events, write atomically, unlock. When `f` changes
-    /// nothing and has no events, nothing is written.
+    /// nothing and has no events, nothing is written. Every step goes
+    /// through the node directory's handle the lock holds.
     pub fn update_node<T>(
         &self,
         node: &NodeName,
         now: Timestamp,
         f: impl FnOnce(&mut NodeState) -> Result<(T, Vec<Event>)>,
     ) -> Result<T> {
-        let _lock = self.lock(node)?;
-        let dir = self.node_dir(node);
-        sweep_tmp(&dir);
-        let mut st = self.node(node)?;
+        let lock = self.lock(node)?;
+        let dir = lock.dir();
+        dir.sweep_tmp();
+        let mut st = self.state_in(dir, node)?;
         let before = st.clone();
         let (out, events) = f(&mut st)?;
         if events.is_empty() && st == before {
@@ -786,8 +653,8 @@ impl Store {
             });
         }
         // The events first, then the state (see the module's doc).
-        let appended = self.append_journal(node, &events)?;
-        if let Err(e) = write_atomic(&dir, STATE_FILE, &to_json(&st)) {
+        let appended = append_journal(dir, &events)?;
+        if let Err(e) = dir.write_atomic(STATE_FILE, &to_json(&st)) {
             if let Some(a) = appended {
                 a.undo();
             }
@@ -796,59 +663,94 @@ impl Store {
         Ok(out)
     }
 
-    /// Appends events to a node's journal and fsyncs it (callers hold the
-    /// node's lock). A line left torn by an older writer is closed first,
-    /// so the new events start on a line of their own; a write that fails
-    /// half way is cut back off. Returns how to undo the append.
-    fn append_journal(&self, node: &NodeName, events: &[Event]) -> Result<Option<Appended>> {
-        if events.is_empty() {
-            return Ok(None);
-        }
-        let path = self.node_dir(node).join(JOURNAL_FILE);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .create(true)
-            .mode(0o644)
-            .custom_flags((OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC).bits())
-            .open(&path)
-            .map_err(|e| Error::io(&path, &e))?;
-        let len = f.metadata().map_err(|e| Error::io(&path, &e))?.len();
-        let text = journal::lines(
-            events,
-            ends_mid_line(&f, len).map_err(|e| Error::io(&path, &e))?,
-        );
-        match f.write_all(&text).and_then(|()| f.sync_data()) {
-            Ok(()) => Ok(Some(Appended { file: f, len })),
-            Err(e) => {
-                Appended { file: f, len }.undo();
-                Err(Error::io(&path, &e))
-            }
-        }
-    }
-
     /// A node's journal: events, and the numbers of lines that did not parse.
     pub fn journal(&self, node: &NodeName) -> Result<(Vec<Event>, Vec<usize>)> {
-        self.journal_at(&self.node_dir(node).join(JOURNAL_FILE))
+        let bytes = match self.open_node_if_any(node)? {
+            Some(dir) => dir.read_if_any(JOURNAL_FILE)?,
+            None => None,
+        };
+        Ok(parse_journal(bytes))
     }
 
-    /// Journals of deleted nodes, for `history`.
+    /// Journals of deleted nodes, for `history`. A journal that is there
+    /// but cannot be trusted is listed too, so that reading it names it.
     pub fn deleted_journals(&self) -> Vec<PathBuf> {
-        let Ok(rd) = fs::read_dir(self.root.join("deleted")) else {
+        let Ok(Some(graveyard)) = self.open_root().and_then(|r| r.dir_if_any(DELETED_DIR)) else {
             return Vec::new();
         };
-        rd.filter_map(|e| e.ok())
-            .map(|e| e.path().join(JOURNAL_FILE))
-            .filter(|p| p.is_file())
+        let Ok(entries) = graveyard.entries() else {
+            return Vec::new();
+        };
+        entries
+            .into_iter()
+            .filter(|(_, kind)| matches!(kind, Kind::Dir | Kind::Symlink))
+            .filter_map(|(name, _)| name.into_string().ok())
+            .filter(|name| {
+                // Only a journal seen to be absent is left out.
+                !matches!(
+                    graveyard.dir(name).and_then(|d| d.stat(JOURNAL_FILE)),
+                    Ok(None)
+                )
+            })
+            .map(|name| graveyard.join(&name).join(JOURNAL_FILE))
             .collect()
     }
 
-    /// Reads a journal file by path (a missing journal is empty).
+    /// Reads a journal file by path (a missing journal is empty), through
+    /// a handle of its directory.
     pub fn journal_at(&self, path: &Path) -> Result<(Vec<Event>, Vec<usize>)> {
-        Ok(match read_trusted_if_any(path, &self.trust)? {
-            Some(bytes) => journal::parse(&String::from_utf8_lossy(&bytes)),
-            None => (Vec::new(), Vec::new()),
-        })
+        Ok(parse_journal(read_trusted_if_any(path, &self.trust)?))
+    }
+}
+
+/// The directory of the nodes in a shared tree.
+const NODES_DIR: &str = "nodes";
+/// Where deleted nodes' directories go.
+const DELETED_DIR: &str = "deleted";
+
+/// `st`, read from `path`, if it describes `node`.
+fn named(st: NodeState, node: &NodeName, path: PathBuf) -> Result<NodeState> {
+    if st.node.name != *node {
+        return Err(Error::Corrupt {
+            path,
+            msg: format!(
+                "describes node '{}' but sits in the directory of '{node}'",
+                st.node.name
+            ),
+        });
+    }
+    Ok(st)
+}
+
+/// A journal's events and bad line numbers (a missing journal is empty).
+fn parse_journal(bytes: Option<Vec<u8>>) -> (Vec<Event>, Vec<usize>) {
+    match bytes {
+        Some(bytes) => journal::parse(&String::from_utf8_lossy(&bytes)),
+        None => (Vec::new(), Vec::new()),
+    }
+}
+
+/// Appends events to a node's journal in `dir` and fsyncs it (callers
+/// hold the node's lock). A line left torn by an older writer is closed
+/// first, so the new events start on a line of their own; a write that
+/// fails half way is cut back off. Returns how to undo the append.
+fn append_journal(dir: &TrustedDir, events: &[Event]) -> Result<Option<Appended>> {
+    if events.is_empty() {
+        return Ok(None);
+    }
+    let path = dir.join(JOURNAL_FILE);
+    let mut f = dir.open_append(JOURNAL_FILE)?;
+    let len = f.metadata().map_err(|e| Error::io(&path, &e))?.len();
+    let text = journal::lines(
+        events,
+        ends_mid_line(&f, len).map_err(|e| Error::io(&path, &e))?,
+    );
+    match f.write_all(&text).and_then(|()| f.sync_data()) {
+        Ok(()) => Ok(Some(Appended { file: f, len })),
+        Err(e) => {
+            Appended { file: f, len }.undo();
+            Err(Error::io(&path, &e))
+        }
     }
 }
 
@@ -920,20 +822,6 @@ pub fn check_mounted(root: &Path) -> Result<()> {
     }
 }
 
-/// Removes tmp files left by writers that died between create and rename.
-/// Only called under the node's lock, so no live writer owns one.
-pub fn sweep_tmp(dir: &Path) -> usize {
-    let Ok(rd) = fs::read_dir(dir) else { return 0 };
-    let mut n = 0;
-    for e in rd.filter_map(|e| e.ok()) {
-        let name = e.file_name();
-        if is_tmp(&name) && fs::remove_file(e.path()).is_ok() {
-            n += 1;
-        }
-    }
-    n
-}
-
 /// Whether a directory entry is one of our tmp files.
 pub fn is_tmp(name: &OsStr) -> bool {
     name.to_str().is_some_and(|n| n.contains(".json.tmp."))
@@ -984,6 +872,9 @@ mod tests {
     use crate::cpuset::CpuSet;
     use crate::names::UserName;
     use crate::node::NodeSpec;
+    use crate::trusted::tmp_name;
+    use std::fs::OpenOptions;
+    use std::os::unix::fs::PermissionsExt;
 
     fn me() -> u32 {
         nix::unistd::geteuid().as_raw()
@@ -1249,21 +1140,6 @@ mod tests {
     }
 
     #[test]
-    fn sized_reads_read_whole_files() {
-        let t = tempfile::tempdir().unwrap();
-        let path = t.path().join("f");
-        for len in [0usize, 1, 4095, 4096, 70_000] {
-            let data: Vec<u8> = (0..len).map(|i| i as u8).collect();
-            fs::write(&path, &data).unwrap();
-            // A stale size (smaller or larger than the file) still reads it all.
-            for said in [len as u64, 0, len as u64 / 2, len as u64 + 10] {
-                let mut f = File::open(&path).unwrap();
-                assert_eq!(read_sized(&mut f, said).unwrap(), data);
-            }
-        }
-    }
-
-    #[test]
     fn files_past_max_file_are_refused_naming_the_file() {
         let t = tempfile::tempdir().unwrap();
         let s = store(t.path());
@@ -1381,6 +1257,253 @@ mod tests {
         s.update_node(&n, Timestamp::now(), |_| Ok(((), vec![])))
             .unwrap();
         assert_eq!((stamp(&s.state_path(&n)), stamp(&journal)), (st0, j0));
+    }
+
+    /// Facts for `node`, as a housekeeper writes them.
+    fn facts_of(node: &NodeName) -> Facts {
+        serde_json::from_value(serde_json::json!({
+            "version": 1, "node": node, "heartbeat": Timestamp::now(),
+        }))
+        .unwrap()
+    }
+
+    /// Every file under `dir` and its bytes, to see that nothing changed.
+    fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut v: Vec<_> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                let bytes = fs::read(&p).unwrap();
+                (p, bytes)
+            })
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Every read and every write of a node, and what each gave.
+    fn every_access(s: &Store, n: &NodeName) -> Vec<(&'static str, Result<()>)> {
+        let by = UserName::new("root").unwrap();
+        let drain = || {
+            vec![Event::node(
+                Timestamp::now(),
+                &by,
+                journal::Action::Drain,
+                n,
+                "x",
+            )]
+        };
+        let journal_path = s.node_dir(n).join(JOURNAL_FILE);
+        vec![
+            ("node", s.node(n).map(drop)),
+            ("node_if_any", s.node_if_any(n).map(drop)),
+            ("journal", s.journal(n).map(drop)),
+            ("journal_at", s.journal_at(&journal_path).map(drop)),
+            ("lock", s.lock(n).map(drop)),
+            (
+                "update_node",
+                s.update_node(n, Timestamp::now(), |st| {
+                    st.seq += 1;
+                    Ok(((), drain()))
+                }),
+            ),
+            ("write_facts", s.write_facts(&facts_of(n))),
+            ("delete_node", s.delete_node(n, |_| Ok(())).map(drop)),
+        ]
+    }
+
+    #[test]
+    fn a_linked_node_directory_is_refused_by_every_read_and_write() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let dir = s.node_dir(&n);
+        // A copy the store would trust in every other way, linked in.
+        let elsewhere = t.path().join("elsewhere");
+        fs::rename(&dir, &elsewhere).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &dir).unwrap();
+        let before = contents(&elsewhere);
+        for (what, r) in every_access(&s, &n) {
+            let e = r.expect_err(what);
+            assert!(
+                matches!(&e, Error::Untrusted { why: Untrust::Symlink, path } if *path == dir),
+                "{what}: {e:?}"
+            );
+            assert!(
+                e.to_string().contains("nodes/n1: is a symbolic link"),
+                "{what}: {e}"
+            );
+        }
+        assert!(s.facts(&n).is_none());
+        // Listed, so that readers of every node name it.
+        assert!(s.has_node(&n));
+        assert_eq!(s.node_names().unwrap(), vec![n.clone()]);
+        // Not taken for a free name either.
+        let st = NodeState::new(NodeSpec::new(n.clone(), CpuSet::parse("0").unwrap()));
+        let by = UserName::new("root").unwrap();
+        assert!(matches!(
+            s.add_node(&st, &by, Timestamp::now()),
+            Err(Error::Refused(_))
+        ));
+        // Nothing was written through the link.
+        assert_eq!(contents(&elsewhere), before);
+        assert!(fs::symlink_metadata(&dir).unwrap().file_type().is_symlink());
+    }
+
+    #[test]
+    fn a_linked_state_file_is_refused_by_every_read_and_write() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let path = s.state_path(&n);
+        let target = t.path().join("state-copy.json");
+        fs::rename(&path, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &path).unwrap();
+        let (state, journal) = (fs::read(&target).unwrap(), s.journal(&n).unwrap());
+        for (what, r) in every_access(&s, &n) {
+            if let "journal" | "journal_at" | "lock" | "write_facts" = what {
+                // These do not read state.json, and go through.
+                assert!(r.is_ok(), "{what}: {r:?}");
+                continue;
+            }
+            let e = r.expect_err(what);
+            assert!(
+                matches!(&e, Error::Untrusted { why: Untrust::Symlink, path: p } if *p == path),
+                "{what}: {e:?}"
+            );
+            assert!(
+                e.to_string().contains("n1/state.json: is a symbolic link"),
+                "{what}: {e}"
+            );
+        }
+        assert_eq!(fs::read(&target).unwrap(), state);
+        assert_eq!(s.journal(&n).unwrap(), journal);
+        assert!(fs::symlink_metadata(&path)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+    }
+
+    #[test]
+    fn a_node_directory_of_another_user_is_refused_by_every_read_and_write() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let dir = s.node_dir(&n);
+        // Root can give it away; anyone else makes it one others may write.
+        let stranger = 4243;
+        if me() == 0 {
+            nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(stranger)), None).unwrap();
+        } else {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(0o775)).unwrap();
+        }
+        let untrusted = |e: &Error| match e {
+            Error::Untrusted {
+                why: Untrust::Owner { uid, .. },
+                path,
+            } => *uid == stranger && *path == dir,
+            Error::Untrusted {
+                why: Untrust::Mode { mode },
+                path,
+            } => me() != 0 && *mode == 0o775 && *path == dir,
+            _ => false,
+        };
+        let before = contents(&dir);
+        for (what, r) in every_access(&s, &n) {
+            let e = r.expect_err(what);
+            assert!(untrusted(&e), "{what}: {e:?}");
+            assert!(e.to_string().contains("nodes/n1: "), "{what}: {e}");
+        }
+        assert!(s.facts(&n).is_none());
+        assert_eq!(contents(&dir), before);
+    }
+
+    /// The local copy's directory (and any file's read by path: the
+    /// config, the housekeeper's record) as a link, or another user's:
+    /// refused, naming the directory; before, its metadata was read
+    /// through the link and the file opened by path.
+    #[test]
+    fn a_local_file_in_a_linked_or_foreign_directory_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let trust = Trust::service(me());
+        let real = t.path().join("real");
+        fs::create_dir(&real).unwrap();
+        let copy = LocalCopy::new(Timestamp::now(), Policy::default(), None);
+        fs::write(real.join("state.json"), to_json(&copy)).unwrap();
+        let linked = t.path().join("linked");
+        std::os::unix::fs::symlink(&real, &linked).unwrap();
+        let path = linked.join("state.json");
+        let is_link = |e: Error| matches!(&e, Error::Untrusted { why: Untrust::Symlink, path } if *path == linked);
+        assert!(is_link(read_trusted(&path, &trust).unwrap_err()));
+        assert!(is_link(read_trusted_if_any(&path, &trust).unwrap_err()));
+        assert!(is_link(crate::gate::read_copy(&path, &trust).unwrap_err()));
+        assert!(is_link(TrustedDir::open(&linked, &trust).unwrap_err()));
+        // The same file through its real directory is read.
+        let direct = real.join("state.json");
+        assert_eq!(crate::gate::read_copy(&direct, &trust).unwrap(), Some(copy));
+        // Another user's directory: root gives it away, anyone else trusts a stranger.
+        let trust = if me() == 0 {
+            nix::unistd::chown(&real, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
+            trust
+        } else {
+            Trust::service(4243)
+        };
+        let e = crate::gate::read_copy(&direct, &trust).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::Owner { .. }, path } if *path == real),
+            "{e:?}"
+        );
+        let before = fs::read(&direct).unwrap();
+        let e = TrustedDir::open(&real, &trust)
+            .and_then(|d| d.write_atomic("state.json", b"{}"))
+            .unwrap_err();
+        assert!(matches!(e, Error::Untrusted { .. }), "{e:?}");
+        assert_eq!(fs::read(&direct).unwrap(), before);
+    }
+
+    #[test]
+    fn a_deleted_node_keeps_its_journal_for_history() {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        let refused = s.delete_node(&n, |_| Err(Error::Refused("in use".into())));
+        assert!(matches!(refused, Err(Error::Refused(_))));
+        assert!(s.has_node(&n) && s.deleted_journals().is_empty());
+        let dest = s.delete_node(&n, |_| Ok(())).unwrap();
+        assert!(!s.has_node(&n));
+        assert_eq!(dest.parent(), Some(s.root().join("deleted").as_path()));
+        assert!(dest
+            .file_name()
+            .unwrap()
+            .to_str()
+            .unwrap()
+            .starts_with("n1."));
+        let graveyard = fs::metadata(s.root().join("deleted")).unwrap();
+        assert_eq!(graveyard.mode() & 0o7777, 0o755);
+        assert_eq!(s.deleted_journals(), vec![dest.join(JOURNAL_FILE)]);
+        let (ev, bad) = s.journal_at(&dest.join(JOURNAL_FILE)).unwrap();
+        assert_eq!((ev.len(), bad.len()), (1, 0));
+        assert_eq!(ev[0].action, journal::Action::AddNode);
+        // A deleted node whose journal became a link is listed, so that
+        // reading it names it; one without a journal is left out.
+        let n2 = add(&s, "n2");
+        let dest2 = s.delete_node(&n2, |_| Ok(())).unwrap();
+        fs::remove_file(dest2.join(JOURNAL_FILE)).unwrap();
+        std::os::unix::fs::symlink(dest.join(JOURNAL_FILE), dest2.join(JOURNAL_FILE)).unwrap();
+        let n3 = add(&s, "n3");
+        let dest3 = s.delete_node(&n3, |_| Ok(())).unwrap();
+        fs::remove_file(dest3.join(JOURNAL_FILE)).unwrap();
+        let mut listed = s.deleted_journals();
+        listed.sort();
+        assert_eq!(
+            listed,
+            vec![dest.join(JOURNAL_FILE), dest2.join(JOURNAL_FILE)]
+        );
+        let e = s.journal_at(&dest2.join(JOURNAL_FILE)).unwrap_err();
+        assert!(
+            matches!(&e, Error::Untrusted { why: Untrust::Symlink, path } if *path == dest2.join(JOURNAL_FILE)),
+            "{e:?}"
+        );
     }
 
     #[test]
