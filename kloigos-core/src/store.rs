@@ -19,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use nix::fcntl::OFlag;
@@ -428,7 +428,9 @@ pub struct NodeLock {
 }
 
 impl NodeLock {
-    /// Takes the lock file at `path`, polling until `wait` has passed.
+    /// Takes the lock file at `path`, waiting at most `wait` (see
+    /// [`crate::lockwait`]). Refuses a share whose mount keeps locks on
+    /// this client (see [`crate::mount`]).
     ///
     /// The lock file is mode 0600: flock needs only a descriptor opened for
     /// reading, so a file others can read is a file any user could lock to
@@ -437,6 +439,10 @@ impl NodeLock {
     pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
         // Before the lock: a writer that cannot finish its writes must not start them.
         lift_fsize_limit()?;
+        // Nor one whose lock would not exclude the writers of other nodes.
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            crate::mount::check_shared_locking(dir)?;
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -452,21 +458,13 @@ impl NodeLock {
                     .map_err(|e| Error::io(path, &e))?;
             }
         }
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(NodeLock { _file: file }),
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    // Locks are held for milliseconds; poll, since flock has no timed wait.
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Busy {
-                        node: node.to_string(),
-                    })
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, &e)),
-            }
+        match crate::lockwait::lock_within(file, wait) {
+            Ok(Some(file)) => Ok(NodeLock { _file: file }),
+            Ok(None) => Err(Error::Busy {
+                node: node.to_string(),
+            }),
+            Err(e) if crate::mount::is_no_locks(&e) => Err(Error::NoLocks { path: path.into() }),
+            Err(e) => Err(Error::io(path, &e)),
         }
     }
 }
@@ -787,12 +785,14 @@ impl Store {
         }
         // The events first, then the state (see the module's doc).
         let appended = self.append_journal(node, &events)?;
-        if let Err(e) = write_atomic(&dir, STATE_FILE, &to_json(&st)) {
+        let bytes = to_json(&st);
+        if let Err(e) = write_atomic(&dir, STATE_FILE, &bytes) {
             if let Some(a) = appended {
                 a.undo();
             }
             return Err(e);
         }
+        crate::commit::check_written(&self.state_path(node), &bytes, &self.trust)?;
         Ok(out)
     }
 
