@@ -17,9 +17,12 @@
 
 use std::fs::{File, TryLockError};
 use std::io;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
+
+use crate::error::Error;
 
 /// Lock calls made by this process (tries and blocking calls), for
 /// measurements.
@@ -93,6 +96,17 @@ pub fn lock_within(file: File, wait: Duration) -> io::Result<Option<File>> {
     }
 }
 
+/// The error for a failed `flock` of the lock file at `path`: ENOLCK (the
+/// NFS client got no lock from the server) is [`Error::NoLocks`], which
+/// points at lockd/statd and the mount options; any other keeps its errno.
+pub fn lock_error(path: &Path, e: &io::Error) -> Error {
+    if e.raw_os_error() == Some(nix::libc::ENOLCK) {
+        Error::NoLocks { path: path.into() }
+    } else {
+        Error::io(path, e)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +120,26 @@ mod tests {
             .truncate(false)
             .open(path)
             .unwrap()
+    }
+
+    #[test]
+    fn enolck_is_its_own_error_pointing_at_lockd_and_the_mount() {
+        let p = Path::new("/nfs/kloigos/nodes/n1/lock");
+        let e = lock_error(p, &io::Error::from_raw_os_error(nix::libc::ENOLCK));
+        assert!(matches!(&e, Error::NoLocks { path } if path == p), "{e:?}");
+        assert_eq!(e.kind(), crate::ErrorKind::Storage);
+        let msg = e.to_string();
+        for part in [
+            "no locks available (ENOLCK)",
+            "rpc.statd",
+            "lockd",
+            "mount options",
+            "kloigos doctor",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+        let other = lock_error(p, &io::Error::from_raw_os_error(nix::libc::EIO));
+        assert_eq!(other.errno(), Some(nix::libc::EIO));
     }
 
     #[test]

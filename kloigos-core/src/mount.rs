@@ -10,7 +10,7 @@
 //! refuse such a mount and `doctor` can show it.
 
 use std::fmt;
-use std::io::{self, Read};
+use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -239,13 +239,6 @@ pub fn check_shared_locking(dir: &Path) -> Result<()> {
         }),
         _ => Ok(()),
     }
-}
-
-/// Whether an error from `flock` is ENOLCK: the NFS client could not get
-/// a lock from the server (no lockd/statd for NFSv3, or a server out of
-/// locks).
-pub fn is_no_locks(e: &io::Error) -> bool {
-    e.raw_os_error() == Some(nix::libc::ENOLCK)
 }
 
 #[cfg(test)]

@@ -463,8 +463,7 @@ impl NodeLock {
             Ok(None) => Err(Error::Busy {
                 node: node.to_string(),
             }),
-            Err(e) if crate::mount::is_no_locks(&e) => Err(Error::NoLocks { path: path.into() }),
-            Err(e) => Err(Error::io(path, &e)),
+            Err(e) => Err(crate::lockwait::lock_error(path, &e)),
         }
     }
 }
