@@ -8,6 +8,7 @@
 pub mod booking;
 pub mod cpuset;
 pub mod dashboard;
+pub mod deadline;
 pub mod duration;
 pub mod enforce;
 pub mod error;

@@ -59,6 +59,8 @@ pub fn lock_within(file: File, wait: Duration) -> io::Result<Option<File>> {
     if wait.is_zero() {
         return Ok(None);
     }
+    // The share answered (the lock is busy): waiting for it is not a hang.
+    crate::deadline::GLOBAL.extend(wait);
     let deadline = Instant::now() + wait;
     let shared = Arc::new((Mutex::new(Handoff::default()), Condvar::new()));
     let theirs = Arc::clone(&shared);

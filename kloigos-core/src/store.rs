@@ -572,7 +572,9 @@ impl Store {
         let mut p = self.policy()?;
         f(&mut p)?;
         p.validate().map_err(Error::Refused)?;
+        let writing = crate::deadline::GLOBAL.writing();
         write_atomic(&self.root, CLUSTER_FILE, &to_json(&p))?;
+        writing.confirm();
         Ok(p)
     }
 
@@ -704,6 +706,7 @@ impl Store {
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&dir, &e))?;
         let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
+        let _writing = crate::deadline::GLOBAL.writing();
         let ev = Event::node(
             now,
             by,
@@ -739,6 +742,7 @@ impl Store {
             Err(e) => return Err(Error::io(&graveyard, &e)),
         }
         let dest = graveyard.join(format!("{node}.{}", Timestamp::now().as_second()));
+        let _writing = crate::deadline::GLOBAL.writing();
         fs::rename(&dir, &dest).map_err(|e| Error::io(&dir, &e))?;
         Ok(dest)
     }
@@ -782,6 +786,8 @@ impl Store {
                 ),
             });
         }
+        // From here to the read-back, a command that gives up says so.
+        let writing = crate::deadline::GLOBAL.writing();
         // The events first, then the state (see the module's doc).
         let appended = self.append_journal(node, &events)?;
         let bytes = to_json(&st);
@@ -792,6 +798,7 @@ impl Store {
             return Err(e);
         }
         crate::commit::check_written(&self.state_path(node), &bytes, &self.trust)?;
+        writing.confirm();
         Ok(out)
     }
 

@@ -9,9 +9,12 @@
 //! is done), it renames its own `state.json` (the old content) over it,
 //! then lets the open go on. The writer's read-back then comes after the
 //! rogue's write, every time, with no timing involved.
+//!
+//! [`Rogue::stall`] plays a share that stops answering right after the
+//! rename instead: it holds that open unanswered until it is dropped.
 
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -20,6 +23,15 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
 };
+
+/// What the rogue does at the first open after the rename.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Renames the old `state.json` back over the writer's.
+    Replace,
+    /// Leaves the open unanswered until the rogue is dropped.
+    Stall,
+}
 
 /// A running rogue writer on one node directory; stops when dropped.
 pub struct Rogue {
@@ -32,6 +44,21 @@ impl Rogue {
     /// Watches `node_dir`; the first time its `state.json` has changed, puts
     /// back what it holds now.
     pub fn new(node_dir: &Path) -> Rogue {
+        Rogue::start(node_dir, Mode::Replace)
+    }
+
+    /// Watches `node_dir`; the first time its `state.json` has changed,
+    /// holds the open that saw it until dropped.
+    pub fn stall(node_dir: &Path) -> Rogue {
+        Rogue::start(node_dir, Mode::Stall)
+    }
+
+    /// How many opens the rogue held (see [`Rogue::stall`]).
+    pub fn stalled(&self) -> usize {
+        self.overwrote()
+    }
+
+    fn start(node_dir: &Path, mode: Mode) -> Rogue {
         let state = node_dir.join("state.json");
         let original = std::fs::read(&state).expect("read state.json");
         let fan = Fanotify::init(
@@ -50,7 +77,9 @@ impl Rogue {
         let overwrote = Arc::new(Mutex::new(0));
         let thread = {
             let (stop, overwrote, dir) = (stop.clone(), overwrote.clone(), node_dir.to_path_buf());
-            std::thread::spawn(move || serve(&fan, &dir, &state, &original, &stop, &overwrote))
+            std::thread::spawn(move || {
+                serve(&fan, mode, &dir, &state, &original, &stop, &overwrote)
+            })
         };
         Rogue {
             stop,
@@ -78,12 +107,14 @@ impl Drop for Rogue {
 /// is left blocked), replacing `state` once first when it has changed.
 fn serve(
     fan: &Fanotify,
+    mode: Mode,
     dir: &Path,
-    state: &PathBuf,
+    state: &Path,
     original: &[u8],
     stop: &AtomicBool,
     overwrote: &Mutex<usize>,
 ) {
+    let mut held = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         let mut fds = [PollFd::new(fan.as_fd(), PollFlags::POLLIN)];
         match poll(&mut fds, PollTimeout::from(50u8)) {
@@ -99,16 +130,28 @@ fn serve(
         for ev in events {
             let mut n = overwrote.lock().unwrap_or_else(|e| e.into_inner());
             if *n == 0 && std::fs::read(state).is_ok_and(|now| now != original) {
+                *n += 1;
+                if mode == Mode::Stall {
+                    held.push(ev);
+                    continue;
+                }
                 let tmp = dir.join("state.json.rogue");
                 std::fs::write(&tmp, original).expect("rogue tmp file");
                 std::fs::rename(&tmp, state).expect("rogue rename");
-                *n += 1;
             }
             drop(n);
-            if let Some(fd) = ev.fd() {
-                fan.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW))
-                    .expect("answer fanotify");
-            }
+            allow(fan, &ev);
         }
+    }
+    for ev in &held {
+        allow(fan, ev);
+    }
+}
+
+/// Lets the open of `ev` go on.
+fn allow(fan: &Fanotify, ev: &nix::sys::fanotify::FanotifyEvent) {
+    if let Some(fd) = ev.fd() {
+        // The opener may be gone already (then there is no one to answer).
+        let _ = fan.write_response(FanotifyResponse::new(fd, Response::FAN_ALLOW));
     }
 }
