@@ -429,8 +429,7 @@ pub struct NodeLock {
 
 impl NodeLock {
     /// Takes the lock file at `path`, waiting at most `wait` (see
-    /// [`crate::lockwait`]). Refuses a share whose mount keeps locks on
-    /// this client (see [`crate::mount`]).
+    /// [`crate::lockwait`]).
     ///
     /// The lock file is mode 0600: flock needs only a descriptor opened for
     /// reading, so a file others can read is a file any user could lock to
@@ -439,10 +438,6 @@ impl NodeLock {
     pub fn acquire(path: &Path, node: &NodeName, wait: Duration) -> Result<NodeLock> {
         // Before the lock: a writer that cannot finish its writes must not start them.
         lift_fsize_limit()?;
-        // Nor one whose lock would not exclude the writers of other nodes.
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            crate::mount::check_shared_locking(dir)?;
-        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -568,6 +563,7 @@ impl Store {
     /// Rewrites the cluster policy under the cluster lock.
     pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
         let lock_node = NodeName::new("cluster").expect("valid literal");
+        crate::mount::check_shared_locking(&self.root)?;
         let _lock = NodeLock::acquire(&self.root.join("cluster.lock"), &lock_node, self.lock_wait)?;
         let mut p = self.policy()?;
         f(&mut p)?;
@@ -705,6 +701,7 @@ impl Store {
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&dir, &e))?;
+        crate::mount::check_shared_locking(&dir)?;
         let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
         let _writing = crate::deadline::GLOBAL.writing();
         let ev = Event::node(
@@ -747,11 +744,14 @@ impl Store {
         Ok(dest)
     }
 
-    /// Takes a node's lock.
+    /// Takes a node's lock, on a share whose locks are shared between
+    /// nodes (see [`crate::mount`]).
     pub fn lock(&self, node: &NodeName) -> Result<NodeLock> {
         if !self.has_node(node) {
             return Err(self.no_such_node(node));
         }
+        // A lock that would not exclude the writers of other nodes is refused.
+        crate::mount::check_shared_locking(&self.node_dir(node))?;
         NodeLock::acquire(&self.node_dir(node).join(LOCK_FILE), node, self.lock_wait)
     }
 
