@@ -231,8 +231,40 @@ fn lock_waits() {
     );
 }
 
+/// What the read-back after each write costs: one fresh read of the
+/// state file, against the whole locked update it ends (goal: at most 0.2x).
+fn read_back_cost() {
+    let c = TempCluster::new();
+    let node = c.add_node("hot", "0-7", None, None);
+    let path = c.store.state_path(&node);
+    let now = Timestamp::now();
+    let mut seq = 0u64;
+    let update = median_ms(200, || {
+        seq += 1;
+        c.store
+            .update_node(&node, now, |st| {
+                st.seq = seq;
+                Ok(((), vec![]))
+            })
+            .expect("update");
+    });
+    let bytes = std::fs::read(&path).expect("read state");
+    let check = median_ms(200, || {
+        kloigos_core::commit::check_written(&path, &bytes, c.store.trust()).expect("read back")
+    });
+    report(
+        "read-back of state.json after a write",
+        check * 1000.0,
+        "the whole locked update",
+        update * 1000.0,
+        "us",
+        Goal::AtMost(0.2),
+    );
+}
+
 fn main() {
     info_over_many_nodes();
     allocs_per_second();
     lock_waits();
+    read_back_cost();
 }
