@@ -5,7 +5,9 @@
 //! node (flock, mapped to NFS byte-range locks by Linux NFS clients), read,
 //! validate, append the change's events to the journal and fsync it, then
 //! write a tmp file, fsync, rename over `state.json`, fsync the directory,
-//! unlock. The journal goes first so that a booking never exists without
+//! read it back through a fresh open (see [`crate::commit`]), unlock. A
+//! share whose mount keeps locks on the client is refused before the lock
+//! (see [`crate::mount`]). The journal goes first so that a booking never exists without
 //! its event: a writer that dies between the two leaves an event for a
 //! change that did not happen (history shows it; the state is right), never
 //! the reverse; a state write that fails cuts the journal back to where it
