@@ -522,6 +522,7 @@ impl Store {
                 self.cluster_path().display()
             )));
         }
+        let writing = crate::deadline::GLOBAL.writing();
         for dir in [self.root.clone(), self.nodes_dir()] {
             match fs::create_dir(&dir) {
                 Ok(()) => {}
@@ -531,7 +532,9 @@ impl Store {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                 .map_err(|e| Error::io(&dir, &e))?;
         }
-        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))
+        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))?;
+        writing.confirm();
+        Ok(())
     }
 
     /// Reads and validates the cluster policy. A missing file means the
