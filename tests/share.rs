@@ -17,7 +17,10 @@ fn a_write_another_node_replaced_is_reported_lost_never_booked() {
     let c = TempCluster::new();
     let n = c.add_node("node1", "0-7", None, None);
     let before = c.state_bytes("node1");
-    let rogue = Rogue::new(&c.store.node_dir(&n));
+    let rogue = match Rogue::new(&c.store.node_dir(&n)) {
+        Ok(r) => r,
+        Err(why) => return kloigos_tests::skip::skip(&why),
+    };
 
     let r = c.run(&["alloc", "-w", "node1", "-t", "1h"]);
     r.code(3).err_has(
@@ -102,7 +105,10 @@ fn a_writer_that_gives_up_after_its_rename_says_the_change_may_be_there() {
     let cfg = config_at(c.dir.path(), c.shared());
     // The share stops answering right after the rename: the open of the
     // node directory to fsync it is held until the command is gone.
-    let stall = Rogue::stall(&c.store.node_dir(&n));
+    let stall = match Rogue::stall(&c.store.node_dir(&n)) {
+        Ok(r) => r,
+        Err(why) => return kloigos_tests::skip::skip(&why),
+    };
     let mut cmd = c.kloigos();
     cmd.arg("--config")
         .arg(&cfg)

@@ -42,14 +42,15 @@ pub struct Rogue {
 
 impl Rogue {
     /// Watches `node_dir`; the first time its `state.json` has changed, puts
-    /// back what it holds now.
-    pub fn new(node_dir: &Path) -> Rogue {
+    /// back what it holds now. `Err` says why this kernel cannot (no
+    /// fanotify permission events), for the test to skip.
+    pub fn new(node_dir: &Path) -> Result<Rogue, String> {
         Rogue::start(node_dir, Mode::Replace)
     }
 
     /// Watches `node_dir`; the first time its `state.json` has changed,
     /// holds the open that saw it until dropped.
-    pub fn stall(node_dir: &Path) -> Rogue {
+    pub fn stall(node_dir: &Path) -> Result<Rogue, String> {
         Rogue::start(node_dir, Mode::Stall)
     }
 
@@ -58,21 +59,25 @@ impl Rogue {
         self.overwrote()
     }
 
-    fn start(node_dir: &Path, mode: Mode) -> Rogue {
+    fn start(node_dir: &Path, mode: Mode) -> Result<Rogue, String> {
         let state = node_dir.join("state.json");
         let original = std::fs::read(&state).expect("read state.json");
         let fan = Fanotify::init(
             InitFlags::FAN_CLASS_CONTENT | InitFlags::FAN_CLOEXEC | InitFlags::FAN_NONBLOCK,
             EventFFlags::O_RDONLY | EventFFlags::O_CLOEXEC,
         )
-        .expect("fanotify_init (needs root and CONFIG_FANOTIFY_ACCESS_PERMISSIONS)");
+        .map_err(|e| format!("fanotify_init: {e} (it needs root and a kernel with fanotify)"))?;
         fan.mark(
             MarkFlags::FAN_MARK_ADD,
             MaskFlags::FAN_OPEN_PERM | MaskFlags::FAN_ONDIR,
             nix::fcntl::AT_FDCWD,
             Some(node_dir),
         )
-        .expect("fanotify_mark on the node directory");
+        .map_err(|e| {
+            format!(
+                "fanotify_mark FAN_OPEN_PERM: {e} (the kernel needs CONFIG_FANOTIFY_ACCESS_PERMISSIONS)"
+            )
+        })?;
         let stop = Arc::new(AtomicBool::new(false));
         let overwrote = Arc::new(Mutex::new(0));
         let thread = {
@@ -81,11 +86,11 @@ impl Rogue {
                 serve(&fan, mode, &dir, &state, &original, &stop, &overwrote)
             })
         };
-        Rogue {
+        Ok(Rogue {
             stop,
             overwrote,
             thread: Some(thread),
-        }
+        })
     }
 
     /// How many times the rogue replaced `state.json`.
