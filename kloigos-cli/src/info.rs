@@ -110,6 +110,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
     let now = ctx.now();
     let idle_after = idle_after_secs(&a.idle_after)?;
     let (rows, bad) = read_rows(ctx, a, now)?;
+    crate::watchdog::done();
     if ctx.json {
         let partition = ctx.partition.clone().unwrap_or_else(|| "default".into());
         print_json_info(&rows, &bad, &partition, now, idle_after);

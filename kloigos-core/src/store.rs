@@ -5,7 +5,9 @@
 //! node (flock, mapped to NFS byte-range locks by Linux NFS clients), read,
 //! validate, append the change's events to the journal and fsync it, then
 //! write a tmp file, fsync, rename over `state.json`, fsync the directory,
-//! unlock. The journal goes first so that a booking never exists without
+//! read it back through a fresh open (see [`crate::commit`]), unlock. A
+//! share whose mount keeps locks on the client is refused before the lock
+//! (see [`crate::mount`]). The journal goes first so that a booking never exists without
 //! its event: a writer that dies between the two leaves an event for a
 //! change that did not happen (history shows it; the state is right), never
 //! the reverse; a state write that fails cuts the journal back to where it
@@ -22,7 +24,7 @@ use std::io::{self, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use serde::de::DeserializeOwned;
@@ -304,7 +306,8 @@ pub struct NodeLock {
 }
 
 impl NodeLock {
-    /// Takes the lock file `name` in `dir`, polling until `wait` has passed.
+    /// Takes the lock file `name` in `dir`, waiting at most `wait` (see
+    /// [`crate::lockwait`]).
     ///
     /// The lock file is mode 0600 (see [`TrustedDir::open_lock`]).
     pub fn acquire(
@@ -316,21 +319,12 @@ impl NodeLock {
         // Before the lock: a writer that cannot finish its writes must not start them.
         lift_fsize_limit()?;
         let file = dir.open_lock(name)?;
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(NodeLock { _file: file, dir }),
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    // Locks are held for milliseconds; poll, since flock has no timed wait.
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Busy {
-                        node: node.to_string(),
-                    })
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io(dir.join(name), &e)),
-            }
+        match crate::lockwait::lock_within(file, wait) {
+            Ok(Some(file)) => Ok(NodeLock { _file: file, dir }),
+            Ok(None) => Err(Error::Busy {
+                node: node.to_string(),
+            }),
+            Err(e) => Err(crate::lockwait::lock_error(&dir.join(name), &e)),
         }
     }
 
@@ -420,9 +414,12 @@ impl Store {
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
             Err(e) => return Err(Error::io(&cluster, &e)),
         }
+        let writing = crate::deadline::GLOBAL.writing();
         let root = TrustedDir::make_root(&self.root, 0o755, &self.trust)?;
         root.make_dir(NODES_DIR, 0o755)?;
-        root.write_atomic(CLUSTER_FILE, &to_json(policy))
+        root.write_atomic(CLUSTER_FILE, &to_json(policy))?;
+        writing.confirm();
+        Ok(())
     }
 
     /// Reads and validates the cluster policy. A missing file means the
@@ -460,6 +457,7 @@ impl Store {
     /// Rewrites the cluster policy under the cluster lock.
     pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
         let lock_node = NodeName::new("cluster").expect("valid literal");
+        crate::mount::check_shared_locking(&self.root)?;
         let lock = NodeLock::acquire(
             self.open_root()?,
             "cluster.lock",
@@ -469,7 +467,9 @@ impl Store {
         let mut p = self.policy()?;
         f(&mut p)?;
         p.validate().map_err(Error::Refused)?;
+        let writing = crate::deadline::GLOBAL.writing();
         lock.dir().write_atomic(CLUSTER_FILE, &to_json(&p))?;
+        writing.confirm();
         Ok(p)
     }
 
@@ -573,7 +573,9 @@ impl Store {
                 "node '{name}' already exists; change it with `kloigos admin set-node {name}`"
             )));
         };
+        crate::mount::check_shared_locking(&self.node_dir(name))?;
         let lock = NodeLock::acquire(dir, LOCK_FILE, name, self.lock_wait)?;
+        let _writing = crate::deadline::GLOBAL.writing();
         let ev = Event::node(
             now,
             by,
@@ -607,16 +609,21 @@ impl Store {
             None => root.dir(DELETED_DIR)?,
         };
         let dest = format!("{node}.{}", Timestamp::now().as_second());
+        let _writing = crate::deadline::GLOBAL.writing();
         root.dir(NODES_DIR)?
             .rename(node.as_str(), &graveyard, &dest)?;
         Ok(graveyard.join(&dest))
     }
 
-    /// Takes a node's lock; the lock holds the node's directory handle.
+    /// Takes a node's lock, on a share whose locks are shared between
+    /// nodes (see [`crate::mount`]); the lock holds the node's directory
+    /// handle.
     pub fn lock(&self, node: &NodeName) -> Result<NodeLock> {
         let dir = self
             .open_node_if_any(node)?
             .ok_or_else(|| self.no_such_node(node))?;
+        // A lock that would not exclude the writers of other nodes is refused.
+        crate::mount::check_shared_locking(&self.node_dir(node))?;
         NodeLock::acquire(dir, LOCK_FILE, node, self.lock_wait)
     }
 
@@ -652,14 +659,19 @@ impl Store {
                 ),
             });
         }
+        // From here to the read-back, a command that gives up says so.
+        let writing = crate::deadline::GLOBAL.writing();
         // The events first, then the state (see the module's doc).
         let appended = append_journal(dir, &events)?;
-        if let Err(e) = dir.write_atomic(STATE_FILE, &to_json(&st)) {
+        let bytes = to_json(&st);
+        if let Err(e) = dir.write_atomic(STATE_FILE, &bytes) {
             if let Some(a) = appended {
                 a.undo();
             }
             return Err(e);
         }
+        crate::commit::check_written(dir, STATE_FILE, &bytes)?;
+        writing.confirm();
         Ok(out)
     }
 
