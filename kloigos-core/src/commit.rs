@@ -5,18 +5,19 @@
 //! its own file over ours between our rename and our answer, and the user
 //! must then hear that the write was lost, never that it was made.
 
-use crate::error::{Error, Result};
-use crate::trusted::TrustedDir;
+use std::path::Path;
 
-/// Reads `name` in `dir` back through a fresh open and checks that it
-/// holds `written`, byte for byte; [`Error::LostWrite`] when it holds
-/// something else. The caller still holds the lock, so under working locks
-/// no other writer can have replaced the file.
-pub fn check_written(dir: &TrustedDir, name: &str, written: &[u8]) -> Result<()> {
-    if dir.read(name)? != written {
-        return Err(Error::LostWrite {
-            path: dir.join(name),
-        });
+use crate::error::{Error, Result};
+use crate::store::{read_trusted, Trust};
+
+/// Reads `path` back through a fresh open and checks that it holds
+/// `written`, byte for byte; [`Error::LostWrite`] when it holds something
+/// else. The caller still holds the lock, so under working locks no other
+/// writer can have replaced the file.
+pub fn check_written(path: &Path, written: &[u8], trust: &Trust) -> Result<()> {
+    let now = read_trusted(path, trust)?;
+    if now != written {
+        return Err(Error::LostWrite { path: path.into() });
     }
     Ok(())
 }
@@ -29,14 +30,13 @@ mod tests {
     #[test]
     fn a_file_replaced_after_the_rename_is_a_lost_write() {
         let t = tempfile::tempdir().unwrap();
-        let trust = crate::store::Trust::service(nix::unistd::geteuid().as_raw());
-        let dir = TrustedDir::open(t.path(), &trust).unwrap();
-        dir.write_atomic("state.json", b"mine\n").unwrap();
+        let trust = Trust::service(nix::unistd::geteuid().as_raw());
+        crate::store::write_atomic(t.path(), "state.json", b"mine\n").unwrap();
         let path = t.path().join("state.json");
-        check_written(&dir, "state.json", b"mine\n").unwrap();
+        check_written(&path, b"mine\n", &trust).unwrap();
         // Another node's writer, which did not see our lock, renames its own over ours.
         crate::store::write_atomic(t.path(), "state.json", b"theirs\n").unwrap();
-        let e = check_written(&dir, "state.json", b"mine\n").unwrap_err();
+        let e = check_written(&path, b"mine\n", &trust).unwrap_err();
         assert!(
             matches!(&e, Error::LostWrite { path: p } if *p == path),
             "{e:?}"

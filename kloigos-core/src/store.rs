@@ -670,7 +670,9 @@ impl Store {
             }
             return Err(e);
         }
-        crate::commit::check_written(dir, STATE_FILE, &bytes)?;
+        // By path, not through the lock's handle: a fresh lookup of the node's
+        // directory and file, as another node's reader would make.
+        crate::commit::check_written(&self.state_path(node), &bytes, &self.trust)?;
         writing.confirm();
         Ok(out)
     }

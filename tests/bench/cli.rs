@@ -248,11 +248,8 @@ fn read_back_cost() {
             .expect("update");
     });
     let bytes = std::fs::read(&path).expect("read state");
-    let dir = kloigos_core::trusted::TrustedDir::open(&c.store.node_dir(&node), c.store.trust())
-        .expect("node directory");
     let check = median_ms(200, || {
-        kloigos_core::commit::check_written(&dir, kloigos_core::store::STATE_FILE, &bytes)
-            .expect("read back")
+        kloigos_core::commit::check_written(&path, &bytes, c.store.trust()).expect("read back")
     });
     report(
         "read-back of state.json after a write",

@@ -3,8 +3,8 @@
 //!
 //! A fanotify permission mark on a node's directory stops every open of
 //! that directory until this process answers. A writer opens the directory
-//! twice: to sweep stray tmp files before it writes, and to fsync it after
-//! the rename of `state.json`. At each open the rogue reads `state.json`;
+//! by path before it writes (its lock's handle) and again for the
+//! read-back after the rename of `state.json`. At each open the rogue reads `state.json`;
 //! once it differs from what the rogue started with (the writer's rename
 //! is done), it renames its own `state.json` (the old content) over it,
 //! then lets the open go on. The writer's read-back then comes after the
