@@ -71,7 +71,7 @@ fn the_tree_is_owned_by_the_service_account_whoever_writes() {
     // The lock file is readable by nobody else: no user can hold it.
     assert_eq!(owner_mode(&i.node_dir().join("lock")), (svc, 0o600));
     assert_eq!(owner_mode(&i.bin()), (svc, 0o4755));
-    let st = Store::new(i.shared(), Trust::service(svc))
+    let st = Store::new(i.shared(), Trust::root_and(kloigos_tests::uid(svc)))
         .node(&NodeName::new(&i.node).unwrap())
         .unwrap();
     assert_eq!(st.bookings.len(), 2);
@@ -760,7 +760,7 @@ fn a_writer_holding_the_lock_cannot_be_signalled_by_users() {
     kloigos_tests::require_root!();
     let i = Install::new(&tag("sg"), &[]);
     let node = NodeName::new(&i.node).unwrap();
-    let store = Store::new(i.shared(), Trust::service(i.svc.uid));
+    let store = Store::new(i.shared(), Trust::root_and(kloigos_tests::uid(i.svc.uid)));
     // The test holds the node's lock, so alice's alloc waits inside its critical section.
     let held = store.lock(&node).unwrap();
     let (mut child, pid) = start_paused(

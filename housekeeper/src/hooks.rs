@@ -177,7 +177,9 @@ mod tests {
     #[test]
     fn only_plain_trusted_executables_in_a_trusted_directory_are_hooks() {
         let t = tempfile::tempdir().unwrap();
-        let trust = Trust::service(nix::unistd::geteuid().as_raw());
+        let trust = Trust::root_and(
+            kloigos_core::ids::Uid::new(nix::unistd::geteuid().as_raw()).expect("a real uid"),
+        );
         let hooks = t.path().join("hooks");
         let dir = hooks.join("release.d");
         assert!(list_trusting(&hooks, &trust).is_empty());

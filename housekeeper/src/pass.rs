@@ -72,8 +72,7 @@ impl PassLock {
     /// may own and write (one others could write would let them replace
     /// the lock, and passes overlap).
     pub fn take(path: &Path) -> Result<PassLock> {
-        // A valid literal: the label only names the lock in core's busy error.
-        let label = NodeName::new("housekeeper").expect("valid literal");
+        let label = store::LockLabel::Local("the housekeeper's pass lock");
         let (Some(dir), Some(name)) = (path.parent(), path.file_name().and_then(|n| n.to_str()))
         else {
             return Err(Error::Usage(format!(
@@ -81,7 +80,7 @@ impl PassLock {
                 path.display()
             )));
         };
-        let taken = TrustedDir::open(dir, &Trust::service(0))
+        let taken = TrustedDir::open(dir, &Trust::root_only())
             .and_then(|dir| store::NodeLock::acquire(dir, name, &label, Duration::ZERO));
         match taken {
             Ok(lock) => Ok(PassLock { _lock: lock }),

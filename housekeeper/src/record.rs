@@ -84,7 +84,7 @@ impl Record {
     pub fn save(&mut self, dir: &Path) -> Result<()> {
         self.version = 1;
         // Read back as root's only: written through a handle checked so.
-        TrustedDir::open(dir, &Trust::service(0))?
+        TrustedDir::open(dir, &Trust::root_only())?
             .write_atomic(RECORD_FILE, &store::to_json(self))?;
         Ok(())
     }

@@ -84,7 +84,7 @@ impl Ctx {
             .map_or_else(Trust::root_only, Trust::root_and);
         if overridden {
             // A caller on their own tree may trust their own files.
-            trust = trust.also(privs.caller_uid.as_raw());
+            trust = trust.also(privs.caller_uid);
         }
         let loaded = match (&config_override, &cli.shared) {
             (Some(path), _) => Config::load(path, &trust).map_err(CliError::from),

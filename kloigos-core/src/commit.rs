@@ -30,7 +30,7 @@ mod tests {
     #[test]
     fn a_file_replaced_after_the_rename_is_a_lost_write() {
         let t = tempfile::tempdir().unwrap();
-        let trust = Trust::service(nix::unistd::geteuid().as_raw());
+        let trust = Trust::root_and(crate::testing::uid(nix::unistd::geteuid().as_raw()));
         crate::store::write_atomic(t.path(), "state.json", b"mine\n").unwrap();
         let path = t.path().join("state.json");
         check_written(&path, b"mine\n", &trust).unwrap();

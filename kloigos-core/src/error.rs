@@ -101,11 +101,11 @@ pub enum Error {
         /// The file whose new content is not there.
         path: PathBuf,
     },
-    /// A node's lock stayed taken past the deadline.
-    #[error("{node} is busy (its lock is held by another kloigos command); try again")]
+    /// A lock stayed taken past the deadline.
+    #[error("{lock} is busy (its lock is held by another kloigos command); try again")]
     Busy {
-        /// The node whose lock was not obtained.
-        node: String,
+        /// What the lock guards (see [`crate::store::LockLabel`]).
+        lock: String,
     },
 }
 
@@ -166,7 +166,7 @@ pub enum Untrust {
         /// Its owner.
         uid: u32,
         /// The owners that would be trusted.
-        trusted: Vec<u32>,
+        trusted: Vec<crate::ids::Uid>,
     },
     /// Group- or world-writable.
     Mode {

@@ -913,7 +913,7 @@ mod tests {
     fn real_files_on_disk() {
         let t = tempfile::tempdir().unwrap();
         let me = nix::unistd::geteuid().as_raw();
-        let trust = Trust::service(me);
+        let trust = Trust::root_and(crate::testing::uid(me));
         let store = Store::new(t.path().join("shared"), trust.clone());
         store.init(&policy()).unwrap();
         let by = UserName::new("root").unwrap();

@@ -96,22 +96,6 @@ id_type!(
     Gid, "gid"
 );
 
-// Trust's constructors by typed id; they join `Trust` in store.rs once the
-// rework of that file's open path has landed.
-impl crate::store::Trust {
-    /// Files owned by root only: a node's own configuration, the
-    /// housekeeper's record and hooks.
-    pub fn root_only() -> crate::store::Trust {
-        crate::store::Trust::service(Uid::ROOT.as_raw())
-    }
-
-    /// Files owned by root or the service account `service` (PAM, the
-    /// housekeeper, the setuid CLI reading the shared tree).
-    pub fn root_and(service: Uid) -> crate::store::Trust {
-        crate::store::Trust::service(service.as_raw())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -32,6 +32,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result, Untrust};
 use crate::facts::Facts;
+use crate::ids::Uid;
 use crate::journal::{self, Event};
 use crate::names::NodeName;
 use crate::policy::{check_version, Policy, FORMAT_VERSION};
@@ -59,19 +60,26 @@ pub const LOCK_WAIT: Duration = Duration::from_secs(10);
 /// world-writable files (like sshd's StrictModes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Trust {
-    owners: Vec<u32>,
+    owners: Vec<Uid>,
 }
 
 impl Trust {
-    /// Files owned by root or the service account (PAM, housekeeper, setuid CLI).
-    pub fn service(service_uid: u32) -> Trust {
+    /// Files owned by root only: a node's own configuration, the
+    /// housekeeper's record and hooks.
+    pub fn root_only() -> Trust {
         Trust {
-            owners: vec![0, service_uid],
+            owners: vec![Uid::ROOT],
         }
     }
 
+    /// Files owned by root or the service account `service` (PAM, the
+    /// housekeeper, the setuid CLI reading the shared tree).
+    pub fn root_and(service: Uid) -> Trust {
+        Trust::root_only().also(service)
+    }
+
     /// Also trust files owned by `uid` (a user running on their own tree).
-    pub fn also(mut self, uid: u32) -> Trust {
+    pub fn also(mut self, uid: Uid) -> Trust {
         if !self.owners.contains(&uid) {
             self.owners.push(uid);
         }
@@ -85,7 +93,7 @@ impl Trust {
 
     /// [`Trust::check`] with the owner and mode in hand (an `fstatat`'s).
     pub fn check_ids(&self, path: &Path, uid: u32, mode: u32) -> Result<()> {
-        let why = if !self.owners.contains(&uid) {
+        let why = if !self.owners.iter().any(|o| o.as_raw() == uid) {
             Untrust::Owner {
                 uid,
                 trusted: self.owners.clone(),
@@ -296,6 +304,29 @@ pub fn to_json<T: Serialize>(value: &T) -> Vec<u8> {
     v
 }
 
+/// What a lock guards, as a busy error names it: a node, the cluster
+/// policy, or one of a host's own locks. Not a [`NodeName`], so that the
+/// cluster's lock can never be mistaken for a node called "cluster".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LockLabel {
+    /// A node's lock.
+    Node(NodeName),
+    /// The cluster policy's lock.
+    Cluster,
+    /// A lock of this host's own (the housekeeper's pass lock).
+    Local(&'static str),
+}
+
+impl std::fmt::Display for LockLabel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            LockLabel::Node(n) => write!(f, "{n}"),
+            LockLabel::Cluster => f.write_str("the cluster policy"),
+            LockLabel::Local(what) => f.write_str(what),
+        }
+    }
+}
+
 /// An exclusive lock on a node; released when dropped (closing the file
 /// releases the flock). It keeps the handle of the directory it locks, so
 /// the holder writes through the directory it checked.
@@ -313,7 +344,7 @@ impl NodeLock {
     pub fn acquire(
         dir: TrustedDir,
         name: &str,
-        node: &NodeName,
+        label: &LockLabel,
         wait: Duration,
     ) -> Result<NodeLock> {
         // Before the lock: a writer that cannot finish its writes must not start them.
@@ -322,7 +353,7 @@ impl NodeLock {
         match crate::lockwait::lock_within(file, wait) {
             Ok(Some(file)) => Ok(NodeLock { _file: file, dir }),
             Ok(None) => Err(Error::Busy {
-                node: node.to_string(),
+                lock: label.to_string(),
             }),
             Err(e) => Err(crate::lockwait::lock_error(&dir.join(name), &e)),
         }
@@ -456,12 +487,11 @@ impl Store {
 
     /// Rewrites the cluster policy under the cluster lock.
     pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
-        let lock_node = NodeName::new("cluster").expect("valid literal");
         crate::mount::check_shared_locking(&self.root)?;
         let lock = NodeLock::acquire(
             self.open_root()?,
             "cluster.lock",
-            &lock_node,
+            &LockLabel::Cluster,
             self.lock_wait,
         )?;
         let mut p = self.policy()?;
@@ -574,7 +604,12 @@ impl Store {
             )));
         };
         crate::mount::check_shared_locking(&self.node_dir(name))?;
-        let lock = NodeLock::acquire(dir, LOCK_FILE, name, self.lock_wait)?;
+        let lock = NodeLock::acquire(
+            dir,
+            LOCK_FILE,
+            &LockLabel::Node(name.clone()),
+            self.lock_wait,
+        )?;
         let _writing = crate::deadline::GLOBAL.writing();
         let ev = Event::node(
             now,
@@ -624,7 +659,12 @@ impl Store {
             .ok_or_else(|| self.no_such_node(node))?;
         // A lock that would not exclude the writers of other nodes is refused.
         crate::mount::check_shared_locking(&self.node_dir(node))?;
-        NodeLock::acquire(dir, LOCK_FILE, node, self.lock_wait)
+        NodeLock::acquire(
+            dir,
+            LOCK_FILE,
+            &LockLabel::Node(node.clone()),
+            self.lock_wait,
+        )
     }
 
     /// The writer's protocol: lock, sweep stray tmp files, read, let `f`
@@ -895,7 +935,10 @@ mod tests {
     }
 
     fn store(dir: &Path) -> Store {
-        let s = Store::new(dir.join("shared"), Trust::service(4242).also(me()));
+        let s = Store::new(
+            dir.join("shared"),
+            Trust::root_and(crate::testing::uid(4242)).also(crate::testing::uid(me())),
+        );
         s.init(&Policy::default()).unwrap();
         s
     }
@@ -934,7 +977,7 @@ mod tests {
         let e = s.node(&n).unwrap_err().to_string();
         assert!(e.contains("chmod go-w") && e.contains("state.json"), "{e}");
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let strict = Store::new(s.root(), Trust::service(4242));
+        let strict = Store::new(s.root(), Trust::root_and(crate::testing::uid(4242)));
         if me() != 0 {
             let e = strict.node(&n).unwrap_err().to_string();
             assert!(e.contains("not by a trusted owner"), "{e}");
@@ -993,7 +1036,7 @@ mod tests {
     #[test]
     fn an_optional_file_may_be_missing_but_not_untrusted() {
         let t = tempfile::tempdir().unwrap();
-        let trust = Trust::service(me());
+        let trust = Trust::root_and(crate::testing::uid(me()));
         let path = t.path().join("copy.json");
         assert_eq!(read_trusted_if_any(&path, &trust).unwrap(), None);
         let in_missing_dir = t.path().join("absent").join("copy.json");
@@ -1084,7 +1127,10 @@ mod tests {
         };
         assert!(!transient(&worded));
         let t = tempfile::tempdir().unwrap();
-        let s = Store::new(t.path().join("absent"), Trust::service(me()));
+        let s = Store::new(
+            t.path().join("absent"),
+            Trust::root_and(crate::testing::uid(me())),
+        );
         assert!(matches!(s.login_policy(), Err(Error::NotMounted { .. })));
         assert!(matches!(
             check_mounted(s.root()),
@@ -1439,7 +1485,7 @@ mod tests {
     #[test]
     fn a_local_file_in_a_linked_or_foreign_directory_is_refused() {
         let t = tempfile::tempdir().unwrap();
-        let trust = Trust::service(me());
+        let trust = Trust::root_and(crate::testing::uid(me()));
         let real = t.path().join("real");
         fs::create_dir(&real).unwrap();
         let copy = LocalCopy::new(Timestamp::now(), Policy::default(), None);
@@ -1460,7 +1506,7 @@ mod tests {
             nix::unistd::chown(&real, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
             trust
         } else {
-            Trust::service(4243)
+            Trust::root_and(crate::testing::uid(4243))
         };
         let e = crate::gate::read_copy(&direct, &trust).unwrap_err();
         assert!(
@@ -1523,7 +1569,10 @@ mod tests {
     #[test]
     fn missing_cluster_file_says_not_mounted() {
         let t = tempfile::tempdir().unwrap();
-        let s = Store::new(t.path(), Trust::service(1).also(me()));
+        let s = Store::new(
+            t.path(),
+            Trust::root_and(crate::testing::uid(1)).also(crate::testing::uid(me())),
+        );
         assert!(s.policy().unwrap_err().to_string().contains("not mounted"));
     }
 }

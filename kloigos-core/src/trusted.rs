@@ -628,7 +628,7 @@ mod tests {
     use super::*;
 
     fn me() -> Trust {
-        Trust::service(nix::unistd::geteuid().as_raw())
+        Trust::root_and(crate::testing::uid(nix::unistd::geteuid().as_raw()))
     }
 
     #[test]
@@ -673,7 +673,7 @@ mod tests {
             nix::unistd::chown(&real, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
             me()
         } else {
-            Trust::service(4243)
+            Trust::root_and(crate::testing::uid(4243))
         };
         assert!(matches!(
             why(TrustedDir::open(&real, &trust)),

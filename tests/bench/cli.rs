@@ -169,7 +169,7 @@ fn queued_writes(blocking: bool, writers: usize, each: usize) -> (f64, f64) {
                                 kloigos_core::trusted::TrustedDir::open(&dir, store.trust())
                                     .expect("node directory"),
                                 kloigos_core::store::LOCK_FILE,
-                                &node,
+                                &kloigos_core::store::LockLabel::Node(node.clone()),
                                 Duration::from_secs(60),
                             )
                             .expect("lock"),

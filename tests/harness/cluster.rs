@@ -48,7 +48,7 @@ impl TempCluster {
             .expect("temp dir");
         // Readers refuse group/world-writable parents; tempdir is 0700.
         let me = nix::unistd::geteuid().as_raw();
-        let store = Store::new(dir.path().join("shared"), Trust::service(me).also(me));
+        let store = Store::new(dir.path().join("shared"), Trust::root_and(crate::uid(me)));
         store.init(&policy).expect("init cluster");
         let cfg = serde_json::json!({ "shared": store.root() });
         std::fs::write(dir.path().join("config.json"), cfg.to_string()).expect("write config");
