@@ -375,6 +375,25 @@ const NODES: [(&str, u32, u32); 8] = [
     ("kvm", 10, 232),
 ];
 
+/// A housekeeper node on `cpus` (one CPU per unit) that manages only the
+/// uid band of these tests (59900-59909): other tests' users (other bands)
+/// are left alone.
+fn band_node(name: &str, cpus: &str) -> kloigos_tests::housekeeper::HkNode {
+    use kloigos_core::policy::Policy;
+    kloigos_tests::housekeeper::HkNode::new(
+        name,
+        Policy {
+            min_uid: uid(59900),
+            max_uid: Some(uid(59909)),
+            ..Policy::default()
+        },
+        cpus,
+        Some(1),
+        None,
+        json!({}),
+    )
+}
+
 /// Gives `n`'s node the GPUs `set`.
 fn set_gpus(n: &kloigos_tests::housekeeper::HkNode, set: &str) {
     n.cluster
@@ -396,24 +415,10 @@ struct FenceNode {
 
 impl FenceNode {
     fn new(name: &str, hk: Value) -> FenceNode {
-        use kloigos_core::policy::Policy;
         use kloigos_tests::cmd::must;
         use std::os::unix::fs::PermissionsExt;
 
-        // Only the band of these tests is managed: other tests' users
-        // (other bands) are left alone.
-        let n = kloigos_tests::housekeeper::HkNode::new(
-            name,
-            Policy {
-                min_uid: uid(59900),
-                max_uid: Some(uid(59909)),
-                ..Policy::default()
-            },
-            "0-3",
-            Some(1),
-            None,
-            json!({}),
-        );
+        let n = band_node(name, "0-3");
         let root = n.cluster.dir.path();
         for i in 0..4u32 {
             let bus = format!("0000:{:02x}:00.0", 0x10 + i);
@@ -1115,9 +1120,7 @@ fn hold_open(
 
 #[test]
 fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
-    use kloigos_core::policy::Policy;
     use kloigos_tests::cmd::must;
-    use kloigos_tests::housekeeper::HkNode;
     use std::os::unix::fs::PermissionsExt;
 
     kloigos_tests::require_root!();
@@ -1142,17 +1145,7 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
         "mknod",
         &["-m", "444", &gpu1.to_string_lossy(), "c", "10", "200"],
     );
-    let n = HkNode::new(
-        "straynode",
-        Policy {
-            min_uid: uid(59900),
-            ..Policy::default()
-        },
-        "0-1",
-        Some(1),
-        None,
-        json!({}),
-    );
+    let n = band_node("straynode", "0-1");
     let config = |grace: u64| json!({"grace_s": grace, "gpu": {"devices": [&gpu0, &gpu1]}});
     n.write_config(&n.config, config(3600));
     set_gpus(&n, "0-1");
@@ -1196,22 +1189,10 @@ fn a_stray_holding_a_gpu_it_does_not_hold_is_warned_then_ended_after_grace() {
 
 #[test]
 fn facts_list_the_gpus_with_utilization_sampled_at_most_every_few_minutes() {
-    use kloigos_core::policy::Policy;
-    use kloigos_tests::housekeeper::HkNode;
     use std::os::unix::fs::PermissionsExt;
 
     kloigos_tests::require_root!();
-    let n = HkNode::new(
-        "factsnode",
-        Policy {
-            min_uid: uid(59900),
-            ..Policy::default()
-        },
-        "0-1",
-        Some(1),
-        None,
-        json!({}),
-    );
+    let n = band_node("factsnode", "0-1");
     let root = n.cluster.dir.path().to_path_buf();
     for (i, numa) in [(0u32, "1"), (1, "-1")] {
         let bus = format!("0000:{:02x}:00.0", 0x20 + i);

@@ -17,7 +17,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 /// What the server does with every request after the handshake.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -127,11 +126,8 @@ fn serve(dev: &File, behaviour: Behaviour, seen: &Mutex<Vec<Seen>>, stop: &Atomi
     let mut buf = vec![0u8; BUF];
     let mut reader = dev;
     while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(dev.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(50u8)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => panic!("poll /dev/fuse: {e}"),
+        if !crate::poll::readable(dev.as_fd(), "/dev/fuse") {
+            continue;
         }
         let n = match reader.read(&mut buf) {
             Ok(n) => n,

@@ -19,7 +19,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::fanotify::{
     EventFFlags, Fanotify, FanotifyResponse, InitFlags, MarkFlags, MaskFlags, Response,
 };
@@ -121,11 +120,8 @@ fn serve(
 ) {
     let mut held = Vec::new();
     while !stop.load(Ordering::SeqCst) {
-        let mut fds = [PollFd::new(fan.as_fd(), PollFlags::POLLIN)];
-        match poll(&mut fds, PollTimeout::from(50u8)) {
-            Ok(0) | Err(nix::errno::Errno::EINTR) => continue,
-            Ok(_) => {}
-            Err(e) => panic!("poll fanotify: {e}"),
+        if !crate::poll::readable(fan.as_fd(), "fanotify") {
+            continue;
         }
         let events = match fan.read_events() {
             Ok(ev) => ev,
