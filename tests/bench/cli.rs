@@ -218,7 +218,10 @@ fn lock_waits() {
         "the 2 ms poll's",
         poll_calls,
         "calls",
-        Goal::AtMost(0.5),
+        // The poll's count grows with how long each lock is held (a few
+        // on a quiet local disk, dozens over NFS); the blocking wait makes
+        // at most two per write whatever the hold: never more than the poll.
+        Goal::AtMost(1.0),
     );
     report(
         &format!("slowest lock wait, {writers} writers x {each} writes"),
