@@ -927,6 +927,7 @@ fn doctor_reports_a_good_install_and_names_what_breaks_it() {
         "binary",
         "service-account",
         "shared-tree",
+        "locking",
         "clock",
         "pam",
         "housekeeper",
@@ -940,7 +941,7 @@ fn doctor_reports_a_good_install_and_names_what_breaks_it() {
     i.kloigos(bob, &["doctor"])
         .ok()
         .out_has("ok    binary: ")
-        .out_has("doctor: 8 ok, 0 warning(s), 0 failure(s)");
+        .out_has("doctor: 9 ok, 0 warning(s), 0 failure(s)");
     // A `sufficient` before the module: a warning, still exit 0.
     i.write_file(
         "etc/pam.d/common-account",

@@ -145,6 +145,8 @@ fn alloc_waiting(ctx: &Ctx, policy: &Policy, node: Option<&str>, spec: &AllocSpe
         .into());
     }
     ctx.privs.verify_dropped()?;
+    // Each attempt is a child with its own deadline; this parent waits.
+    crate::watchdog::done();
     let tz = policy.tz_or_utc();
     let at = spec
         .at
@@ -557,6 +559,7 @@ pub fn list(ctx: &Ctx, a: &ListArgs) -> Result<u8> {
     let policy = ctx.policy()?;
     let now = ctx.now();
     let (states, bad) = read_all(ctx)?;
+    crate::watchdog::done();
     warn_unreadable(&bad);
     let who = match (&a.user, a.all) {
         (Some(u), _) => Some(u.clone()),
@@ -627,6 +630,7 @@ pub fn history(ctx: &Ctx, a: &HistoryArgs) -> Result<u8> {
             }
         }
     }
+    crate::watchdog::done();
     if torn > 0 {
         eprintln!(
             "kloigos: warning: {torn} journal line(s) could not be read (see `kloigos admin fsck`)"

@@ -33,6 +33,7 @@ pub fn dashboard(ctx: &Ctx, a: &DashboardArgs) -> Result<u8> {
         })
         .collect();
     let bad_count = bad.len();
+    crate::watchdog::done();
     let snap = dashboard::snapshot(&policy, nodes, bad, now);
     let out = std::path::absolute(&a.out)
         .map_err(|e| CliError::Usage(format!("--out {}: {e}", a.out.display())))?;

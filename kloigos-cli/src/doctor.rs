@@ -72,10 +72,12 @@ pub fn doctor(ctx: &Ctx) -> Result<u8> {
             tree_owner,
         ));
         findings.push(tree(ctx, service_uid, policy.err()));
+        findings.push(locking(ctx));
         findings.push(clock(ctx));
     } else {
         findings.push(not_checked("service-account"));
         findings.push(not_checked("shared-tree"));
+        findings.push(not_checked("locking"));
         findings.push(not_checked("clock"));
     }
     findings.push(pam());
@@ -256,6 +258,16 @@ fn tree(ctx: &Ctx, service_uid: Option<u32>, policy_error: Option<kloigos_core::
 
 /// Creates a file on the share and compares the time the server stamped
 /// on it with this host's clock.
+/// How the share's mount locks (read from /proc/self/mountinfo).
+fn locking(ctx: &Ctx) -> Finding {
+    let root = ctx.store.root();
+    let found = kloigos_core::mount::locking_of(root).map_err(|e| e.to_string());
+    doctor::check_locking(
+        &root.display().to_string(),
+        found.as_ref().map(|(m, l)| (m, l)).map_err(String::clone),
+    )
+}
+
 fn clock(ctx: &Ctx) -> Finding {
     let root = ctx.store.root();
     let host = nix::unistd::gethostname()

@@ -149,6 +149,7 @@ pub fn info(ctx: &Ctx, a: &InfoArgs) -> Result<u8> {
         })
         .filter(|(_, _, free)| !a.free || *free > 0)
         .collect();
+    crate::watchdog::done();
     let partition = ctx.partition.clone().unwrap_or_else(|| "default".into());
     if ctx.json {
         let nodes: Vec<NodeJson> = rows

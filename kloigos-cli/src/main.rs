@@ -13,6 +13,7 @@ mod info;
 mod output;
 mod session;
 mod timeline;
+mod watchdog;
 
 use std::process::ExitCode;
 
@@ -60,6 +61,9 @@ fn run(cli: Cli, privs: Privileges) -> Result<u8, CliError> {
         return demo::run(&a.dir, privs);
     }
     let ctx = ctx::Ctx::setup(&cli, privs)?;
+    if reads_the_share(&cli.cmd) {
+        watchdog::arm(&ctx)?;
+    }
     match cli.cmd {
         Cmd::Info(a) => info::info(&ctx, &a),
         Cmd::Alloc(a) => book::alloc(&ctx, a.node.as_deref(), &a.spec, a.wait_attempt),
@@ -75,5 +79,17 @@ fn run(cli: Cli, privs: Privileges) -> Result<u8, CliError> {
         Cmd::Dashboard(a) => dashboard::dashboard(&ctx, &a),
         Cmd::Admin(a) => admin::admin(&ctx, a),
         Cmd::Demo(_) => unreachable!("handled above"),
+    }
+}
+
+/// Whether `cmd` gets a deadline on the share (`cli.share_timeout_ms`).
+/// `run` and `ssh` run programs for as long as the user wants (their own
+/// bookings go through child `kloigos` commands, which have one), and
+/// `admin fsck` reads every journal, which may rightly take longer.
+fn reads_the_share(cmd: &Cmd) -> bool {
+    match cmd {
+        Cmd::Run(_) | Cmd::Ssh(_) | Cmd::Demo(_) => false,
+        Cmd::Admin(a) => !matches!(a, args::AdminCmd::Fsck { .. }),
+        _ => true,
     }
 }

@@ -92,6 +92,7 @@ pub fn timeline(ctx: &Ctx, a: &TimelineArgs) -> Result<u8> {
         .map(|f| FitSpec::parse(f, policy.default_duration))
         .transpose()?;
     let (states, bad) = selected(ctx, &a.nodes, &labels)?;
+    crate::watchdog::done();
     let rows: Vec<NodeRows> = states
         .iter()
         .map(|s| timeline::node_rows(s, &tz, from, to, &filter))

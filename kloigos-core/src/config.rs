@@ -138,6 +138,48 @@ impl Default for HousekeeperConfig {
     }
 }
 
+/// The `cli` section.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CliConfig {
+    /// How long a command waits for the shared directory to answer before
+    /// it gives up, in milliseconds (a busy node lock adds its own wait).
+    pub share_timeout_ms: u64,
+}
+
+/// Bounds of `cli.share_timeout_ms`.
+const SHARE_TIMEOUT_MS: std::ops::RangeInclusive<u64> = 100..=600_000;
+
+impl Default for CliConfig {
+    fn default() -> Self {
+        // A share that has not answered in 10 s is down rather than slow
+        // (a hard mount's first retry comes after 60 s), and 10 s is about
+        // as long as someone at a terminal waits without giving up.
+        CliConfig {
+            share_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl CliConfig {
+    /// The share timeout, checked against its bounds.
+    pub fn share_timeout(&self) -> Result<std::time::Duration> {
+        let ms = self.share_timeout_ms;
+        if !SHARE_TIMEOUT_MS.contains(&ms) {
+            return Err(Error::invalid(
+                "cli.share_timeout_ms",
+                &ms.to_string(),
+                format!(
+                    "give {} to {} milliseconds in the configuration (10000 by default)",
+                    SHARE_TIMEOUT_MS.start(),
+                    SHARE_TIMEOUT_MS.end()
+                ),
+            ));
+        }
+        Ok(std::time::Duration::from_millis(ms))
+    }
+}
+
 /// The whole configuration file. Only `shared` is required; unknown keys
 /// are an error that names them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -160,6 +202,9 @@ pub struct Config {
     /// Housekeeper settings.
     #[serde(default)]
     pub housekeeper: HousekeeperConfig,
+    /// Settings of the `kloigos` command.
+    #[serde(default)]
+    pub cli: CliConfig,
 }
 
 fn service_user() -> String {
@@ -176,6 +221,7 @@ impl Config {
             service_user: service_user(),
             pam: PamConfig::default(),
             housekeeper: HousekeeperConfig::default(),
+            cli: CliConfig::default(),
         }
     }
 
@@ -245,6 +291,25 @@ mod tests {
         let c = Config::parse(Path::new("config.example.json"), text).unwrap();
         assert_eq!(c.pam.on_error, OnError::Deny);
         assert!(c.housekeeper.nft);
+        assert_eq!(c.cli.share_timeout().unwrap().as_millis(), 10_000);
+    }
+
+    #[test]
+    fn the_share_timeout_is_bounded_and_named_when_out_of_bounds() {
+        let c = Config::parse(
+            Path::new("c.json"),
+            br#"{"shared": "/s", "cli": {"share_timeout_ms": 1500}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cli.share_timeout().unwrap().as_millis(), 1500);
+        for ms in [0, 99, 600_001] {
+            let c = CliConfig {
+                share_timeout_ms: ms,
+            };
+            let e = c.share_timeout().unwrap_err();
+            assert!(e.to_string().contains("cli.share_timeout_ms"), "{e}");
+            assert_eq!(e.kind(), crate::ErrorKind::Usage);
+        }
     }
 
     #[test]

@@ -38,7 +38,7 @@ impl fmt::Display for Status {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Finding {
     /// Which check: `config`, `binary`, `service-account`, `shared-tree`,
-    /// `clock`, `pam`, `housekeeper`, `nft`.
+    /// `locking`, `clock`, `pam`, `housekeeper`, `nft`.
     pub check: String,
     /// The outcome.
     pub status: Status,
@@ -539,6 +539,40 @@ pub fn check_clock(skew: f64, shared: &str) -> Finding {
             format!("{detail}: bookings start and end at the wrong moment"),
             fix,
         )
+    }
+}
+
+/// The locking check: how the mount holding the shared directory `shared`
+/// locks (`found`: its mount point and source, and its mode; or why that
+/// could not be read). Fails when locks stay on this client, since writers
+/// on other nodes would then not exclude each other.
+pub fn check_locking(
+    shared: &str,
+    found: std::result::Result<(&crate::mount::Mount, &crate::mount::Locking), String>,
+) -> Finding {
+    use crate::mount::Locking;
+    let (m, locking) = match found {
+        Ok(f) => f,
+        Err(e) => {
+            return Finding::warn(
+                "locking",
+                format!("cannot tell how {shared} locks: {e}"),
+                "check that the share is mounted (`findmnt -T` on it)",
+            )
+        }
+    };
+    let detail = format!(
+        "{shared} is on {} ({}): {locking}",
+        m.point.display(),
+        m.source
+    );
+    match locking {
+        Locking::ClientOnly { option } => Finding::fail(
+            "locking",
+            format!("{detail}; writers refuse to write there"),
+            crate::mount::fix(option),
+        ),
+        Locking::Shared { .. } | Locking::Kernel { .. } => Finding::ok("locking", detail),
     }
 }
 
@@ -1104,6 +1138,46 @@ mod tests {
         let f = check_clock(-60.0, "/s");
         assert_eq!(f.status, Status::Fail);
         assert!(f.detail.contains("60.0 s behind"), "{f:?}");
+    }
+
+    #[test]
+    fn locking_fails_on_client_only_locks_with_the_fix() {
+        let line = |opts: &str| {
+            crate::mount::parse_line(&format!(
+                "645 30 0:58 / /nfs/kloigos rw,relatime shared:318 - nfs4 fs1:/srv/kloigos rw,vers=4.2,hard,{opts},addr=10.0.0.1"
+            ))
+            .unwrap()
+        };
+        let good = line("local_lock=none");
+        let f = check_locking(
+            "/nfs/kloigos",
+            Ok((&good, &crate::mount::Locking::of(&good))),
+        );
+        assert_eq!(f.status, Status::Ok);
+        assert!(
+            f.detail.contains("nfs4 (vers=4.2): locks go to the server"),
+            "{f:?}"
+        );
+        for opts in [
+            "local_lock=flock",
+            "local_lock=all",
+            "nolock,local_lock=all",
+        ] {
+            let bad = line(opts);
+            let f = check_locking("/nfs/kloigos", Ok((&bad, &crate::mount::Locking::of(&bad))));
+            assert_eq!(f.status, Status::Fail, "{opts}");
+            let named = opts.split(',').next().unwrap();
+            assert!(f.detail.contains(named), "{f:?}");
+            assert!(
+                f.fix
+                    .as_deref()
+                    .unwrap()
+                    .contains(&format!("without `{named}`")),
+                "{f:?}"
+            );
+        }
+        let f = check_locking("/nfs/kloigos", Err("no such file".into()));
+        assert_eq!(f.status, Status::Warn);
     }
 
     const COMMON: &str = "# here are the per-package modules\n\

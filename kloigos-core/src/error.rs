@@ -77,6 +77,30 @@ pub enum Error {
         /// What is wrong with it.
         msg: String,
     },
+    /// The share's mount keeps file locks on this client (`local_lock=flock`
+    /// or `=all`, `nolock`): writers on other nodes would not be excluded.
+    #[error("{path}: the share is mounted with `{option}`, so its locks stay on this client and writers on other nodes do not exclude each other; refusing to write, since bookings would be lost — {}", crate::mount::fix(option))]
+    LocalLocking {
+        /// The mount point.
+        path: PathBuf,
+        /// The option that makes locks local.
+        option: String,
+    },
+    /// `flock` failed with ENOLCK: the NFS client got no lock from the server.
+    #[error("{path}: no locks available (ENOLCK): the NFS client could not get a lock from the server — on NFSv3 start rpc.statd and lockd (`systemctl start rpc-statd`) on this node and the server; on NFSv4 check the mount options (`kloigos doctor`)")]
+    NoLocks {
+        /// The lock file.
+        path: PathBuf,
+    },
+    /// A write was renamed into place but a fresh read does not show it:
+    /// another writer replaced the file without holding the lock.
+    #[error(
+        "{path}: the share lost this write: is locking shared between nodes? see `kloigos doctor`"
+    )]
+    LostWrite {
+        /// The file whose new content is not there.
+        path: PathBuf,
+    },
     /// A node's lock stayed taken past the deadline.
     #[error("{node} is busy (its lock is held by another kloigos command); try again")]
     Busy {
@@ -96,7 +120,10 @@ impl Error {
             | Error::Untrusted { .. }
             | Error::NotMounted { .. }
             | Error::Corrupt { .. }
-            | Error::Busy { .. } => ErrorKind::Storage,
+            | Error::Busy { .. }
+            | Error::LocalLocking { .. }
+            | Error::NoLocks { .. }
+            | Error::LostWrite { .. } => ErrorKind::Storage,
         }
     }
 

@@ -8,6 +8,7 @@
 pub mod booking;
 pub mod cpuset;
 pub mod dashboard;
+pub mod deadline;
 pub mod duration;
 pub mod enforce;
 pub mod error;
@@ -23,6 +24,7 @@ pub mod window;
 
 pub use error::{Error, ErrorKind, Result};
 pub mod access;
+pub mod commit;
 pub mod config;
 pub mod doctor;
 pub mod facts;
@@ -30,6 +32,8 @@ pub mod fence;
 pub mod gate;
 mod idlist;
 pub mod journal;
+pub mod lockwait;
+pub mod mount;
 pub mod placement;
 pub mod printable;
 pub mod privilege;

@@ -5,7 +5,9 @@
 //! node (flock, mapped to NFS byte-range locks by Linux NFS clients), read,
 //! validate, append the change's events to the journal and fsync it, then
 //! write a tmp file, fsync, rename over `state.json`, fsync the directory,
-//! unlock. The journal goes first so that a booking never exists without
+//! read it back through a fresh open (see [`crate::commit`]), unlock. A
+//! share whose mount keeps locks on the client is refused before the lock
+//! (see [`crate::mount`]). The journal goes first so that a booking never exists without
 //! its event: a writer that dies between the two leaves an event for a
 //! change that did not happen (history shows it; the state is right), never
 //! the reverse; a state write that fails cuts the journal back to where it
@@ -19,7 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use jiff::Timestamp;
 use nix::fcntl::OFlag;
@@ -428,7 +430,8 @@ pub struct NodeLock {
 }
 
 impl NodeLock {
-    /// Takes the lock file at `path`, polling until `wait` has passed.
+    /// Takes the lock file at `path`, waiting at most `wait` (see
+    /// [`crate::lockwait`]).
     ///
     /// The lock file is mode 0600: flock needs only a descriptor opened for
     /// reading, so a file others can read is a file any user could lock to
@@ -452,21 +455,12 @@ impl NodeLock {
                     .map_err(|e| Error::io(path, &e))?;
             }
         }
-        let deadline = Instant::now() + wait;
-        loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(NodeLock { _file: file }),
-                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
-                    // Locks are held for milliseconds; poll, since flock has no timed wait.
-                    std::thread::sleep(Duration::from_millis(2));
-                }
-                Err(fs::TryLockError::WouldBlock) => {
-                    return Err(Error::Busy {
-                        node: node.to_string(),
-                    })
-                }
-                Err(fs::TryLockError::Error(e)) => return Err(Error::io(path, &e)),
-            }
+        match crate::lockwait::lock_within(file, wait) {
+            Ok(Some(file)) => Ok(NodeLock { _file: file }),
+            Ok(None) => Err(Error::Busy {
+                node: node.to_string(),
+            }),
+            Err(e) => Err(crate::lockwait::lock_error(path, &e)),
         }
     }
 }
@@ -528,6 +522,7 @@ impl Store {
                 self.cluster_path().display()
             )));
         }
+        let writing = crate::deadline::GLOBAL.writing();
         for dir in [self.root.clone(), self.nodes_dir()] {
             match fs::create_dir(&dir) {
                 Ok(()) => {}
@@ -537,7 +532,9 @@ impl Store {
             fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
                 .map_err(|e| Error::io(&dir, &e))?;
         }
-        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))
+        write_atomic(&self.root, CLUSTER_FILE, &to_json(policy))?;
+        writing.confirm();
+        Ok(())
     }
 
     /// Reads and validates the cluster policy. A missing file means the
@@ -571,11 +568,14 @@ impl Store {
     /// Rewrites the cluster policy under the cluster lock.
     pub fn update_policy(&self, f: impl FnOnce(&mut Policy) -> Result<()>) -> Result<Policy> {
         let lock_node = NodeName::new("cluster").expect("valid literal");
+        crate::mount::check_shared_locking(&self.root)?;
         let _lock = NodeLock::acquire(&self.root.join("cluster.lock"), &lock_node, self.lock_wait)?;
         let mut p = self.policy()?;
         f(&mut p)?;
         p.validate().map_err(Error::Refused)?;
+        let writing = crate::deadline::GLOBAL.writing();
         write_atomic(&self.root, CLUSTER_FILE, &to_json(&p))?;
+        writing.confirm();
         Ok(p)
     }
 
@@ -706,7 +706,9 @@ impl Store {
         }
         fs::set_permissions(&dir, fs::Permissions::from_mode(0o755))
             .map_err(|e| Error::io(&dir, &e))?;
+        crate::mount::check_shared_locking(&dir)?;
         let _lock = NodeLock::acquire(&dir.join(LOCK_FILE), name, self.lock_wait)?;
+        let _writing = crate::deadline::GLOBAL.writing();
         let ev = Event::node(
             now,
             by,
@@ -742,15 +744,19 @@ impl Store {
             Err(e) => return Err(Error::io(&graveyard, &e)),
         }
         let dest = graveyard.join(format!("{node}.{}", Timestamp::now().as_second()));
+        let _writing = crate::deadline::GLOBAL.writing();
         fs::rename(&dir, &dest).map_err(|e| Error::io(&dir, &e))?;
         Ok(dest)
     }
 
-    /// Takes a node's lock.
+    /// Takes a node's lock, on a share whose locks are shared between
+    /// nodes (see [`crate::mount`]).
     pub fn lock(&self, node: &NodeName) -> Result<NodeLock> {
         if !self.has_node(node) {
             return Err(self.no_such_node(node));
         }
+        // A lock that would not exclude the writers of other nodes is refused.
+        crate::mount::check_shared_locking(&self.node_dir(node))?;
         NodeLock::acquire(&self.node_dir(node).join(LOCK_FILE), node, self.lock_wait)
     }
 
@@ -785,14 +791,19 @@ impl Store {
                 ),
             });
         }
+        // From here to the read-back, a command that gives up says so.
+        let writing = crate::deadline::GLOBAL.writing();
         // The events first, then the state (see the module's doc).
         let appended = self.append_journal(node, &events)?;
-        if let Err(e) = write_atomic(&dir, STATE_FILE, &to_json(&st)) {
+        let bytes = to_json(&st);
+        if let Err(e) = write_atomic(&dir, STATE_FILE, &bytes) {
             if let Some(a) = appended {
                 a.undo();
             }
             return Err(e);
         }
+        crate::commit::check_written(&self.state_path(node), &bytes, &self.trust)?;
+        writing.confirm();
         Ok(out)
     }
 

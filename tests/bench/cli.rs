@@ -3,9 +3,15 @@
 //! a baseline from the same run: `cat` of every state file (goal: at most
 //! 3x), and starting the same binary for `--version` with no I/O (goal: at
 //! least 0.15x that rate, i.e. a booking costs under about seven starts).
+//! Then lock waiting: writers queued on one node's lock, the blocking
+//! `flock` kloigos uses against the 2 ms poll it replaced (lock calls per
+//! booking and the slowest wait; goal: at most half the calls, and a
+//! slowest wait no worse than the poll's).
 
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kloigos_core::cpuset::CpuSet;
@@ -122,7 +128,143 @@ fn allocs_per_second() {
     );
 }
 
+/// The lock wait kloigos had before: a `try_lock` every 2 ms, each call
+/// counted in `calls`.
+fn poll_lock(path: &std::path::Path, calls: &AtomicU64) -> std::fs::File {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open lock");
+    loop {
+        calls.fetch_add(1, Ordering::Relaxed);
+        match f.try_lock() {
+            Ok(()) => return f,
+            Err(std::fs::TryLockError::WouldBlock) => std::thread::sleep(Duration::from_millis(2)),
+            Err(std::fs::TryLockError::Error(e)) => panic!("flock: {e}"),
+        }
+    }
+}
+
+/// `writers` threads each make `each` writes of one node's state under its
+/// lock (read it, write it back atomically), taking the lock with
+/// `blocking` (kloigos' wait) or the old 2 ms poll. Returns lock calls per
+/// write and the slowest wait for the lock, in ms.
+fn queued_writes(blocking: bool, writers: usize, each: usize) -> (f64, f64) {
+    let c = TempCluster::new();
+    let node = c.add_node("hot", "0-7", None, None);
+    let dir = c.store.node_dir(&node);
+    let polls = Arc::new(AtomicU64::new(0));
+    let calls_before = kloigos_core::lockwait::attempts();
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let (store, node, dir, polls) =
+                (c.store.clone(), node.clone(), dir.clone(), polls.clone());
+            std::thread::spawn(move || {
+                let lock = dir.join(kloigos_core::store::LOCK_FILE);
+                let state = dir.join(kloigos_core::store::STATE_FILE);
+                let mut slowest = Duration::ZERO;
+                for _ in 0..each {
+                    let t = Instant::now();
+                    let held: Box<dyn std::any::Any> = if blocking {
+                        Box::new(
+                            kloigos_core::store::NodeLock::acquire(
+                                &lock,
+                                &node,
+                                Duration::from_secs(60),
+                            )
+                            .expect("lock"),
+                        )
+                    } else {
+                        Box::new(poll_lock(&lock, &polls))
+                    };
+                    slowest = slowest.max(t.elapsed());
+                    let bytes = kloigos_core::store::read_trusted(&state, store.trust())
+                        .expect("read state");
+                    kloigos_core::store::write_atomic(
+                        &dir,
+                        kloigos_core::store::STATE_FILE,
+                        &bytes,
+                    )
+                    .expect("write state");
+                    drop(held);
+                }
+                slowest
+            })
+        })
+        .collect();
+    let slowest = handles
+        .into_iter()
+        .map(|h| h.join().expect("writer thread"))
+        .max()
+        .unwrap_or_default();
+    let calls = if blocking {
+        kloigos_core::lockwait::attempts() - calls_before
+    } else {
+        polls.load(Ordering::Relaxed)
+    };
+    (
+        calls as f64 / (writers * each) as f64,
+        slowest.as_secs_f64() * 1000.0,
+    )
+}
+
+fn lock_waits() {
+    let (writers, each) = (8, 40);
+    let (poll_calls, poll_slowest) = queued_writes(false, writers, each);
+    let (calls, slowest) = queued_writes(true, writers, each);
+    report(
+        &format!("lock calls per write, {writers} writers queued on one node"),
+        calls,
+        "the 2 ms poll's",
+        poll_calls,
+        "calls",
+        Goal::AtMost(0.5),
+    );
+    report(
+        &format!("slowest lock wait, {writers} writers x {each} writes"),
+        slowest,
+        "the 2 ms poll's",
+        poll_slowest,
+        "ms",
+        Goal::AtMost(1.0),
+    );
+}
+
+/// What the read-back after each write costs: one fresh read of the
+/// state file, against the whole locked update it ends (goal: at most 0.2x).
+fn read_back_cost() {
+    let c = TempCluster::new();
+    let node = c.add_node("hot", "0-7", None, None);
+    let path = c.store.state_path(&node);
+    let now = Timestamp::now();
+    let mut seq = 0u64;
+    let update = median_ms(200, || {
+        seq += 1;
+        c.store
+            .update_node(&node, now, |st| {
+                st.seq = seq;
+                Ok(((), vec![]))
+            })
+            .expect("update");
+    });
+    let bytes = std::fs::read(&path).expect("read state");
+    let check = median_ms(200, || {
+        kloigos_core::commit::check_written(&path, &bytes, c.store.trust()).expect("read back")
+    });
+    report(
+        "read-back of state.json after a write",
+        check * 1000.0,
+        "the whole locked update",
+        update * 1000.0,
+        "us",
+        Goal::AtMost(0.2),
+    );
+}
+
 fn main() {
     info_over_many_nodes();
     allocs_per_second();
+    lock_waits();
+    read_back_cost();
 }

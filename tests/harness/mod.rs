@@ -15,6 +15,7 @@ pub mod node;
 pub mod nspawn;
 pub mod pam;
 pub mod poll;
+pub mod rogue;
 pub mod setuid;
 pub mod skip;
 pub mod sys;
