@@ -102,6 +102,13 @@ const GUEST_SCRIPTS: &[(&str, &str)] = &[
     ("lib.sh", include_str!("../nfs/lib.sh")),
 ];
 
+/// The guest's `pam.timeout_ms` (the default).
+pub const PAM_TIMEOUT_MS: u64 = 2000;
+
+/// The guest's `cli.share_timeout_ms`: half the default, as the bed's
+/// scenarios wait for it on each cut of the share.
+pub const SHARE_TIMEOUT_MS: u64 = 5000;
+
 /// Bound on booting the guest to its `@@K ready` (TCG on a loaded 2-core
 /// machine, plus the server's grace period).
 const BOOT: Duration = Duration::from_secs(300);
@@ -455,7 +462,8 @@ impl Bed {
         let config = serde_json::json!({
             "shared": "/nfs/kloigos",
             "service_user": "kloigos",
-            "pam": { "on_error": "deny", "timeout_ms": 2000, "cache_max_age_s": 600 },
+            "pam": { "on_error": "deny", "timeout_ms": PAM_TIMEOUT_MS, "cache_max_age_s": 600 },
+            "cli": { "share_timeout_ms": SHARE_TIMEOUT_MS },
             "housekeeper": {
                 "slices": "none",
                 "nft": false,

@@ -119,7 +119,10 @@ while IFS=' ' read -r id script; do
         continue
     }
     (cd /tmp && sh /tmp/cmd.sh) </dev/null 2>&1
-    say "end $id $?"
+    rc=$?
+    # On a line of its own, whatever the script printed last.
+    echo
+    say "end $id $rc"
 done </dev/ttyS0
 sync
 echo o >/proc/sysrq-trigger
