@@ -553,7 +553,7 @@ fn a_stopped_server_or_a_down_link_is_answered_at_the_deadline_v3() {
 /// must not pile up behind it, the watchdog ends the first, and alice's
 /// process lives through all of it (`pass_deadline_s` is 2 in the bed).
 const HOUSEKEEPER: &str = r#"
-fresh @V hk-@V 2 || exit 1
+fresh @V hk-@V 4 || exit 1
 onas nodea alice kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
 on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk0 2>&1
 r healthy_pass $?
