@@ -2,8 +2,9 @@
 # The whole kloigos test suite: formatting, lints, unit and property tests,
 # CLI tests, system tests (as root: PAM through pamtester and a real sshd,
 # nftables in network namespaces, killing real processes, setuid install,
-# systemd in an nspawn container), then the benchmarks, which print ratios
-# against baselines measured in the same run.
+# systemd in an nspawn container, kloigos on real NFS in a QEMU guest), then
+# the benchmarks, which print ratios against baselines measured in the same
+# run.
 #
 # As root it installs the Debian packages listed in tests/apt-packages.txt
 # that are missing. As another user the system tests report SKIPPED, and the
@@ -50,6 +51,9 @@ cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "build"
 cargo build --workspace --all-targets --quiet
+# Release too, before the tests: the NFS test bed (tests/nfs.rs) runs the
+# release binaries in its guest; the benchmarks use them at the end.
+cargo build --release --workspace --all-targets --quiet
 
 # Tests that cannot run here append a line to this list (tests/harness/skip.rs).
 KLOIGOS_SKIPPED=$(mktemp)
@@ -60,7 +64,6 @@ step "tests: unit, property, CLI and system"
 cargo test --workspace --quiet --no-fail-fast
 
 step "benchmarks (release build; ratios against same-run baselines)"
-cargo build --release --workspace --all-targets --quiet
 # Cargo builds where CARGO_TARGET_DIR or its config says, not always ./target.
 target_dir=$(cargo metadata --format-version 1 --no-deps |
     python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod cmd;
 pub mod fuse;
 pub mod housekeeper;
+pub mod nfs;
 pub mod node;
 pub mod nspawn;
 pub mod pam;

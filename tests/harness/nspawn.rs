@@ -22,7 +22,7 @@ pub fn rootfs_path() -> PathBuf {
 }
 
 /// The Debian mirror apt uses on this host (deb822 or one-line sources).
-fn mirror() -> String {
+pub fn mirror() -> String {
     for f in [
         "/etc/apt/sources.list.d/debian.sources",
         "/etc/apt/sources.list",

@@ -1,0 +1,85 @@
+# Helpers of the NFS test bed's scenarios (tests/nfs.rs), sourced before
+# each script the host sends. Results are lines "R KEY VALUE".
+
+# Runs a command on a client node: its network, UTS and mount namespaces.
+on() {
+    _n=$1
+    shift
+    nsenter --net="/run/netns/$_n" --uts="/run/ns/$_n.uts" --mount="/run/ns/$_n.mnt" -- "$@"
+}
+
+# Runs a command on a client node as a user (uid, gid and groups set and
+# checked by setpriv).
+onas() {
+    _n=$1 _u=$2
+    shift 2
+    on "$_n" setpriv --reuid="$_u" --regid="$_u" --init-groups -- "$@"
+}
+
+# Milliseconds since the epoch.
+ms() { date +%s%3N; }
+
+# A result line for the host.
+r() { echo "R $*"; }
+
+# Waits (bounded) until both nodes can take a lock on both mounts: the
+# share is up and out of its grace period.
+healthy() {
+    for _n in nodea nodeb; do
+        for _v in v42 v3; do
+            on "$_n" timeout 150 flock "/nfs/$_v/.probe" true ||
+                { echo "no lock on $_n:/nfs/$_v"; return 1; }
+        done
+    done
+}
+
+# Shows /srv/kloigos/NAME (made if missing) to both nodes at /nfs/kloigos,
+# over NFS version V (v42 or v3).
+share() {
+    _v=$1 _name=$2
+    if [ ! -d "/srv/kloigos/$_name" ]; then
+        mkdir "/srv/kloigos/$_name" && chown 990:990 "/srv/kloigos/$_name" || return 1
+    fi
+    for _n in nodea nodeb; do
+        # Lazily: a process an earlier scenario left blocked on the share
+        # keeps the old directory, not this one.
+        while on "$_n" mountpoint -q /nfs/kloigos; do
+            on "$_n" umount -l /nfs/kloigos || return 1
+        done
+        on "$_n" timeout 60 mount --bind "/nfs/$_v/$_name" /nfs/kloigos || return 1
+    done
+}
+
+# A fresh cluster in /srv/kloigos/NAME seen by both nodes at /nfs/kloigos
+# over NFS version V: nodea and nodeb with UNITS one-CPU units, no limit on
+# bookings per user.
+fresh() {
+    healthy || return 1
+    [ ! -e "/srv/kloigos/$2" ] || { echo "/srv/kloigos/$2 exists"; return 1; }
+    share "$1" "$2" || return 1
+    on nodea kloigos admin init --name bed --admin root >/dev/null || return 1
+    on nodea kloigos admin policy max_bookings_per_user_node=0 >/dev/null || return 1
+    for _n in nodea nodeb; do
+        on nodea kloigos admin add-node "$_n" --cpus "0-$(($3 - 1))" --unit-cpus 1 \
+            >/dev/null || return 1
+    done
+}
+
+# Starts the server's nfsd again after `rpc.nfsd 0`, and waits out its new
+# grace period.
+restart_nfsd() {
+    rpc.nfsd -V 3 -V 4.2 4 || return 1
+    [ ! -e /proc/fs/nfsd/v4_end_grace ] || echo Y >/proc/fs/nfsd/v4_end_grace
+    healthy
+}
+
+# The cluster's files, for the host to check: a base64 tar of the share,
+# on a line of its own (tar's complaints kept off the console).
+dump() {
+    tar -C "/srv/kloigos/$1" --numeric-owner -cf /tmp/dump.tar . 2>/tmp/dump.err
+    echo "R-TAR-BEGIN"
+    base64 -w 0 /tmp/dump.tar
+    echo
+    echo "R-TAR-END"
+    rm -f /tmp/dump.tar
+}
