@@ -62,7 +62,10 @@ enum Journal {
 #[track_caller]
 fn check_cluster(run: &GuestRun, journal: Journal) -> BTreeMap<String, Vec<Booking>> {
     let dump = run.unpack_dump();
-    let store = Store::new(dump.path().join("shared"), Trust::service(SERVICE_UID));
+    let store = Store::new(
+        dump.path().join("shared"),
+        Trust::root_and(kloigos_tests::uid(SERVICE_UID)),
+    );
     let mut out = BTreeMap::new();
     for node in store
         .node_names()
