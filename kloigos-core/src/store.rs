@@ -943,6 +943,14 @@ mod tests {
         s
     }
 
+    /// A tree in a fresh temporary directory with one node, `n1`.
+    fn one_node() -> (tempfile::TempDir, Store, NodeName) {
+        let t = tempfile::tempdir().unwrap();
+        let s = store(t.path());
+        let n = add(&s, "n1");
+        (t, s, n)
+    }
+
     fn add(s: &Store, name: &str) -> NodeName {
         let n = NodeName::new(name).unwrap();
         let st = NodeState::new(NodeSpec::new(n.clone(), CpuSet::parse("0-3").unwrap()));
@@ -953,9 +961,7 @@ mod tests {
 
     #[test]
     fn init_add_read() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         assert_eq!(s.node_names().unwrap(), vec![n.clone()]);
         assert_eq!(s.node(&n).unwrap().node.name, n);
         assert!(s
@@ -969,9 +975,7 @@ mod tests {
 
     #[test]
     fn untrusted_owner_and_mode_are_refused() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let path = s.state_path(&n);
         fs::set_permissions(&path, fs::Permissions::from_mode(0o664)).unwrap();
         let e = s.node(&n).unwrap_err().to_string();
@@ -986,9 +990,7 @@ mod tests {
 
     #[test]
     fn corrupt_and_newer_files_name_the_file() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let path = s.state_path(&n);
         fs::write(&path, b"{\"version\":1, \"seq\": ").unwrap();
         let e = s.node(&n).unwrap_err();
@@ -1013,9 +1015,7 @@ mod tests {
 
     #[test]
     fn symlinks_and_fifos_are_not_followed() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let path = s.state_path(&n);
         fs::remove_file(&path).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", &path).unwrap();
@@ -1061,9 +1061,7 @@ mod tests {
 
     #[test]
     fn only_enoent_means_no_such_node() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (t, s, n) = one_node();
         let absent = NodeName::new("n2").unwrap();
         assert_eq!(s.node_if_any(&absent).unwrap(), None);
         let dir = s.node_dir(&n);
@@ -1140,9 +1138,7 @@ mod tests {
 
     #[test]
     fn tmp_files_refuse_planted_links_and_are_swept() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (t, s, n) = one_node();
         let dir = s.node_dir(&n);
         let planted = dir.join(tmp_name(STATE_FILE));
         std::os::unix::fs::symlink(t.path().join("victim"), &planted).unwrap();
@@ -1156,9 +1152,7 @@ mod tests {
 
     #[test]
     fn busy_lock_times_out_with_a_clear_message() {
-        let t = tempfile::tempdir().unwrap();
-        let mut s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, mut s, n) = one_node();
         let held = s.lock(&n).unwrap();
         s.lock_wait = Duration::from_millis(50);
         let e = s
@@ -1201,9 +1195,7 @@ mod tests {
 
     #[test]
     fn files_past_max_file_are_refused_naming_the_file() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let path = s.state_path(&n);
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(MAX_FILE + 1).unwrap();
@@ -1230,9 +1222,7 @@ mod tests {
 
     #[test]
     fn an_append_after_a_torn_line_starts_a_line_of_its_own() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let journal = s.node_dir(&n).join(JOURNAL_FILE);
         let mut f = OpenOptions::new().append(true).open(&journal).unwrap();
         f.write_all(b"{\"time\":\"2026-11-23T10:00:00Z\",\"by\"")
@@ -1278,9 +1268,7 @@ mod tests {
     #[test]
     fn a_failed_state_write_takes_its_events_back_and_no_change_writes_nothing() {
         use std::os::unix::fs::MetadataExt;
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let dir = s.node_dir(&n);
         let journal = dir.join(JOURNAL_FILE);
         let before = fs::read(&journal).unwrap();
@@ -1374,9 +1362,7 @@ mod tests {
 
     #[test]
     fn a_linked_node_directory_is_refused_by_every_read_and_write() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (t, s, n) = one_node();
         let dir = s.node_dir(&n);
         // A copy the store would trust in every other way, linked in.
         let elsewhere = t.path().join("elsewhere");
@@ -1412,9 +1398,7 @@ mod tests {
 
     #[test]
     fn a_linked_state_file_is_refused_by_every_read_and_write() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (t, s, n) = one_node();
         let path = s.state_path(&n);
         let target = t.path().join("state-copy.json");
         fs::rename(&path, &target).unwrap();
@@ -1446,9 +1430,7 @@ mod tests {
 
     #[test]
     fn a_node_directory_of_another_user_is_refused_by_every_read_and_write() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let dir = s.node_dir(&n);
         // Root can give it away; anyone else makes it one others may write.
         let stranger = 4243;
@@ -1523,9 +1505,7 @@ mod tests {
 
     #[test]
     fn a_deleted_node_keeps_its_journal_for_history() {
-        let t = tempfile::tempdir().unwrap();
-        let s = store(t.path());
-        let n = add(&s, "n1");
+        let (_t, s, n) = one_node();
         let refused = s.delete_node(&n, |_| Err(Error::Refused("in use".into())));
         assert!(matches!(refused, Err(Error::Refused(_))));
         assert!(s.has_node(&n) && s.deleted_journals().is_empty());

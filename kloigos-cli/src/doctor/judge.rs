@@ -1074,61 +1074,24 @@ mod tests {
 
     #[test]
     fn tree_entries_name_the_file_and_the_fix() {
-        assert_eq!(
-            tree_entry("/s/nodes", &st(S_IFDIR, 0o755, 990), Entry::Dir, Some(990)),
-            None
-        );
-        assert_eq!(
-            tree_entry(
-                "/s/n/lock",
-                &st(S_IFREG, 0o600, 990),
-                Entry::Lock,
-                Some(990)
-            ),
-            None
-        );
-        let w = tree_entry(
-            "/s/n/state.json",
-            &st(S_IFREG, 0o664, 990),
-            Entry::File,
-            Some(990),
-        )
-        .unwrap();
+        // What doctor says of `path` with that file type, mode and owner,
+        // in a tree the service account (990) owns.
+        let entry =
+            |path: &str, fmt, mode, uid, e| tree_entry(path, &st(fmt, mode, uid), e, Some(990));
+        assert_eq!(entry("/s/nodes", S_IFDIR, 0o755, 990, Entry::Dir), None);
+        assert_eq!(entry("/s/n/lock", S_IFREG, 0o600, 990, Entry::Lock), None);
+        let w = entry("/s/n/state.json", S_IFREG, 0o664, 990, Entry::File).unwrap();
         assert_eq!(
             (w.status, w.fix.as_str()),
             (Status::Fail, "chmod go-w /s/n/state.json")
         );
-        let o = tree_entry(
-            "/s/n/state.json",
-            &st(S_IFREG, 0o644, 1001),
-            Entry::File,
-            Some(990),
-        )
-        .unwrap();
+        let o = entry("/s/n/state.json", S_IFREG, 0o644, 1001, Entry::File).unwrap();
         assert!(o.what.contains("owned by uid 1001"), "{o:?}");
-        let l = tree_entry(
-            "/s/n/lock",
-            &st(S_IFREG, 0o644, 990),
-            Entry::Lock,
-            Some(990),
-        )
-        .unwrap();
+        let l = entry("/s/n/lock", S_IFREG, 0o644, 990, Entry::Lock).unwrap();
         assert_eq!(l.status, Status::Warn);
-        let hidden = tree_entry(
-            "/s/n/state.json",
-            &st(S_IFREG, 0o600, 990),
-            Entry::File,
-            Some(990),
-        )
-        .unwrap();
+        let hidden = entry("/s/n/state.json", S_IFREG, 0o600, 990, Entry::File).unwrap();
         assert!(hidden.what.contains("not readable"), "{hidden:?}");
-        let link = tree_entry(
-            "/s/n/state.json",
-            &st(S_IFLNK, 0o777, 990),
-            Entry::File,
-            Some(990),
-        )
-        .unwrap();
+        let link = entry("/s/n/state.json", S_IFLNK, 0o777, 990, Entry::File).unwrap();
         assert!(link.what.contains("symbolic link"));
         let f = check_tree(
             "/s",
