@@ -191,13 +191,7 @@ worker() {
     done
 }
 t0=$(ms)
-for n in nodea nodeb; do
-    worker "$n" alice 1 &
-    worker "$n" bob 2 &
-    worker "$n" carol 3 &
-    worker "$n" alice 4 &
-done
-wait
+all_workers
 r wall_ms $(($(ms) - t0))
 on nodeb kloigos admin fsck >/tmp/fsck 2>&1
 r fsck $?
@@ -716,13 +710,7 @@ worker() {
         [ "$rc" = 0 ] || r said "$rc $(head -c 300 /tmp/err-$1-$3 | tr '\n' ' ')"
     done
 }
-for n in nodea nodeb; do
-    worker "$n" alice 1 &
-    worker "$n" bob 2 &
-    worker "$n" carol 3 &
-    worker "$n" alice 4 &
-done
-wait
+all_workers
 for n in nodea nodeb; do
     on "$n" umount /nfs/kloigos
     on "$n" umount /nfs/mis

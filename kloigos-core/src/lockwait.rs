@@ -144,6 +144,16 @@ mod tests {
         assert_eq!(other.errno(), Some(nix::libc::EIO));
     }
 
+    /// A lock file in a fresh temporary directory, its path, and a handle
+    /// holding its lock.
+    fn held_lock() -> (tempfile::TempDir, std::path::PathBuf, File) {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("lock");
+        let held = open(&p);
+        held.lock().unwrap();
+        (t, p, held)
+    }
+
     #[test]
     fn a_free_lock_is_taken_with_one_call() {
         let t = tempfile::tempdir().unwrap();
@@ -158,10 +168,7 @@ mod tests {
 
     #[test]
     fn a_waiter_that_gave_up_never_holds_the_lock() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("lock");
-        let held = open(&p);
-        held.lock().unwrap();
+        let (_t, p, held) = held_lock();
         assert!(lock_within(open(&p), Duration::from_millis(30))
             .unwrap()
             .is_none());
@@ -191,10 +198,7 @@ mod tests {
 
     #[test]
     fn waiters_are_served_in_arrival_order() {
-        let t = tempfile::tempdir().unwrap();
-        let p = t.path().join("lock");
-        let held = open(&p);
-        held.lock().unwrap();
+        let (_t, p, held) = held_lock();
         let (tx, rx) = mpsc::channel();
         let mut waiters = Vec::new();
         for i in 0..4 {

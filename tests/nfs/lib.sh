@@ -83,3 +83,15 @@ dump() {
     echo "R-TAR-END"
     rm -f /tmp/dump.tar
 }
+
+# Runs the scenario's `worker NODE USER N` for alice, bob, carol and alice
+# again on both nodes at once, and waits for all eight.
+all_workers() {
+    for _n in nodea nodeb; do
+        worker "$_n" alice 1 &
+        worker "$_n" bob 2 &
+        worker "$_n" carol 3 &
+        worker "$_n" alice 4 &
+    done
+    wait
+}
