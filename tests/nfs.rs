@@ -552,6 +552,111 @@ fn unreachable_share(v: &str) {
 on_both_versions! { a_stopped_server_or_a_down_link_is_answered_at_the_deadline_v42, a_stopped_server_or_a_down_link_is_answered_at_the_deadline_v3, unreachable_share }
 
 // ---------------------------------------------------------------------------
+// Logins through a server restart's grace period.
+
+/// alice holds a booking on nodeb and nodeb's housekeeper has written its
+/// local copy. The server's nfsd restarts into its grace period, in which
+/// NFSv4 holds new opens (until the clients have reclaimed their state):
+/// the gate on nodeb answers from the fresh copy (alice in, carol out).
+/// Then, with nfsd stopped so that the share cannot answer, a copy made
+/// stale and then a missing copy fail closed; once nfsd is back, the share
+/// answers again.
+const GRACE: &str = r#"
+fresh @V grace-@V 4 || exit 1
+onas nodea alice kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
+on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk 2>&1
+r housekeeper $?
+cat /tmp/hk
+# Each node has its own /var/lib/kloigos (tests/nfs/node.sh).
+on nodeb test -f /var/lib/kloigos/state.json || { echo "no local copy on nodeb"; exit 1; }
+ask() {
+    _t=$(ms)
+    on nodeb timeout 60 kloigos check-login "$2" >/tmp/cl 2>&1
+    _rc=$?
+    r "$1" "$2 $_rc $(($(ms) - _t)) $(tr '\n' ' ' </tmp/cl | head -c 200)"
+}
+# A write from nodea first recalls nodeb's read delegation (see UNREACHABLE).
+onas nodea bob kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
+rpc.nfsd 0 || exit 1
+echo 30 >/proc/fs/nfsd/nfsv4gracetime || exit 1
+rpc.nfsd -V 3 -V 4.2 4 || exit 1
+ask fresh alice
+ask fresh carol
+rpc.nfsd 0 || exit 1
+echo 10 >/proc/fs/nfsd/nfsv4gracetime || exit 1
+restart_nfsd || exit 1
+onas nodea bob kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
+rpc.nfsd 0 || exit 1
+on nodeb sed -i 's/"copied_at": "[^"]*"/"copied_at": "2000-01-01T00:00:00Z"/' /var/lib/kloigos/state.json
+ask stale alice
+on nodeb rm -f /var/lib/kloigos/state.json
+ask missing alice
+restart_nfsd || exit 1
+ask after alice
+"#;
+
+fn grace_period(v: &str) {
+    let Some(run) = run_scenario(v, GRACE) else {
+        return;
+    };
+    assert_eq!(run.get("housekeeper"), "0", "{}", run.text());
+    // The answer to `user` at `when`: exit, ms, what check-login said.
+    let answer = |when: &str, user: &str| -> (String, f64, String) {
+        let a = run
+            .all(when)
+            .into_iter()
+            .find(|a| a.starts_with(&format!("{user} ")))
+            .unwrap_or_else(|| panic!("no answer for {user} at {when}:\n{}", run.text()));
+        let f: Vec<&str> = a.splitn(4, ' ').collect();
+        let said = f.get(3).copied().unwrap_or_default().to_string();
+        (f[1].to_string(), f[2].parse().expect("ms"), said)
+    };
+    let (rc, fresh_ms, said) = answer("fresh", "alice");
+    let from_copy = said.contains("local-copy");
+    println!(
+        "nfs grace {v}: booked alice in at {fresh_ms:.0} ms from {} in the grace period",
+        if from_copy {
+            "the local copy"
+        } else {
+            "the share"
+        },
+    );
+    assert_eq!(
+        rc,
+        "0",
+        "alice during the grace period: {said}\n{}",
+        run.text()
+    );
+    let (rc, _, said) = answer("fresh", "carol");
+    assert_eq!(
+        rc,
+        "1",
+        "carol during the grace period: {said}\n{}",
+        run.text()
+    );
+    let (rc, _, said) = answer("after", "alice");
+    assert_eq!(
+        rc,
+        "0",
+        "alice after the grace period: {said}\n{}",
+        run.text()
+    );
+    // nfsd stopped: a stale or missing copy must not let her in.
+    for when in ["stale", "missing"] {
+        let (rc, ms, said) = answer(when, "alice");
+        assert_eq!(
+            rc,
+            "1",
+            "alice with a {when} copy and nfsd stopped ({ms} ms): {said}\n{}",
+            run.text()
+        );
+        assert!(said.contains("no answer within"), "{when}: {said}");
+    }
+}
+
+on_both_versions! { logins_in_a_server_restarts_grace_period_are_decided_by_a_fresh_copy_v42, logins_in_a_server_restarts_grace_period_are_decided_by_a_fresh_copy_v3, grace_period }
+
+// ---------------------------------------------------------------------------
 // The housekeeper on a hung share.
 
 /// alice holds a booking on nodeb and runs a process there. With nfsd

@@ -30,6 +30,7 @@ pub type Unreadable = Vec<(NodeName, Error)>;
 /// command can go on with the rest and still report them.
 pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Unreadable)> {
     let names = ctx.store.node_names()?;
+    let nodes = &ctx.store.open_nodes()?;
     // Reading and parsing a thousand files is most of `info`: spread it over the cores.
     let workers = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
@@ -41,7 +42,7 @@ pub fn read_all(ctx: &Ctx) -> Result<(Vec<NodeState>, Unreadable)> {
             .map(|part| {
                 s.spawn(move || {
                     part.iter()
-                        .map(|n| (n.clone(), ctx.store.node(n)))
+                        .map(|n| (n.clone(), ctx.store.node_at(nodes, n)))
                         .collect::<Vec<_>>()
                 })
             })

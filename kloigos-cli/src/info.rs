@@ -170,10 +170,13 @@ fn read_rows(ctx: &Ctx, a: &InfoArgs, now: Timestamp) -> Result<(Vec<Row>, Vec<U
         states.retain(|s| wanted.contains(&s.node.name));
         bad.retain(|(n, _)| wanted.contains(n));
     }
+    let nodes = ctx.store.open_nodes().ok();
     let rows = states
         .into_iter()
         .map(|s| {
-            let facts = ctx.store.facts(&s.node.name);
+            let facts = nodes
+                .as_ref()
+                .and_then(|d| ctx.store.facts_at(d, &s.node.name));
             let free = s.units_free_now(now);
             (s, facts, free)
         })

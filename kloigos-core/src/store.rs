@@ -541,7 +541,18 @@ impl Store {
     /// EACCES, EIO, ELOOP, ENOTDIR) is an error, so that a login gate or
     /// a housekeeper never takes a broken tree for "not a node".
     pub fn node_if_any(&self, node: &NodeName) -> Result<Option<NodeState>> {
-        let nodes = self.open_nodes()?;
+        self.node_in(&self.open_nodes()?, node)
+    }
+
+    /// [`Store::node`] through `nodes`, a handle from [`Store::open_nodes`]:
+    /// a reader of many nodes opens the root and `nodes/` once (over NFS,
+    /// each open is a round trip to the server).
+    pub fn node_at(&self, nodes: &TrustedDir, node: &NodeName) -> Result<NodeState> {
+        self.node_in(nodes, node)?
+            .ok_or_else(|| self.no_such_node(node))
+    }
+
+    fn node_in(&self, nodes: &TrustedDir, node: &NodeName) -> Result<Option<NodeState>> {
         let path = self.state_path(node);
         retrying(|| match nodes.dir_if_any(node.as_str())? {
             Some(dir) => {
@@ -575,7 +586,12 @@ impl Store {
 
     /// Reads a node's facts, if its housekeeper has written any.
     pub fn facts(&self, node: &NodeName) -> Option<Facts> {
-        let dir = self.open_node_if_any(node).ok()??;
+        self.facts_at(&self.open_nodes().ok()?, node)
+    }
+
+    /// [`Store::facts`] through `nodes`, a handle from [`Store::open_nodes`].
+    pub fn facts_at(&self, nodes: &TrustedDir, node: &NodeName) -> Option<Facts> {
+        let dir = nodes.dir_if_any(node.as_str()).ok()??;
         // Facts are optional: a node without a housekeeper has none, which is no reason to retry.
         dir.stat(FACTS_FILE).ok()??;
         read_json_at(&dir, FACTS_FILE).ok()
