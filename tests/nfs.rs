@@ -562,11 +562,7 @@ on_both_versions! { a_stopped_server_or_a_down_link_is_answered_at_the_deadline_
 /// stale and then a missing copy fail closed; once nfsd is back, the share
 /// answers again.
 const GRACE: &str = r#"
-fresh @V grace-@V 4 || exit 1
-onas nodea alice kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
-on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk 2>&1
-r housekeeper $?
-cat /tmp/hk
+alice_booked_and_a_pass @V grace-@V housekeeper || exit 1
 # Each node has its own /var/lib/kloigos (tests/nfs/node.sh).
 on nodeb test -f /var/lib/kloigos/state.json || { echo "no local copy on nodeb"; exit 1; }
 ask() {
@@ -664,11 +660,7 @@ on_both_versions! { logins_in_a_server_restarts_grace_period_are_decided_by_a_fr
 /// must not pile up behind it, the watchdog ends the first, and alice's
 /// process lives through all of it (`pass_deadline_s` is 2 in the bed).
 const HOUSEKEEPER: &str = r#"
-fresh @V hk-@V 4 || exit 1
-onas nodea alice kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
-on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk0 2>&1
-r healthy_pass $?
-cat /tmp/hk0
+alice_booked_and_a_pass @V hk-@V healthy_pass || exit 1
 onas nodeb alice sleep 3600 &
 victim=$!
 # A write from nodea recalls nodeb's NFSv4 read delegation of the state:

@@ -95,3 +95,14 @@ all_workers() {
     done
     wait
 }
+
+# A fresh cluster NAME over version V with 4 units a node (see `fresh`),
+# alice booked on nodeb for an hour, and one housekeeper pass on nodeb: its
+# exit reported as KEY, its output shown.
+alice_booked_and_a_pass() {
+    fresh "$1" "$2" 4 || return 1
+    onas nodea alice kloigos alloc nodeb --units 1 -t 1h >/dev/null || return 1
+    on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk 2>&1
+    r "$3" $?
+    cat /tmp/hk
+}
