@@ -288,6 +288,19 @@ impl Probe {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start the probe");
+        // A pass fences the user's processes it finds: wait until setpriv
+        // has become the user, or a pass may still see it as root.
+        let (pid, uid) = (child.id(), user.uid.to_string());
+        let as_user = || {
+            std::fs::read_to_string(format!("/proc/{pid}/status")).is_ok_and(|s| {
+                s.lines()
+                    .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some(&uid))
+            })
+        };
+        assert!(
+            kloigos_tests::poll::wait_until(std::time::Duration::from_secs(30), as_user),
+            "the probe never ran as uid {uid}"
+        );
         let out = std::io::BufReader::new(child.stdout.take().expect("stdout"));
         Probe {
             child: kloigos_tests::housekeeper::Reaped(child),
