@@ -396,10 +396,18 @@ impl GuestRun {
         self.lines.join("\n")
     }
 
-    /// Asserts exit code 0, showing the output when not.
+    /// Asserts exit code 0 and that the script left no process of the
+    /// scenario users running (the guest ends them: tests/nfs/init.sh),
+    /// showing the output when not.
     #[track_caller]
     pub fn ok(&self) -> &GuestRun {
         assert_eq!(self.code, 0, "guest script failed:\n{}", self.text());
+        assert_eq!(
+            self.all("leftover"),
+            Vec::<String>::new(),
+            "the script left processes running:\n{}",
+            self.text()
+        );
         self
     }
 

@@ -120,6 +120,17 @@ while IFS=' ' read -r id script; do
     }
     (cd /tmp && sh /tmp/cmd.sh) </dev/null 2>&1
     rc=$?
+    # A process of the scenario's users left running would act on the next
+    # scenario's cluster (/nfs/kloigos moves): named for the host, which
+    # fails the scenario that left it, and ended.
+    left=$(pgrep -d ' ' -u alice,bob,carol)
+    if [ -n "$left" ]; then
+        echo
+        # shellcheck disable=SC2086
+        echo "R leftover $(ps -o pid=,user=,args= -p "$(echo $left | tr ' ' ,)" | tr -s ' \n' ' ')"
+        # shellcheck disable=SC2086
+        kill -KILL $left
+    fi
     # On a line of its own, whatever the script printed last.
     echo
     say "end $id $rc"

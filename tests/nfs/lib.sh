@@ -106,3 +106,29 @@ alice_booked_and_a_pass() {
     r "$3" $?
     cat /tmp/hk
 }
+
+# Starts counting the RPC calls the kernel sends, from both clients and to
+# every program (NFS, and NLM on NFSv3): its sunrpc:rpc_request tracepoint,
+# into a cleared trace buffer.
+rpc_trace_start() {
+    _t=/sys/kernel/tracing
+    [ -e "$_t/trace" ] || mount -t tracefs tracefs "$_t" || return 1
+    echo 0 >"$_t/tracing_on" &&
+        echo 8192 >"$_t/buffer_size_kb" &&
+        echo >"$_t/trace" &&
+        echo 1 >"$_t/events/sunrpc/rpc_request/enable" &&
+        echo 1 >"$_t/tracing_on"
+}
+
+# Stops counting, and reports the calls of procedure NAME (NLM's and
+# NFSv4's are both "LOCK") as KEY, and the trace's events as KEY_events
+# "WRITTEN KEPT" (fewer kept: the buffer dropped some, the count is short).
+rpc_trace_stop() {
+    _t=/sys/kernel/tracing
+    echo 0 >"$_t/tracing_on"
+    echo 0 >"$_t/events/sunrpc/rpc_request/enable"
+    r "$2" "$(grep -c " $1 " "$_t/trace")"
+    r "$2_events" "$(sed -n 's|^# entries-in-buffer/entries-written: \([0-9]*\)/\([0-9]*\).*|\2 \1|p' "$_t/trace" | head -n 1)"
+    grep " $1 " "$_t/trace" | head -n 2
+    echo >"$_t/trace"
+}
