@@ -122,12 +122,16 @@ while IFS=' ' read -r id script; do
     rc=$?
     # A process of the scenario's users left running would act on the next
     # scenario's cluster (/nfs/kloigos moves): named for the host, which
-    # fails the scenario that left it, and ended.
-    left=$(pgrep -d ' ' -u alice,bob,carol)
+    # fails the scenario that left it, and ended. Real uid too: kloigos
+    # runs setuid to the service account.
+    left=$({
+        pgrep -u alice,bob,carol
+        pgrep -U alice,bob,carol
+    } | sort -un | tr '\n' ' ')
     if [ -n "$left" ]; then
         echo
         # shellcheck disable=SC2086
-        echo "R leftover $(ps -o pid=,user=,args= -p "$(echo $left | tr ' ' ,)" | tr -s ' \n' ' ')"
+        echo "R leftover $(ps -o pid=,ruser=,user=,args= -p "$(echo $left | tr ' ' ,)" | tr -s ' \n' ' ')"
         # shellcheck disable=SC2086
         kill -KILL $left
     fi
