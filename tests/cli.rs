@@ -1069,6 +1069,20 @@ fn set_mode(path: &std::path::Path, mode: u32) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
 }
 
+/// Runs `admin fsck --repair`, `info NODE`, `alloc -w NODE` and `admin
+/// drain NODE`: each must exit 3 naming `said` (fsck in its report, the
+/// others in their error).
+fn every_command_refuses(c: &TempCluster, node: &str, said: &str) {
+    c.run(&["admin", "fsck", "--repair"]).code(3).out_has(said);
+    for args in [
+        &["info", node][..],
+        &["alloc", "-w", node],
+        &["admin", "drain", node],
+    ] {
+        c.run(args).code(3).err_has(said);
+    }
+}
+
 /// A node directory swapped for a link to a copy of it, and a state.json
 /// swapped for a link: reads and writes refuse them naming the file, and
 /// `fsck --repair` names them and changes nothing through them (no mode
@@ -1086,19 +1100,13 @@ fn reads_writes_and_fsck_repair_never_go_through_a_linked_node_directory_or_stat
     let stray = elsewhere.join("state.json.tmp.deadhost.4242");
     std::fs::write(&stray, b"partial").unwrap();
     let state = std::fs::read(elsewhere.join("state.json")).unwrap();
-    let linked_dir = format!("{}: is a symbolic link", dir.display());
-    c.run(&["admin", "fsck", "--repair"])
-        .code(3)
-        .out_has(&linked_dir);
+    every_command_refuses(
+        &c,
+        "node1",
+        &format!("{}: is a symbolic link", dir.display()),
+    );
     assert_eq!(mode_of(&elsewhere.join("journal.jsonl")), 0o664);
     assert!(stray.exists());
-    c.run(&["info", "node1"]).code(3).err_has(&linked_dir);
-    c.run(&["alloc", "-w", "node1"])
-        .code(3)
-        .err_has(&linked_dir);
-    c.run(&["admin", "drain", "node1"])
-        .code(3)
-        .err_has(&linked_dir);
     assert_eq!(std::fs::read(elsewhere.join("state.json")).unwrap(), state);
 
     let path = c.store.state_path(&NodeName::new("node2").unwrap());
@@ -1107,15 +1115,12 @@ fn reads_writes_and_fsck_repair_never_go_through_a_linked_node_directory_or_stat
     set_mode(&target, 0o666);
     std::os::unix::fs::symlink(&target, &path).unwrap();
     let state = std::fs::read(&target).unwrap();
-    let linked_state = format!("{}: is a symbolic link", path.display());
-    c.run(&["admin", "fsck", "--repair"])
-        .code(3)
-        .out_has(&linked_state);
+    every_command_refuses(
+        &c,
+        "node2",
+        &format!("{}: is a symbolic link", path.display()),
+    );
     assert_eq!(mode_of(&target), 0o666);
-    c.run(&["info", "node2"]).code(3).err_has(&linked_state);
-    c.run(&["alloc", "-w", "node2"])
-        .code(3)
-        .err_has(&linked_state);
     assert_eq!(std::fs::read(&target).unwrap(), state);
     assert!(std::fs::symlink_metadata(&path)
         .unwrap()
@@ -1136,16 +1141,11 @@ fn reads_writes_and_fsck_repair_refuse_a_node_directory_of_another_user() {
     set_mode(&journal, 0o664);
     nix::unistd::chown(&dir, Some(nix::unistd::Uid::from_raw(4243)), None).unwrap();
     let state = std::fs::read(dir.join("state.json")).unwrap();
-    let foreign = format!("{}: owned by uid 4243", dir.display());
-    c.run(&["admin", "fsck", "--repair"])
-        .code(3)
-        .out_has(&foreign);
-    assert_eq!(mode_of(&journal), 0o664);
-    c.run(&["info", "node1"]).code(3).err_has(&foreign);
-    c.run(&["alloc", "-w", "node1"]).code(3).err_has(&foreign);
-    c.run(&["admin", "drain", "node1"])
-        .code(3)
-        .err_has(&foreign);
+    every_command_refuses(
+        &c,
+        "node1",
+        &format!("{}: owned by uid 4243", dir.display()),
+    );
     assert_eq!(std::fs::read(dir.join("state.json")).unwrap(), state);
     assert_eq!(mode_of(&journal), 0o664);
 }

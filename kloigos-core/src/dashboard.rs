@@ -435,7 +435,9 @@ fn sha256(data: &[u8]) -> [u8; 32] {
     out
 }
 
-fn base64(data: &[u8]) -> String {
+/// Standard base64 with `=` padding (RFC 4648): the page's CSP hash is
+/// written in it.
+pub fn base64(data: &[u8]) -> String {
     const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     let mut out = String::new();
     for chunk in data.chunks(3) {

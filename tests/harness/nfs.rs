@@ -19,6 +19,8 @@ use std::sync::mpsc::{channel, Receiver, RecvTimeoutError};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use kloigos_core::dashboard::base64;
+
 use crate::cmd::run;
 use crate::skip::need;
 
@@ -282,25 +284,6 @@ fn mke2fs(dir: &Path, img: &Path, fs: &str, size_mb: u32) -> Result<(), String> 
         ));
     }
     Ok(())
-}
-
-/// Standard base64, for scripts sent over the console.
-fn base64(data: &[u8]) -> String {
-    const A: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
-    for c in data.chunks(3) {
-        let n = (u32::from(c[0]) << 16)
-            | (u32::from(*c.get(1).unwrap_or(&0)) << 8)
-            | u32::from(*c.get(2).unwrap_or(&0));
-        for i in 0..4 {
-            if i <= c.len() {
-                out.push(A[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 /// Decodes standard base64 (whitespace ignored); `None` on anything else.
