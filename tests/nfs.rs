@@ -1120,3 +1120,42 @@ fn a_lock_refused_for_want_of_statd_is_named_and_writes_nothing_v3() {
     let held: Vec<String> = cluster.values().flat_map(|b| ids(b)).collect();
     assert!(held.is_empty(), "a booking was written: {held:?}");
 }
+
+// ---------------------------------------------------------------------------
+// The bed's own guard: what a scenario leaves running.
+
+/// A script that leaves a process of bob's (a background `onas`) and one
+/// whose real uid only is carol's (as a setuid kloigos runs): the guest
+/// names both and ends them, and `GuestRun::ok` fails that script. A loop
+/// left running this way once released alice's bookings in later
+/// scenarios' clusters.
+#[test]
+fn a_process_a_scenario_leaves_running_is_named_ended_and_fails_it() {
+    let Some(mut bed) = the_bed() else { return };
+    let run = bed.sh(
+        r#"
+onas nodea bob sleep 3601 &
+on nodea setpriv --ruid=carol sleep 3602 &
+until_ms=$(($(ms) + 60000))
+until pgrep -u bob -x sleep >/dev/null && pgrep -U carol -x sleep >/dev/null; do
+    [ "$(ms)" -lt "$until_ms" ] || { echo "the sleeps did not start in 60 s"; exit 1; }
+done
+"#,
+        SCENARIO,
+    );
+    assert_eq!(run.code, 0, "{}", run.text());
+    let left = run.all("leftover");
+    assert_eq!(left.len(), 1, "{}", run.text());
+    assert!(
+        left[0].contains("bob bob sleep 3601") && left[0].contains("carol root sleep 3602"),
+        "not both named: {}",
+        left[0]
+    );
+    let failed = std::panic::catch_unwind(|| {
+        run.ok();
+    });
+    assert!(failed.is_err(), "ok() let the leftovers pass");
+    let after = bed.sh("r left \"$(pgrep -c -x sleep)\"", SCENARIO);
+    after.ok();
+    assert_eq!(after.get("left"), "0", "{}", after.text());
+}
