@@ -1183,6 +1183,26 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
     sh(&["useradd", "-m", "-u", "59936", "khkreal"]);
     sh(&["useradd", "-m", "-u", "59937", "khkling"]);
     sh(&["loginctl", "enable-linger", "khkling"]);
+    // logind starts the lingering user's manager at once; it fails in this
+    // minbase root (see below), and logind then stops the user's slice.
+    // Until that is over systemd refuses to start a unit in the slice ("has
+    // 'stop' job queued"), so wait for the manager's end and an empty job
+    // queue.
+    let settled = wait_until(Duration::from_secs(60), || {
+        let state = c
+            .exec(&["systemctl", "is-active", "user@59937.service"])
+            .stdout;
+        matches!(state.trim(), "failed" | "active")
+            && c.exec(&["systemctl", "list-jobs", "--no-legend"])
+                .stdout
+                .trim()
+                .is_empty()
+    });
+    assert!(
+        settled,
+        "the container's systemd did not settle within 60 s after enable-linger: {}",
+        c.exec(&["systemctl", "list-jobs"]).stdout
+    );
     let real = kloigos_tests::sys::TempUser {
         name: "khkreal".into(),
         uid: 59936,
