@@ -1184,19 +1184,23 @@ fn systemd_backend_against_a_real_systemd_in_a_container() {
     sh(&["useradd", "-m", "-u", "59937", "khkling"]);
     sh(&["loginctl", "enable-linger", "khkling"]);
     // logind starts the lingering user's manager at once; it fails in this
-    // minbase root (see below), and logind then stops the user's slice.
-    // Until that is over systemd refuses to start a unit in the slice ("has
-    // 'stop' job queued"), so wait for the manager's end and an empty job
-    // queue.
+    // minbase root (see below), and logind then stops the user: the
+    // manager, the runtime directory and the slice. While the slice's stop
+    // job is queued systemd refuses to start a unit in it, so wait for the
+    // end state: the manager failed and the slice gone (or, in a root
+    // where the manager starts, running), and no job queued.
     let settled = wait_until(Duration::from_secs(60), || {
-        let state = c
-            .exec(&["systemctl", "is-active", "user@59937.service"])
-            .stdout;
-        matches!(state.trim(), "failed" | "active")
-            && c.exec(&["systemctl", "list-jobs", "--no-legend"])
-                .stdout
-                .trim()
-                .is_empty()
+        let state = |unit: &str| c.exec(&["systemctl", "is-active", unit]).stdout;
+        let done = match state("user@59937.service").trim() {
+            "failed" => state("user-59937.slice").trim() == "inactive",
+            "active" => true,
+            _ => false,
+        };
+        done && c
+            .exec(&["systemctl", "list-jobs", "--no-legend"])
+            .stdout
+            .trim()
+            .is_empty()
     });
     assert!(
         settled,
