@@ -803,10 +803,7 @@ on_both_versions! { writers_on_a_stopped_server_give_up_at_the_deadline_and_chan
 const HOUSEKEEPER: &str = r#"
 alice_booked_and_a_pass @V hk-@V healthy_pass || exit 1
 onas nodeb alice sleep 3600 &
-until_ms=$(($(ms) + 60000))
-until pgrep -u alice -x sleep >/dev/null; do
-    [ "$(ms)" -lt "$until_ms" ] || { echo "alice's process did not start in 60 s"; exit 1; }
-done
+wait_for 60 "alice's process did not start" pgrep -u alice -x sleep || exit 1
 # A write from nodea recalls nodeb's NFSv4 read delegation of the state:
 # without it, a pass reads its cached copy and never meets the hung share.
 onas nodea bob kloigos alloc nodeb --units 1 -t 1h >/dev/null || exit 1
@@ -815,10 +812,7 @@ rpc.nfsd 0 || exit 1
 # share, the other finds the pass lock taken.
 on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk1 2>&1 &
 one=$!
-until_ms=$(($(ms) + 60000))
-until pgrep -x kloigos-houseke >/dev/null; do
-    [ "$(ms)" -lt "$until_ms" ] || { echo "no pass started in 60 s"; exit 1; }
-done
+wait_for 60 "no pass started" pgrep -x kloigos-houseke || exit 1
 on nodeb timeout 120 kloigos-housekeeper --once >/tmp/hk2 2>&1 &
 two=$!
 wait "$one"
@@ -1136,10 +1130,8 @@ fn a_process_a_scenario_leaves_running_is_named_ended_and_fails_it() {
         r#"
 onas nodea bob sleep 3601 &
 on nodea setpriv --ruid=carol sleep 3602 &
-until_ms=$(($(ms) + 60000))
-until pgrep -u bob -x sleep >/dev/null && pgrep -U carol -x sleep >/dev/null; do
-    [ "$(ms)" -lt "$until_ms" ] || { echo "the sleeps did not start in 60 s"; exit 1; }
-done
+wait_for 60 "bob's sleep did not start" pgrep -u bob -x sleep || exit 1
+wait_for 60 "carol's sleep did not start" pgrep -U carol -x sleep || exit 1
 "#,
         SCENARIO,
     );

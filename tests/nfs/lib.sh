@@ -22,6 +22,17 @@ ms() { date +%s%3N; }
 # A result line for the host.
 r() { echo "R $*"; }
 
+# Runs CMD (its output dropped) until it succeeds, for at most SECS
+# seconds; then, if it never did, says "WHAT in SECS s" and fails.
+wait_for() {
+    _secs=$1 _what=$2
+    shift 2
+    _until=$(($(ms) + _secs * 1000))
+    until "$@" >/dev/null; do
+        [ "$(ms)" -lt "$_until" ] || { echo "$_what in $_secs s"; return 1; }
+    done
+}
+
 # Waits (bounded) until both nodes can take a lock on both mounts: the
 # share is up and out of its grace period.
 healthy() {
