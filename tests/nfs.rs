@@ -415,8 +415,7 @@ fn visibility(v: &str) {
     };
     let mut ms = Vec::new();
     for (key, allow) in [("check", 0), ("pam", 0)] {
-        let answers = run.all(key);
-        assert_eq!(answers.len(), 6, "{}", run.text());
+        let answers = run.exactly(key, 6);
         for a in &answers {
             let f: Vec<&str> = a.split(' ').collect();
             let booked = f[0].starts_with("booked");
@@ -760,8 +759,7 @@ fn writers_give_up(v: &str) {
     let Some(run) = run_scenario(v, WRITERS_GIVE_UP) else {
         return;
     };
-    let writes = run.all("write");
-    assert_eq!(writes.len(), 3, "{}", run.text());
+    let writes = run.exactly("write", 3);
     let mut figures = Vec::new();
     for w in &writes {
         let f: Vec<&str> = w.splitn(4, ' ').collect();
@@ -831,8 +829,7 @@ fn housekeeper_on_a_hung_share(v: &str) {
     let Some(run) = run_scenario(v, HOUSEKEEPER) else {
         return;
     };
-    let passes = run.all("pass");
-    assert_eq!(passes.len(), 2, "{}", run.text());
+    let passes = run.exactly("pass", 2);
     let hung = passes
         .iter()
         .filter(|p| p.starts_with("4 ") && p.contains("after its deadline"))
@@ -1136,8 +1133,7 @@ wait_for 60 "carol's sleep did not start" pgrep -U carol -x sleep || exit 1
         SCENARIO,
     );
     assert_eq!(run.code, 0, "{}", run.text());
-    let left = run.all("leftover");
-    assert_eq!(left.len(), 1, "{}", run.text());
+    let left = run.exactly("leftover", 1);
     assert!(
         left[0].contains("bob bob sleep 3601") && left[0].contains("carol root sleep 3602"),
         "not both named: {}",

@@ -356,6 +356,15 @@ impl GuestRun {
             .collect()
     }
 
+    /// [`GuestRun::all`], which must hold exactly `n` values; panics,
+    /// showing the output, when not.
+    #[track_caller]
+    pub fn exactly(&self, key: &str, n: usize) -> Vec<String> {
+        let all = self.all(key);
+        assert_eq!(all.len(), n, "results {key}:\n{}", self.text());
+        all
+    }
+
     /// The value of the one result line `R KEY VALUE`; panics, showing the
     /// output, when there is none.
     #[track_caller]
